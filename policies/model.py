@@ -87,6 +87,11 @@ class DecisionRequest:
     unknown: str | None = None
     context: RequestContext = RequestContext()
     grants: tuple[GrantView, ...] = ()
+    #: every catalogued column of every relation touched (the mask plan covers them all)
+    relation_columns: tuple[TouchedColumn, ...] = ()
+    #: functions that run code we cannot see into (SECURITY DEFINER, user-defined
+    #: SQL/PL functions): under PII policy they are treated as dangerous
+    risky_functions: frozenset[str] = frozenset()
 
     @property
     def pii(self) -> tuple[TouchedColumn, ...]:
@@ -140,3 +145,127 @@ class Decision:
     message: str = ""                                # for DENY / APPROVE: what the client is told
     grant_id: str | None = None                      # a grant that lifted an APPROVE
     columns: tuple[ColumnRef, ...] = ()              # catalogued columns that drove the decision
+    auto_approved_by: str | None = None              # APPROVE: the auto-approve rule that matched
+    auto_approve_duration_s: int | None = None       # ... and the grant duration it allows
+    row_budget: int | None = None                    # rows the gateway lets through before EXPORT applies
+
+
+# --- additions for the policy file, decide() and masking (additive) -------------
+
+#: The action/category wildcard in rules.
+ANY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """A daily window in UTC, minutes since midnight; ``start > end`` wraps midnight."""
+    start_min: int
+    end_min: int
+
+    def contains(self, minute_of_day: int) -> bool:
+        if self.start_min <= self.end_min:
+            return self.start_min <= minute_of_day < self.end_min
+        return minute_of_day >= self.start_min or minute_of_day < self.end_min
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """``when`` of a rule: every condition given must hold (empty = no condition)."""
+    time_window: TimeWindow | None = None
+    weekdays: frozenset[int] = frozenset()           # 0 = Monday ... 6 = Sunday (UTC)
+    client_cidrs: tuple[str, ...] = ()               # client address must be in one of them
+    application_names: tuple[str, ...] = ()          # fnmatch patterns on application_name
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ``[[rule]]`` of the policy file.
+
+    A rule matches a statement when its principal selector (``principals`` by user
+    name, ``roles`` by role/group, ``"*"`` for anyone), its ``actions`` and its
+    ``when`` conditions all hold. Rules with an ``on`` selector (categories,
+    sensitivity, columns, tables) apply per catalogued column; rules without one
+    apply to the whole statement. A rule with effect allow, actions ``*`` and
+    categories ``*`` is *unrestricted*: the principal is not under PII policy.
+    """
+    name: str
+    effect: Effect
+    principals: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset({ANY})
+    categories: frozenset[str] = frozenset()
+    min_sensitivity: int | None = None
+    columns: frozenset[ColumnRef] = frozenset()
+    tables: frozenset[RelationRef] = frozenset()
+    mask: MaskStrategy | None = None
+    approval: ApprovalRequirement | None = None
+    when: Conditions | None = None
+    row_budget: int | None = None
+    line: int = 0
+
+    @property
+    def has_target(self) -> bool:
+        return bool(self.categories or self.min_sensitivity is not None
+                    or self.columns or self.tables)
+
+    @property
+    def unrestricted(self) -> bool:
+        return (self.effect is Effect.ALLOW and ANY in self.actions
+                and ANY in self.categories and not self.columns and not self.tables
+                and self.min_sensitivity is None)
+
+
+@dataclass(frozen=True, slots=True)
+class AutoApproveRule:
+    """``[[auto_approve]]``: an APPROVE decision this rule matches is approved by
+    the policy itself (recorded as such), for ``duration_s`` and up to ``max_rows``."""
+    name: str
+    roles: frozenset[str] = frozenset()
+    principals: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset({"read"})
+    categories: frozenset[str] = frozenset({ANY})
+    reason_pattern: str | None = None
+    when: Conditions | None = None
+    max_rows: int | None = None
+    duration_s: int = 900
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Effects when no rule matches (the safe defaults of the policy file)."""
+    pii_read: Effect = Effect.MASK
+    write_pii: Effect = Effect.APPROVE
+    delete_pii: Effect = Effect.APPROVE
+    export: Effect = Effect.DENY
+    unknown: Effect = Effect.DENY
+    ddl: Effect = Effect.DENY
+    call: Effect = Effect.DENY
+    session: Effect = Effect.DENY
+    dangerous_functions: Effect = Effect.DENY
+    non_pii: Effect = Effect.ALLOW
+    #: extra function names (bare or schema-qualified, fnmatch patterns) treated as dangerous
+    extra_dangerous_functions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """Per-category default strategies and the fallback for other categories."""
+    by_category: Mapping[str, MaskStrategy] = field(default_factory=dict)
+    default: MaskStrategy = MaskStrategy("redact")
+
+    def for_category(self, category: str | None) -> MaskStrategy:
+        if category is None:
+            return self.default
+        return self.by_category.get(category, self.default)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded policy. ``version`` is a hash of the content (caches key on it)."""
+    rules: tuple[Rule, ...] = ()
+    defaults: Defaults = Defaults()
+    masking: MaskingConfig = MaskingConfig()
+    auto_approve: tuple[AutoApproveRule, ...] = ()
+    version: str = "builtin"
+    source: str = "<builtin>"
