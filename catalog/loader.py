@@ -1,0 +1,495 @@
+"""Loading the catalog: the catalog file, ``COMMENT ON COLUMN`` tags, merging, and
+deriving entries for children, partitions and views. Pure: values in, values out
+(the only I/O is ``load_catalog_file`` reading the file it is given).
+
+The catalog file (TOML, kept in version control)::
+
+    [categories]                 # optional: user-defined categories
+    loyalty_id = "high"          # name = default sensitivity
+    badge = { sensitivity = "low", description = "building badge number" }
+
+    [[column]]
+    column = "public.customers.email"   # or "customers.email" (schema public)
+    category = "email"
+    sensitivity = "medium"              # optional: the category's default otherwise
+    owner = "crm-team"                  # optional
+    description = "contact address"     # optional
+
+Errors are ``CatalogError`` values naming the file, the line and what is wrong.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from catalog.model import (
+    BUILTIN_CATEGORIES, DEFAULT_SENSITIVITY, Catalog, CatalogEntry, ColumnRef, RelationRef,
+    Sensitivity,
+)
+
+#: sensitivity for a user-defined category that does not declare one
+USER_CATEGORY_DEFAULT = Sensitivity.MEDIUM
+
+_CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_UNQUOTED_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\Z")
+_ENTRY_KEYS = ("column", "category", "sensitivity", "owner", "description")
+_TOP_KEYS = ("column", "categories")
+
+
+class CatalogError(Exception):
+    """A catalog source is wrong. ``file`` and ``line`` say where (line is 1-based,
+    ``None`` when the source has no lines, e.g. a database comment)."""
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {message}")
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def parse_column_ref(text: str, default_schema: str = "public") -> ColumnRef:
+    """``schema.table.column`` or ``table.column``, as PostgreSQL reads identifiers:
+    unquoted parts are case-folded to lower case, ``"Quoted"`` parts are kept as
+    written (``""`` inside quotes is a literal quote). Raises ValueError."""
+    parts: list[str] = []
+    i = 0
+    s = text.strip()
+    n = len(s)
+    while True:
+        if i < n and s[i] == '"':
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise ValueError(f"column reference {text!r}: unterminated quoted identifier")
+                if s[j] == '"':
+                    if j + 1 < n and s[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(s[j])
+                j += 1
+            if not buf:
+                raise ValueError(f"column reference {text!r}: empty quoted identifier")
+            parts.append("".join(buf))
+            i = j + 1
+        else:
+            j = s.find(".", i)
+            j = n if j < 0 else j
+            word = s[i:j]
+            if not _UNQUOTED_IDENT_RE.match(word):
+                what = "an empty part" if not word else f"{word!r} is not a valid identifier (quote it)"
+                raise ValueError(f"column reference {text!r}: {what}")
+            parts.append(word.lower())
+            i = j
+        if i >= n:
+            break
+        if s[i] != ".":
+            raise ValueError(f"column reference {text!r}: expected '.' after a quoted identifier")
+        i += 1
+        if i >= n:
+            raise ValueError(f"column reference {text!r}: ends with '.'")
+    if len(parts) == 2:
+        return ColumnRef(default_schema, parts[0], parts[1])
+    if len(parts) == 3:
+        return ColumnRef(parts[0], parts[1], parts[2])
+    raise ValueError(
+        f"column reference {text!r}: expected table.column or schema.table.column, "
+        f"got {len(parts)} part(s)")
+
+
+def format_column_ref(ref: ColumnRef) -> str:
+    """The inverse of ``parse_column_ref``: quotes the parts that need it."""
+    def q(part: str) -> str:
+        if _UNQUOTED_IDENT_RE.match(part) and part == part.lower():
+            return part
+        return '"' + part.replace('"', '""') + '"'
+    return f"{q(ref.schema)}.{q(ref.table)}.{q(ref.column)}"
+
+
+def default_sensitivity(category: str, user_categories: Mapping[str, Sensitivity] = {}) -> Sensitivity:
+    if category in user_categories:
+        return user_categories[category]
+    return DEFAULT_SENSITIVITY.get(category, USER_CATEGORY_DEFAULT)
+
+
+# ---------------------------------------------------------------------- line index
+
+
+class _LineIndex:
+    """Where things are in a TOML text, since tomllib gives no positions.
+
+    Only what error messages need: the line of the n-th ``[[column]]`` header, of a
+    key inside a table, and of a table header."""
+
+    _ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_\-\"'. ]+?)\s*\]\]")
+    _TABLE_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_\-\"'. ]+?)\s*\]")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        # (line number, header name, is_array) for every table header, in order
+        self.headers: list[tuple[int, str, bool]] = []
+        for no, line in enumerate(self.lines, 1):
+            m = self._ARRAY_HEADER.match(line)
+            if m:
+                self.headers.append((no, m.group(1).strip().strip("\"'"), True))
+                continue
+            m = self._TABLE_HEADER.match(line)
+            if m:
+                self.headers.append((no, m.group(1).strip().strip("\"'"), False))
+
+    def array_item(self, name: str, index: int) -> int | None:
+        items = [no for no, h, arr in self.headers if arr and h == name]
+        return items[index] if index < len(items) else None
+
+    def table(self, name: str) -> int | None:
+        for no, h, arr in self.headers:
+            if not arr and h == name:
+                return no
+        return None
+
+    def key_in_section(self, start: int | None, key: str) -> int | None:
+        """The line of ``key = ...`` in the section whose header is at line ``start``
+        (``None``: the top level, before any header); ``start`` when not found."""
+        first = start + 1 if start else 1
+        header_lines = {no for no, _, _ in self.headers}
+        pattern = re.compile(r"^\s*[\"']?" + re.escape(key) + r"[\"']?\s*=")
+        for no in range(first, len(self.lines) + 1):
+            if no in header_lines:
+                break
+            if pattern.match(self.lines[no - 1]):
+                return no
+        return start
+
+
+# ---------------------------------------------------------------- the catalog file
+
+
+@dataclass(frozen=True)
+class CatalogFile:
+    """A parsed catalog file: its entries in file order and its user categories."""
+    path: str
+    entries: tuple[CatalogEntry, ...]
+    categories: Mapping[str, Sensitivity]
+
+
+def load_catalog_file(path: str | Path) -> CatalogFile:
+    """Read and validate a catalog file. Raises CatalogError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(str(p), None, f"cannot read the catalog file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(str(p), None, f"the catalog file is not UTF-8: {exc}") from None
+    return parse_catalog_text(text, str(p))
+
+
+def parse_catalog_text(text: str, filename: str = "<catalog>") -> CatalogFile:
+    """Validate catalog-file TOML text. ``filename`` is used in sources and errors
+    (its base name in ``source``: ``file:catalog.toml:12``). Raises CatalogError."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        line = int(m.group(1)) if m else None
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise CatalogError(filename, line, f"not valid TOML: {msg}") from None
+    index = _LineIndex(text)
+
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise CatalogError(filename, index.table(key) or index.key_in_section(None, key),
+                               f"unknown top-level key {key!r}; expected [[column]] tables "
+                               "and an optional [categories] table")
+
+    categories = _parse_categories(doc.get("categories", {}), filename, index)
+
+    raw_entries = doc.get("column", [])
+    if not isinstance(raw_entries, list):
+        raise CatalogError(filename, index.key_in_section(None, "column"),
+                           "'column' must be written as [[column]] tables")
+    short = Path(filename).name
+    entries: list[CatalogEntry] = []
+    seen: dict[ColumnRef, int | None] = {}
+    for i, raw in enumerate(raw_entries):
+        line = index.array_item("column", i)
+        entry = _parse_entry(raw, i, line, filename, short, categories, index)
+        if entry.column in seen:
+            first = seen[entry.column]
+            raise CatalogError(filename, line,
+                               f"duplicate entry for {entry.column} (first defined at line {first}); "
+                               "keep one entry per column")
+        seen[entry.column] = line
+        entries.append(entry)
+    return CatalogFile(filename, tuple(entries), categories)
+
+
+def _parse_categories(raw: object, filename: str, index: _LineIndex) -> dict[str, Sensitivity]:
+    section = index.table("categories")
+    if not isinstance(raw, dict):
+        raise CatalogError(filename, index.key_in_section(None, "categories"),
+                           "'categories' must be a table: [categories] name = \"sensitivity\"")
+    out: dict[str, Sensitivity] = {}
+    for name, value in raw.items():
+        line = index.key_in_section(section, name)
+        if not _CATEGORY_RE.match(name):
+            raise CatalogError(filename, line,
+                               f"category name {name!r} must be a lowercase word (a-z, 0-9, _)")
+        if name in BUILTIN_CATEGORIES:
+            raise CatalogError(filename, line,
+                               f"category {name!r} is built in; remove it from [categories]")
+        if isinstance(value, dict):
+            unknown = set(value) - {"sensitivity", "description"}
+            if unknown:
+                raise CatalogError(filename, line,
+                                   f"category {name!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                                   "expected sensitivity, description")
+            value = value.get("sensitivity", USER_CATEGORY_DEFAULT.name.lower())
+        if not isinstance(value, str):
+            raise CatalogError(filename, line,
+                               f"category {name!r}: expected a sensitivity string such as \"high\"")
+        try:
+            out[name] = Sensitivity.parse(value)
+        except ValueError as exc:
+            raise CatalogError(filename, line, f"category {name!r}: {exc}") from None
+    return out
+
+
+def _parse_entry(raw: object, i: int, line: int | None, filename: str, short: str,
+                 categories: Mapping[str, Sensitivity], index: _LineIndex) -> CatalogEntry:
+    what = f"[[column]] entry #{i + 1}"
+    if not isinstance(raw, dict):
+        raise CatalogError(filename, line, f"{what} must be a table")
+
+    def key_line(key: str) -> int | None:
+        return index.key_in_section(line, key) if line is not None else None
+
+    for key in raw:
+        if key not in _ENTRY_KEYS:
+            raise CatalogError(filename, key_line(key),
+                               f"{what}: unknown key {key!r}; expected one of {', '.join(_ENTRY_KEYS)}")
+    for key in ("column", "category"):
+        if key not in raw:
+            raise CatalogError(filename, line, f"{what}: missing required key {key!r}")
+    for key in _ENTRY_KEYS:
+        if key in raw and not isinstance(raw[key], str):
+            raise CatalogError(filename, key_line(key), f"{what}: {key!r} must be a string")
+
+    try:
+        ref = parse_column_ref(raw["column"])
+    except ValueError as exc:
+        raise CatalogError(filename, key_line("column"), f"{what}: {exc}") from None
+
+    category = raw["category"].strip()
+    if category not in BUILTIN_CATEGORIES and category not in categories:
+        raise CatalogError(
+            filename, key_line("category"),
+            f"{ref}: unknown category {category!r}; use one of "
+            f"{', '.join(sorted(BUILTIN_CATEGORIES))} or declare it in a [categories] table")
+
+    if "sensitivity" in raw:
+        try:
+            sensitivity = Sensitivity.parse(raw["sensitivity"])
+        except ValueError as exc:
+            raise CatalogError(filename, key_line("sensitivity"), f"{ref}: {exc}") from None
+    else:
+        sensitivity = default_sensitivity(category, categories)
+
+    return CatalogEntry(
+        column=ref, category=category, sensitivity=sensitivity,
+        owner=raw.get("owner", ""), description=raw.get("description", ""),
+        source=f"file:{short}:{line}" if line is not None else f"file:{short}",
+    )
+
+
+# -------------------------------------------------------------------- comment tags
+
+
+_TAG_RE = re.compile(r"\s*pii:(?P<body>\S*)(?:\s|\Z)", re.IGNORECASE | re.DOTALL)
+
+
+def parse_comment_tag(comment: str | None) -> tuple[str, Sensitivity | None] | None:
+    """Read a ``COMMENT ON COLUMN`` text as a catalog tag.
+
+    ``pii:<category>`` or ``pii:<category>:<sensitivity>``, optionally followed by
+    free text after whitespace (``pii:email primary contact``). Returns ``None``
+    when the comment is not a tag (it does not start with ``pii:``; a comment that
+    merely mentions a category is not a tag). Raises ValueError for a comment that
+    starts with ``pii:`` but is malformed: someone meant to tag the column, and a
+    tag silently ignored is a column silently unprotected.
+    """
+    if not comment:
+        return None
+    m = _TAG_RE.match(comment)
+    if m is None:
+        return None
+    body = m.group("body").lower()
+    parts = body.split(":")
+    if len(parts) > 2 or not parts[0]:
+        raise ValueError(f"malformed PII tag {comment.strip()!r}: expected pii:<category> "
+                         "or pii:<category>:<sensitivity>")
+    category = parts[0]
+    if not _CATEGORY_RE.match(category):
+        raise ValueError(f"malformed PII tag {comment.strip()!r}: the category must be a "
+                         "lowercase word (a-z, 0-9, _)")
+    sensitivity = None
+    if len(parts) == 2:
+        try:
+            sensitivity = Sensitivity.parse(parts[1])
+        except ValueError as exc:
+            raise ValueError(f"malformed PII tag {comment.strip()!r}: {exc}") from None
+    return category, sensitivity
+
+
+def tag_entry(column: ColumnRef, comment: str,
+              user_categories: Mapping[str, Sensitivity] = {}) -> CatalogEntry | None:
+    """The catalog entry a column comment declares, or None if it is not a tag.
+    Raises CatalogError (naming the column) for a malformed tag."""
+    try:
+        tag = parse_comment_tag(comment)
+    except ValueError as exc:
+        raise CatalogError(f"COMMENT ON COLUMN {column}", None, str(exc)) from None
+    if tag is None:
+        return None
+    category, sensitivity = tag
+    return CatalogEntry(
+        column=column, category=category,
+        sensitivity=sensitivity or default_sensitivity(category, user_categories),
+        source=f"comment:{column}",
+    )
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def merge_catalogs(file_entries: Iterable[CatalogEntry],
+                   tag_entries: Iterable[CatalogEntry]) -> Catalog:
+    """One entry per column: the catalog file wins over database tags (the file is
+    reviewed in version control; a comment can be set by anyone with the right to
+    COMMENT). Each entry keeps its ``source``."""
+    merged: dict[ColumnRef, CatalogEntry] = {}
+    for e in tag_entries:
+        merged[e.column] = e
+    for e in file_entries:
+        merged[e.column] = e
+    return Catalog.of(merged.values())
+
+
+# -------------------------------------------------------------------------- derive
+
+
+def derive_catalog(catalog: Catalog, schema) -> Catalog:
+    """Add entries for relations that expose catalogued columns without being
+    catalogued themselves.
+
+    - Inheritance children and partitions (any depth): a column with the same name
+      as a catalogued column of a parent. Source ``derived:child of public.customers``.
+    - Views and materialized views with ``Relation.lineage``: an output column whose
+      base columns include a catalogued one (the most sensitive wins). Source
+      ``derived:view of public.customers.email``.
+    - Views without lineage (nothing attributed them): conservatively, when the
+      view depends on a catalogued relation (its ``parents``, or a schema-qualified
+      name in its definition), every output column named like a catalogued column
+      of that relation, or defined as ``<alias>.<catalogued column> AS <name>``.
+      Source ``derived:view depends on public.customers``.
+
+    Explicit entries (file, tags) are never replaced. ``schema`` is a
+    ``gateway.schema.LiveSchema`` (duck-typed: catalog imports nothing of ours).
+    """
+    entries: dict[ColumnRef, CatalogEntry] = dict(catalog.entries)
+    relations = list(schema.relations.values())
+    # Fixpoint: a view of a partition of a child of a catalogued table is reached
+    # after a few rounds; each round only adds, so it terminates.
+    for _ in range(len(relations) + 1):
+        added = False
+        for rel in relations:
+            for entry in _derive_for(rel, entries):
+                if entry.column not in entries:
+                    entries[entry.column] = entry
+                    added = True
+        if not added:
+            break
+    return Catalog.of(entries.values())
+
+
+def _columns_of(entries: Mapping[ColumnRef, CatalogEntry], rel: RelationRef) -> dict[str, CatalogEntry]:
+    return {c.column: e for c, e in entries.items() if c.relation == rel}
+
+
+def _derived(ref: RelationRef, column: str, base: CatalogEntry, source: str) -> CatalogEntry:
+    return CatalogEntry(ColumnRef(ref.schema, ref.name, column), base.category, base.sensitivity,
+                        base.owner, base.description, source)
+
+
+def _most_sensitive(candidates: Iterable[CatalogEntry]) -> CatalogEntry | None:
+    best = None
+    for e in candidates:
+        if best is None or (e.sensitivity, e.category) > (best.sensitivity, best.category):
+            best = e
+    return best
+
+
+def _derive_for(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> Iterable[CatalogEntry]:
+    is_view = rel.kind in ("v", "m")
+    if not is_view:
+        for parent in rel.parents:
+            for name, base in _columns_of(entries, parent).items():
+                if rel.column(name) is not None:
+                    yield _derived(rel.ref, name, base, f"derived:child of {parent}")
+        return
+    if rel.lineage:
+        for out, bases in rel.lineage.items():
+            base = _most_sensitive(entries[b] for b in bases if b in entries)
+            if base is not None and rel.column(out) is not None:
+                yield _derived(rel.ref, out, base, f"derived:view of {base.column}")
+        return
+    for dep in _view_dependencies(rel, entries):
+        catalogued = _columns_of(entries, dep)
+        for name, base in catalogued.items():
+            if rel.column(name) is not None:
+                yield _derived(rel.ref, name, base, f"derived:view depends on {dep}")
+        for col, out in _renamed_outputs(rel.view_definition or ""):
+            if col in catalogued and rel.column(out) is not None:
+                yield _derived(rel.ref, out, catalogued[col], f"derived:view depends on {dep}")
+
+
+def _view_dependencies(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> list[RelationRef]:
+    deps = list(rel.parents)
+    text = rel.view_definition or ""
+    for target in {c.relation for c in entries}:
+        if target == rel.ref or target in deps:
+            continue
+        if _mentions(text, target):
+            deps.append(target)
+    return deps
+
+
+def _mentions(text: str, ref: RelationRef) -> bool:
+    """Does a view definition (read with search_path = pg_catalog, so names outside
+    pg_catalog are schema-qualified) name ``ref``? Both quoted and bare forms."""
+    def forms(part: str) -> list[str]:
+        quoted = '"' + part.replace('"', '""') + '"'
+        return [re.escape(part), re.escape(quoted)] if _UNQUOTED_IDENT_RE.match(part) else [re.escape(quoted)]
+    pattern = (r"(?<![\w$\"])(?:" + "|".join(forms(ref.schema)) + r")\s*\.\s*(?:"
+               + "|".join(forms(ref.name)) + r")(?![\w$])")
+    if re.search(pattern, text):
+        return True
+    # pg_catalog relations appear unqualified in such a definition
+    if ref.schema == "pg_catalog":
+        return re.search(r"(?<![\w$.\"])" + re.escape(ref.name) + r"(?![\w$])", text) is not None
+    return False
+
+
+_RENAMED = re.compile(r"\b[A-Za-z_][\w$]*\.([A-Za-z_][\w$]*)\s+AS\s+([A-Za-z_][\w$]*)", re.IGNORECASE)
+
+
+def _renamed_outputs(definition: str) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in _RENAMED.finditer(definition)]

@@ -1,0 +1,151 @@
+"""Read the upstream database's live schema and its PII comment tags (asyncpg, I/O).
+
+``load_live_schema(conn)`` returns a ``gateway.schema.LiveSchema``: every relation of
+kind r, p, v, m, f in every schema (pg_catalog and information_schema included: the
+analyzer must resolve ``\\d``-style catalog queries), their columns in attnum order,
+inheritance and partition parents, view definitions, functions and the
+connection's effective search_path. ``LiveSchema.version`` changes whenever DDL
+changes any of that, so callers can compare versions after a refresh.
+
+Everything is read in one read-only REPEATABLE READ transaction, so the pieces
+agree with each other even while DDL runs concurrently. Inside it
+``search_path`` is set to ``pg_catalog`` only (``set_config(..., true)`` = SET
+LOCAL, undone at the end of the transaction): ``pg_get_viewdef`` and
+``format_type`` then schema-qualify every name outside pg_catalog, so a view
+definition means the same thing whatever search_path the analyzer later uses.
+
+Relations in other sessions' temporary schemas (``pg_temp_N``, ``pg_toast_temp_N``)
+are left out: they are invisible to every other session.
+"""
+from __future__ import annotations
+
+import time
+
+from catalog.loader import CatalogError, tag_entry
+from catalog.model import CatalogEntry, ColumnRef, RelationRef
+from gateway.schema import Column, Function, LiveSchema, Relation
+
+_NOT_TEMP = r"n.nspname !~ '^pg_(toast_)?temp_' AND n.nspname <> 'pg_toast'"
+
+_RELATIONS_SQL = f"""
+SELECT c.oid, n.nspname, c.relname, c.relkind::text
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {_NOT_TEMP}
+"""
+
+_COLUMNS_SQL = f"""
+SELECT a.attrelid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.atttypid
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  AND {_NOT_TEMP}
+ORDER BY a.attrelid, a.attnum
+"""
+
+_INHERITS_SQL = """
+SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
+"""
+
+_VIEWDEFS_SQL = f"""
+SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid, true)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND {_NOT_TEMP}
+"""
+
+# Argument types via format_type (not proargtypes::text) so they read like the
+# column types; schema-qualified when outside pg_catalog (search_path is set so).
+_FUNCTIONS_SQL = """
+SELECT n.nspname, p.proname,
+       ARRAY(SELECT pg_catalog.format_type(t, NULL)
+             FROM pg_catalog.unnest(p.proargtypes::pg_catalog.oid[]) WITH ORDINALITY AS a(t, i)
+             ORDER BY i) AS args,
+       pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.prosecdef,
+       p.proretset, p.prokind::text, l.lanname
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname !~ '^pg_(toast_)?temp_'
+"""
+
+_COMMENT_TAGS_SQL = f"""
+SELECT n.nspname, c.relname, a.attname, d.description
+FROM pg_catalog.pg_description d
+JOIN pg_catalog.pg_class c ON d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                           AND d.objoid = c.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid
+WHERE d.objsubid > 0 AND NOT a.attisdropped AND d.description ~* '^\\s*pii:'
+  AND {_NOT_TEMP}
+ORDER BY 1, 2, a.attnum
+"""
+
+
+async def load_live_schema(conn) -> LiveSchema:
+    """Read the live schema through an asyncpg connection (any role that can read
+    the system catalogs). Must not be called inside a transaction the caller
+    relies on: it opens (or nests as a savepoint) its own."""
+    search_path = tuple(await conn.fetchval("SELECT pg_catalog.current_schemas(false)"))
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        await conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
+        rel_rows = await conn.fetch(_RELATIONS_SQL)
+        col_rows = await conn.fetch(_COLUMNS_SQL)
+        inh_rows = await conn.fetch(_INHERITS_SQL)
+        view_rows = await conn.fetch(_VIEWDEFS_SQL)
+        fn_rows = await conn.fetch(_FUNCTIONS_SQL)
+    return build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, search_path)
+
+
+def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows,
+                      search_path: tuple[str, ...]) -> LiveSchema:
+    """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
+    return them). Separate from the I/O so it can be read and tested on its own."""
+    refs: dict[int, tuple[RelationRef, str]] = {
+        oid: (RelationRef(nsp, name), kind) for oid, nsp, name, kind in rel_rows}
+    columns: dict[int, list[Column]] = {}
+    for oid, name, type_name, type_oid in col_rows:
+        columns.setdefault(oid, []).append(Column(name, type_name, int(type_oid)))
+    parents: dict[int, list[RelationRef]] = {}
+    for child, parent in inh_rows:
+        # pg_inherits also links partitioned indexes: keep relations we model
+        if child in refs and parent in refs:
+            parents.setdefault(child, []).append(refs[parent][0])
+    viewdefs = {oid: text for oid, text in view_rows}
+    relations = [
+        Relation(ref=ref, kind=kind, columns=tuple(columns.get(oid, ())),
+                 parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid))
+        for oid, (ref, kind) in refs.items()
+    ]
+    functions = [
+        Function(schema=nsp, name=name, arg_types=tuple(args), result_type=result,
+                 volatility=vol, security_definer=secdef, returns_set=retset, kind=kind,
+                 language=lang)
+        for nsp, name, args, result, vol, secdef, retset, kind, lang in fn_rows
+    ]
+    return LiveSchema.of(relations, functions, search_path)
+
+
+async def load_comment_tags(conn) -> list[CatalogEntry]:
+    """Catalog entries from ``COMMENT ON COLUMN ... IS 'pii:<category>[:<sensitivity>]'``.
+
+    Comments that do not start with ``pii:`` are not tags and are skipped (the
+    filter runs in the database). A malformed tag raises CatalogError naming the
+    column: someone meant to protect it."""
+    rows = await conn.fetch(_COMMENT_TAGS_SQL)
+    entries = []
+    for nsp, rel, col, text in rows:
+        entry = tag_entry(ColumnRef(nsp, rel, col), text)
+        if entry is not None:
+            entries.append(entry)
+    return entries
+
+
+async def timed_load(conn) -> tuple[LiveSchema, float]:
+    """``load_live_schema`` and how long it took in seconds (for logs and metrics)."""
+    start = time.perf_counter()
+    schema = await load_live_schema(conn)
+    return schema, time.perf_counter() - start
+
+
+__all__ = ["load_live_schema", "load_comment_tags", "build_live_schema", "timed_load",
+           "CatalogError"]
