@@ -575,3 +575,49 @@ def _proposal(ref: ColumnRef, type_name: str, score: _Score, examples: list[str]
         evidence=score.evidence, masked_examples=tuple(unique),
         sensitivity=DEFAULT_SENSITIVITY.get(score.category, Sensitivity.MEDIUM),
         type_name=type_name)
+
+
+# ----------------------------------------------------------- proposal file
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escaping is a subset TOML accepts)."""
+    import json
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _comment(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def proposals_to_toml(proposals: Iterable[Proposal], header: str = "") -> str:
+    """The proposal file: catalog-file TOML (``[[column]]`` entries that
+    ``catalog.loader`` reads), each preceded by comments giving its confidence,
+    evidence and masked examples, for a person to review and merge."""
+    from catalog.loader import format_column_ref  # same package, no cycle at import time
+    items = sorted(proposals, key=lambda p: (p.column, p.category))
+    lines = [
+        f"# piigate catalog proposals: {len(items)} column(s).",
+        "# Review each entry: keep the right ones, fix category or sensitivity where",
+        "# needed, then copy them into your catalog file. Sampled values are never",
+        "# shown: evidence counts values, examples are masked.",
+    ]
+    if header:
+        lines += ["# " + _comment(h) for h in header.splitlines()]
+    for p in items:
+        lines += [
+            "",
+            f"# {p.column} ({_comment(p.type_name)})" if p.type_name else f"# {p.column}",
+            f"# confidence: {p.confidence:.2f}",
+            *[f"# evidence: {_comment(e)}" for e in p.evidence],
+        ]
+        if p.masked_examples:
+            lines.append("# masked examples: " + ", ".join(_comment(e) for e in p.masked_examples))
+        lines += [
+            "[[column]]",
+            f"column = {_toml_string(format_column_ref(p.column))}",
+            f"category = {_toml_string(p.category)}",
+            f"sensitivity = {_toml_string(p.sensitivity.name.lower())}",
+            f"description = {_toml_string(f'proposed by discovery, confidence {p.confidence:.2f}')}",
+        ]
+    return "\n".join(lines) + "\n"
