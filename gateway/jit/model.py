@@ -1,0 +1,416 @@
+"""Access requests and grants: the JIT layer's pure value types and rules.
+
+Nothing here touches Redis, the network or the clock: every function takes ``now``
+when it needs the time. The store (``gateway.jit.store``) persists these values and
+applies the transitions computed here inside Redis transactions, so the rules are
+tested once, as plain functions.
+
+Request life cycle (``TRANSITIONS``)::
+
+    pending --approve (quorum met)--> approved
+    pending --deny------------------> denied
+    pending --client cancel---------> abandoned
+    pending --request_ttl passed----> expired
+
+An approval that does not yet meet the quorum is recorded on the request, which
+stays ``pending``. Every other transition raises ``IllegalTransition``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+from catalog.model import ColumnRef
+from policies.model import Action, ApprovalRequirement, GrantView
+
+
+class RequestState(str, Enum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+
+
+#: The only legal state changes. Decided requests are final.
+TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
+    RequestState.PENDING: frozenset({RequestState.APPROVED, RequestState.DENIED,
+                                     RequestState.ABANDONED, RequestState.EXPIRED}),
+    RequestState.APPROVED: frozenset(),
+    RequestState.DENIED: frozenset(),
+    RequestState.ABANDONED: frozenset(),
+    RequestState.EXPIRED: frozenset(),
+}
+
+SCOPES = frozenset({"statement", "columns"})
+
+
+class IllegalTransition(Exception):
+    """A request was asked to move to a state its current state does not lead to."""
+
+    def __init__(self, request_id: str, current: RequestState, wanted: RequestState):
+        self.request_id, self.current, self.wanted = request_id, current, wanted
+        super().__init__(
+            f"access request {request_id} is already {current.value}; "
+            f"it cannot become {wanted.value}")
+
+
+class ApprovalRefused(Exception):
+    """An approval that the request's requirement does not allow.
+
+    ``code`` is machine-readable: self_approval, not_approver, duration, scope,
+    uses, duplicate, totp_required, totp_invalid, not_pending.
+    """
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+def check_transition(request_id: str, current: RequestState, wanted: RequestState) -> None:
+    if wanted not in TRANSITIONS[current]:
+        raise IllegalTransition(request_id, current, wanted)
+
+
+# ------------------------------------------------------------------ serialisation
+
+
+def column_to_json(c: ColumnRef) -> list[str]:
+    # A list, not "s.t.c": identifiers may contain dots.
+    return [c.schema, c.table, c.column]
+
+
+def column_from_json(v: Any) -> ColumnRef:
+    if isinstance(v, str):
+        return ColumnRef.parse(v)
+    if isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(p, str) for p in v):
+        return ColumnRef(*v)
+    raise ValueError(f"column reference {v!r}: expected [schema, table, column] or 'schema.table.column'")
+
+
+def requirement_to_dict(r: ApprovalRequirement) -> dict[str, Any]:
+    return {
+        "approver_groups": sorted(r.approver_groups),
+        "approvals": r.approvals,
+        "max_duration_s": r.max_duration_s,
+        "reason_required": r.reason_required,
+        "reason_pattern": r.reason_pattern,
+        "scopes": sorted(r.scopes),
+        "self_service_totp": r.self_service_totp,
+        "approver_totp": r.approver_totp,
+        "auto_approve": list(r.auto_approve),
+    }
+
+
+def requirement_from_dict(d: Mapping[str, Any]) -> ApprovalRequirement:
+    default = ApprovalRequirement()
+    return ApprovalRequirement(
+        approver_groups=frozenset(d.get("approver_groups", default.approver_groups)),
+        approvals=int(d.get("approvals", default.approvals)),
+        max_duration_s=int(d.get("max_duration_s", default.max_duration_s)),
+        reason_required=bool(d.get("reason_required", default.reason_required)),
+        reason_pattern=d.get("reason_pattern", default.reason_pattern),
+        scopes=frozenset(d.get("scopes", default.scopes)),
+        self_service_totp=bool(d.get("self_service_totp", default.self_service_totp)),
+        approver_totp=bool(d.get("approver_totp", default.approver_totp)),
+        auto_approve=tuple(d.get("auto_approve", default.auto_approve)),
+    )
+
+
+# ------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One approver's vote, with the terms that approver chose."""
+    approver: str
+    at: float
+    comment: str = ""
+    duration_s: int = 0
+    scope: str = "statement"
+    uses: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Approval":
+        return cls(approver=d["approver"], at=float(d["at"]), comment=d.get("comment", ""),
+                   duration_s=int(d.get("duration_s", 0)), scope=d.get("scope", "statement"),
+                   uses=d.get("uses"))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRequest:
+    """A held statement's plea for access. Never contains PII values:
+    ``redacted_sql`` has its literals replaced by the analyzer."""
+    id: str
+    principal: str
+    action: Action
+    created_at: float
+    requirement: Mapping[str, Any]                   # requirement_to_dict(ApprovalRequirement)
+    roles: frozenset[str] = frozenset()
+    columns: frozenset[ColumnRef] = frozenset()
+    categories: frozenset[str] = frozenset()
+    fingerprint: str = ""
+    redacted_sql: str = ""
+    reason: str | None = None
+    session_id: str = ""
+    instance: str = ""
+    state: RequestState = RequestState.PENDING
+    approvals: tuple[Approval, ...] = ()
+    decided_by: str | None = None                    # approver(s), "auto:<rule>", "hook", "totp:<user>"
+    decided_at: float | None = None
+    denial_reason: str | None = None
+    grant_id: str | None = None
+
+    @property
+    def approval_requirement(self) -> ApprovalRequirement:
+        return requirement_from_dict(self.requirement)
+
+    def moved_to(self, state: RequestState, now: float, **changes: Any) -> "AccessRequest":
+        """A copy in ``state``; raises IllegalTransition when the table forbids it."""
+        check_transition(self.id, self.state, state)
+        return dataclasses.replace(self, state=state, decided_at=now, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "principal": self.principal, "roles": sorted(self.roles),
+            "action": self.action.value,
+            "columns": [column_to_json(c) for c in sorted(self.columns)],
+            "categories": sorted(self.categories), "fingerprint": self.fingerprint,
+            "redacted_sql": self.redacted_sql, "reason": self.reason,
+            "session_id": self.session_id, "instance": self.instance,
+            "created_at": self.created_at, "requirement": dict(self.requirement),
+            "state": self.state.value, "approvals": [a.to_dict() for a in self.approvals],
+            "decided_by": self.decided_by, "decided_at": self.decided_at,
+            "denial_reason": self.denial_reason, "grant_id": self.grant_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AccessRequest":
+        return cls(
+            id=d["id"], principal=d["principal"], roles=frozenset(d.get("roles", ())),
+            action=Action(d["action"]),
+            columns=frozenset(column_from_json(c) for c in d.get("columns", ())),
+            categories=frozenset(d.get("categories", ())), fingerprint=d.get("fingerprint", ""),
+            redacted_sql=d.get("redacted_sql", ""), reason=d.get("reason"),
+            session_id=d.get("session_id", ""), instance=d.get("instance", ""),
+            created_at=float(d["created_at"]), requirement=dict(d.get("requirement", {})),
+            state=RequestState(d.get("state", "pending")),
+            approvals=tuple(Approval.from_dict(a) for a in d.get("approvals", ())),
+            decided_by=d.get("decided_by"), decided_at=d.get("decided_at"),
+            denial_reason=d.get("denial_reason"), grant_id=d.get("grant_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Time-boxed access. ``scope`` "statement": only statements with ``fingerprint``;
+    "columns": the action on ``columns`` and/or any column of ``categories``.
+    ``uses_left`` None means unlimited until ``expires_at``."""
+    id: str
+    principal: str
+    action: Action
+    scope: str
+    created_at: float
+    expires_at: float
+    request_id: str | None = None
+    fingerprint: str | None = None
+    columns: frozenset[ColumnRef] = frozenset()
+    categories: frozenset[str] = frozenset()
+    uses_left: int | None = None
+    approved_by: tuple[str, ...] = ()
+    how: str = "manual"                              # manual | auto:<rule> | totp | token | hook
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"grant scope {self.scope!r}: expected 'statement' or 'columns'")
+        if self.scope == "statement" and not self.fingerprint:
+            raise ValueError("a statement-scoped grant needs the statement's fingerprint")
+        if self.scope == "columns" and not (self.columns or self.categories):
+            raise ValueError("a columns-scoped grant needs at least one column or category")
+        if self.uses_left is not None and self.uses_left < 0:
+            raise ValueError("uses_left must be None (unlimited) or >= 0")
+
+    @property
+    def duration_s(self) -> float:
+        return self.expires_at - self.created_at
+
+    def live(self, now: float) -> bool:
+        return now < self.expires_at and (self.uses_left is None or self.uses_left > 0)
+
+    def covers(self, action: Action, columns: Iterable[ColumnRef], categories: Iterable[str],
+               fingerprint: str | None,
+               column_categories: Mapping[ColumnRef, str] | None = None) -> bool:
+        """Does this grant lift an ``approve`` for that statement? Scope only, not time.
+
+        ``columns`` are the catalogued columns the statement touches and ``categories``
+        their categories. Without ``column_categories`` the check is conservative: every
+        column must be granted by name, or every category must be granted (a grant that
+        covers some by name and the rest by category needs the mapping). A columns grant never covers a statement that names nothing: there is
+        nothing to scope it to, so only a statement grant can.
+        """
+        if action != self.action:
+            return False
+        if self.scope == "statement":
+            return bool(fingerprint) and fingerprint == self.fingerprint
+        cols, cats = frozenset(columns), frozenset(categories)
+        if not cols and not cats:
+            return False
+        if column_categories is not None:
+            return (all(c in self.columns or column_categories.get(c) in self.categories
+                        for c in cols)
+                    and cats <= self.categories | {column_categories.get(c) for c in cols
+                                                   if c in self.columns})
+        return (bool(cols) and cols <= self.columns) or (bool(cats) and cats <= self.categories)
+
+    def view(self) -> GrantView:
+        return GrantView(grant_id=self.id, principal=self.principal, action=self.action,
+                         columns=self.columns if self.scope == "columns" else frozenset(),
+                         categories=self.categories if self.scope == "columns" else frozenset(),
+                         fingerprint=self.fingerprint if self.scope == "statement" else None,
+                         expires_at=self.expires_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "request_id": self.request_id, "principal": self.principal,
+            "action": self.action.value, "scope": self.scope, "fingerprint": self.fingerprint,
+            "columns": [column_to_json(c) for c in sorted(self.columns)],
+            "categories": sorted(self.categories), "created_at": self.created_at,
+            "expires_at": self.expires_at, "uses_left": self.uses_left,
+            "approved_by": list(self.approved_by), "how": self.how,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Grant":
+        return cls(
+            id=d["id"], request_id=d.get("request_id"), principal=d["principal"],
+            action=Action(d["action"]), scope=d["scope"], fingerprint=d.get("fingerprint"),
+            columns=frozenset(column_from_json(c) for c in d.get("columns", ())),
+            categories=frozenset(d.get("categories", ())), created_at=float(d["created_at"]),
+            expires_at=float(d["expires_at"]), uses_left=d.get("uses_left"),
+            approved_by=tuple(d.get("approved_by", ())), how=d.get("how", "manual"),
+        )
+
+
+# ------------------------------------------------------------------ approval rules
+
+
+def check_reason(requirement: ApprovalRequirement, reason: str | None) -> str | None:
+    """None when the reason satisfies the requirement, else what the user must do."""
+    if requirement.reason_required and not (reason and reason.strip()):
+        return ("a reason is required: run SET piigate.reason = '...' or start the statement "
+                "with /* piigate:reason=... */, then retry")
+    if requirement.reason_pattern and reason is not None:
+        if not re.search(requirement.reason_pattern, reason):
+            return (f"the reason must match {requirement.reason_pattern!r} "
+                    "(for example a ticket id); set a matching one and retry")
+    return None
+
+
+def check_approval(request: AccessRequest, approver: str, approver_groups: Iterable[str],
+                   duration_s: int, scope: str, uses: int | None) -> None:
+    """Raise ApprovalRefused unless ``approver`` may approve ``request`` on these terms.
+
+    Empty ``approver_groups`` in the requirement means any authenticated approver.
+    The requester can never approve, whatever groups they are in.
+    """
+    req = request.approval_requirement
+    if request.state is not RequestState.PENDING:
+        raise ApprovalRefused("not_pending",
+                              f"access request {request.id} is already {request.state.value}")
+    if approver == request.principal:
+        raise ApprovalRefused("self_approval",
+                              f"{approver} requested {request.id} and cannot approve it; "
+                              "ask another approver")
+    groups = frozenset(approver_groups)
+    if req.approver_groups and not (groups & req.approver_groups):
+        raise ApprovalRefused("not_approver",
+                              f"{approver} is not in any of the approver groups "
+                              f"{sorted(req.approver_groups)} this request needs")
+    if any(a.approver == approver for a in request.approvals):
+        raise ApprovalRefused("duplicate",
+                              f"{approver} already approved {request.id}; the quorum of "
+                              f"{req.approvals} needs distinct approvers")
+    if isinstance(duration_s, bool) or not isinstance(duration_s, int) or duration_s <= 0:
+        raise ApprovalRefused("duration", f"duration must be a positive number of seconds, got {duration_s!r}")
+    if duration_s > req.max_duration_s:
+        raise ApprovalRefused("duration", f"duration {duration_s}s is longer than the "
+                                          f"{req.max_duration_s}s this request's policy allows")
+    if scope not in SCOPES:
+        raise ApprovalRefused("scope", f"scope {scope!r}: expected 'statement' or 'columns'")
+    if scope not in req.scopes:
+        raise ApprovalRefused("scope", f"scope {scope!r} is not allowed for this request; "
+                                       f"allowed: {sorted(req.scopes)}")
+    if scope == "columns" and not (request.columns or request.categories):
+        raise ApprovalRefused("scope", "this request names no columns or categories; "
+                                       "grant scope 'statement' instead")
+    if scope == "statement" and not request.fingerprint:
+        raise ApprovalRefused("scope", "this request has no statement fingerprint; "
+                                       "grant scope 'columns' instead")
+    if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
+        raise ApprovalRefused("uses", f"uses must be a positive integer or null (unlimited), got {uses!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalOutcome:
+    """What one approval did: the updated request and, when the quorum is met, the grant."""
+    request: AccessRequest
+    grant: Grant | None
+
+    @property
+    def quorum_met(self) -> bool:
+        return self.grant is not None
+
+
+def distinct_approvers(request: AccessRequest) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for a in request.approvals:
+        seen.setdefault(a.approver, None)
+    return tuple(seen)
+
+
+def apply_approval(request: AccessRequest, approval: Approval, approver_groups: Iterable[str],
+                   grant_id: str, how: str = "manual") -> ApprovalOutcome:
+    """Validate and record ``approval``; build the grant once the quorum is met.
+
+    With several approvers the grant takes the most restrictive terms any of them
+    chose (shortest duration, statement scope over columns, fewest uses).
+    """
+    check_approval(request, approval.approver, approver_groups, approval.duration_s,
+                   approval.scope, approval.uses)
+    updated = dataclasses.replace(request, approvals=request.approvals + (approval,))
+    req = request.approval_requirement
+    approvers = distinct_approvers(updated)
+    if len(approvers) < max(1, req.approvals):
+        return ApprovalOutcome(updated, None)
+    grant = grant_for(updated, approvers, grant_id, approval.at, how)
+    decided = updated.moved_to(RequestState.APPROVED, approval.at,
+                               decided_by=",".join(approvers), grant_id=grant.id)
+    return ApprovalOutcome(decided, grant)
+
+
+def grant_for(request: AccessRequest, approvers: tuple[str, ...], grant_id: str, now: float,
+              how: str) -> Grant:
+    votes = request.approvals
+    duration = min(a.duration_s for a in votes)
+    scope = "statement" if any(a.scope == "statement" for a in votes) else "columns"
+    counted = [a.uses for a in votes if a.uses is not None]
+    uses = min(counted) if counted else None
+    return make_grant(request, grant_id, now, duration, scope, uses, approvers, how)
+
+
+def make_grant(request: AccessRequest, grant_id: str, now: float, duration_s: float, scope: str,
+               uses: int | None, approved_by: tuple[str, ...], how: str) -> Grant:
+    return Grant(
+        id=grant_id, request_id=request.id, principal=request.principal, action=request.action,
+        scope=scope, created_at=now, expires_at=now + duration_s,
+        fingerprint=request.fingerprint if scope == "statement" else None,
+        columns=request.columns if scope == "columns" else frozenset(),
+        categories=request.categories if scope == "columns" else frozenset(),
+        uses_left=uses, approved_by=approved_by, how=how,
+    )
