@@ -152,7 +152,7 @@ def _check_keys(table: Mapping, allowed: set[str], where: _Where, prefix: str) -
 
 def _parse_listen(text: str, where: _Where) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not (0 < int(port) < 65536):
+    if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
         raise where.error("server.listen", f"expected HOST:PORT such as {DEFAULT_LISTEN!r}, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
