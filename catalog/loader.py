@@ -493,3 +493,30 @@ _RENAMED = re.compile(r"\b[A-Za-z_][\w$]*\.([A-Za-z_][\w$]*)\s+AS\s+([A-Za-z_][\
 
 def _renamed_outputs(definition: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in _RENAMED.finditer(definition)]
+
+
+# ------------------------------------------------------------------- all together
+
+
+def build_catalog(file_entries: Iterable[CatalogEntry], tag_entries: Iterable[CatalogEntry],
+                  schema=None) -> Catalog:
+    """The catalog the gateway enforces: file + tags merged (file wins), then
+    derived entries for children, partitions and views when ``schema`` is given."""
+    merged = merge_catalogs(file_entries, tag_entries)
+    return derive_catalog(merged, schema) if schema is not None else merged
+
+
+def missing_columns(entries: Iterable[CatalogEntry], schema) -> list[str]:
+    """Warnings for entries that name a relation or column the live schema lacks
+    (a typo in the catalog file protects nothing). Sources are included so the user
+    finds the line."""
+    out = []
+    for e in entries:
+        rel = schema.relation(e.column.relation)
+        if rel is None:
+            out.append(f"{e.source}: {e.column}: relation {e.column.relation} does not exist "
+                       "in the database (check the name, or the schema: default is public)")
+        elif rel.column(e.column.column) is None:
+            out.append(f"{e.source}: {e.column}: {e.column.relation} has no column "
+                       f"{e.column.column!r} (columns: {', '.join(rel.column_names)})")
+    return out

@@ -53,13 +53,13 @@ FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamesp
 WHERE c.relkind IN ('v', 'm') AND {_NOT_TEMP}
 """
 
-# Argument types via format_type (not proargtypes::text) so they read like the
-# column types; schema-qualified when outside pg_catalog (search_path is set so).
+# Argument types as regtype text (format_type without typmod, which argument types
+# never carry): they read like column types and are schema-qualified when outside
+# pg_catalog (search_path is pg_catalog while this runs). Twice as fast as calling
+# format_type per argument.
 _FUNCTIONS_SQL = """
 SELECT n.nspname, p.proname,
-       ARRAY(SELECT pg_catalog.format_type(t, NULL)
-             FROM pg_catalog.unnest(p.proargtypes::pg_catalog.oid[]) WITH ORDINALITY AS a(t, i)
-             ORDER BY i) AS args,
+       p.proargtypes::pg_catalog.oid[]::pg_catalog.regtype[]::text[] AS args,
        pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.prosecdef,
        p.proretset, p.prokind::text, l.lanname
 FROM pg_catalog.pg_proc p
@@ -125,16 +125,17 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows,
     return LiveSchema.of(relations, functions, search_path)
 
 
-async def load_comment_tags(conn) -> list[CatalogEntry]:
+async def load_comment_tags(conn, user_categories=None) -> list[CatalogEntry]:
     """Catalog entries from ``COMMENT ON COLUMN ... IS 'pii:<category>[:<sensitivity>]'``.
 
     Comments that do not start with ``pii:`` are not tags and are skipped (the
     filter runs in the database). A malformed tag raises CatalogError naming the
-    column: someone meant to protect it."""
+    column: someone meant to protect it. ``user_categories`` (the catalog file's
+    [categories]) gives default sensitivities of user-defined categories."""
     rows = await conn.fetch(_COMMENT_TAGS_SQL)
     entries = []
     for nsp, rel, col, text in rows:
-        entry = tag_entry(ColumnRef(nsp, rel, col), text)
+        entry = tag_entry(ColumnRef(nsp, rel, col), text, user_categories or {})
         if entry is not None:
             entries.append(entry)
     return entries
@@ -147,5 +148,26 @@ async def timed_load(conn) -> tuple[LiveSchema, float]:
     return schema, time.perf_counter() - start
 
 
-__all__ = ["load_live_schema", "load_comment_tags", "build_live_schema", "timed_load",
-           "CatalogError"]
+async def load_catalog_and_schema(conn, catalog_file: str | None = None,
+                                  comment_tags: bool = True, annotate=None):
+    """Everything the gateway needs at start and after DDL, in one call:
+    ``(catalog, schema, warnings)``.
+
+    The catalog is the file (when given) merged with the database's comment tags
+    (when ``comment_tags``), plus entries derived for children, partitions and
+    views. ``annotate(schema) -> schema`` runs before derivation: pass the
+    analyzer's view-lineage pass so views are attributed column by column (without
+    it, views fall back to the conservative name-based rule). Raises CatalogError
+    for a bad file or a malformed tag; ``warnings`` lists catalog entries that name
+    columns the database does not have."""
+    from catalog.loader import build_catalog, load_catalog_file, missing_columns
+
+    cfile = load_catalog_file(catalog_file) if catalog_file else None
+    file_entries = cfile.entries if cfile else ()
+    user_categories = cfile.categories if cfile else {}
+    tags = await load_comment_tags(conn, user_categories) if comment_tags else []
+    schema = await load_live_schema(conn)
+    if annotate is not None:
+        schema = annotate(schema)
+    catalog = build_catalog(file_entries, tags, schema)
+    return catalog, schema, missing_columns(file_entries, schema)
