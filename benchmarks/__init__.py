@@ -1,0 +1,4 @@
+"""Benchmark harness: pgbench against direct PostgreSQL, pgbouncer and the gateway.
+
+Run ``python -m benchmarks.run --help``; see benchmarks/README.md.
+"""
