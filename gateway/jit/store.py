@@ -125,6 +125,15 @@ return redis.call('HINCRBY', KEYS[1], 'uses_left', -1)
 # -5 used up.
 
 
+def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A client whose pool makes callers *wait* for a free connection (thousands of
+    held sessions re-check at once) instead of failing with "Too many connections"."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5.0, socket_connect_timeout=2.0,
+        socket_timeout=5.0, health_check_interval=10)
+    return aioredis.Redis.from_pool(pool)
+
+
 def _new_id(kind: str) -> str:
     return f"{kind}-{secrets.token_hex(8)}"
 
@@ -168,9 +177,7 @@ class JitService:
 
     @classmethod
     def from_config(cls, config: JitConfig, **kwargs: Any) -> "JitService":
-        client = aioredis.Redis.from_url(config.redis_url, socket_connect_timeout=2.0,
-                                         socket_timeout=5.0, health_check_interval=10)
-        return cls(client, config, owns_redis=True, **kwargs)
+        return cls(connect_redis(config.redis_url), config, owns_redis=True, **kwargs)
 
     @property
     def redis_url(self) -> str:
