@@ -149,9 +149,10 @@ class _LineIndex:
         items = [no for no, h, arr in self.headers if arr and h == name]
         return items[index] if index < len(items) else None
 
-    def table(self, name: str) -> int | None:
+    def table(self, name: str, array: bool | None = False) -> int | None:
+        """The first header ``[name]`` (``array=True``: ``[[name]]``; None: either)."""
         for no, h, arr in self.headers:
-            if not arr and h == name:
+            if h == name and (array is None or arr == array):
                 return no
         return None
 
@@ -206,7 +207,7 @@ def parse_catalog_text(text: str, filename: str = "<catalog>") -> CatalogFile:
 
     for key in doc:
         if key not in _TOP_KEYS:
-            raise CatalogError(filename, index.table(key) or index.key_in_section(None, key),
+            raise CatalogError(filename, index.table(key, None) or index.key_in_section(None, key),
                                f"unknown top-level key {key!r}; expected [[column]] tables "
                                "and an optional [categories] table")
 
