@@ -1,0 +1,120 @@
+"""Analyzer facts -> policy request (pure glue between gateway.analysis and policies).
+
+``action_of(facts)`` maps a statement kind to the policy Action; ``build_request``
+fills a ``DecisionRequest`` with every touched column (category and sensitivity
+from the catalog), every catalogued column of every touched relation (the mask
+plan covers them all) and the functions that run code we cannot see into.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from catalog.model import Catalog, ColumnRef, RelationRef
+from gateway.analysis.facts import StatementFacts, StatementKind
+from gateway.schema import LiveSchema
+from policies.model import (Action, DecisionRequest, GrantView, Principal, RequestContext,
+                            TouchedColumn)
+
+_ACTIONS = {
+    StatementKind.SELECT: Action.READ,
+    StatementKind.INSERT: Action.WRITE, StatementKind.UPDATE: Action.WRITE,
+    StatementKind.MERGE: Action.WRITE, StatementKind.COPY_FROM: Action.WRITE,
+    StatementKind.DELETE: Action.DELETE,
+    StatementKind.COPY_TO: Action.EXPORT,
+    StatementKind.DDL: Action.DDL, StatementKind.UTILITY: Action.DDL,
+    StatementKind.CALL: Action.CALL, StatementKind.DO: Action.CALL,
+    StatementKind.SESSION: Action.SESSION,
+    # LISTEN receives whatever triggers broadcast (row_to_json(NEW) of PII rows):
+    # it is a session-level channel, not a read we could mask
+    StatementKind.LISTEN: Action.SESSION,
+    # statements that read no relation: judged as reads of nothing (allowed unless a rule says otherwise)
+    StatementKind.SET: Action.READ, StatementKind.TRANSACTION: Action.READ,
+    StatementKind.EMPTY: Action.READ,
+    StatementKind.UNKNOWN: Action.UNKNOWN,
+}
+_WRAPPERS = (StatementKind.EXPLAIN, StatementKind.CURSOR, StatementKind.PREPARE)
+
+#: function schemas whose code we trust not to read tables behind the analyzer's back
+_TRUSTED_FUNCTION_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_TRUSTED_LANGUAGES = frozenset({"internal", "c"})
+
+
+def action_of(facts: StatementFacts) -> Action:
+    """The policy action of a statement. EXPLAIN ANALYZE runs its statement: the
+    inner's action; EXPLAIN alone plans it: a read of the inner's relations.
+    DECLARE/PREPARE (and EXECUTE/FETCH when the analyzer resolved them): the inner's."""
+    if facts.kind in _WRAPPERS:
+        inner = facts.inner
+        if inner is None:
+            # FETCH/MOVE/CLOSE/EXECUTE/DEALLOCATE of something decided when it was declared
+            return Action.UNKNOWN if facts.is_unknown else Action.READ
+        inner_action = action_of(inner)
+        if facts.kind is StatementKind.EXPLAIN and not _explain_analyze(facts):
+            return Action.UNKNOWN if inner_action is Action.UNKNOWN else Action.READ
+        return inner_action
+    return _ACTIONS.get(facts.kind, Action.UNKNOWN)
+
+
+def _explain_analyze(facts: StatementFacts) -> bool:
+    text = facts.command.upper()
+    if "ANALYZE" in text or "ANALYSE" in text:
+        return True
+    if facts.command:
+        return False
+    # no command detail from the analyzer: look at the options ourselves
+    head = facts.sql.split(facts.inner.sql, 1)[0] if facts.inner is not None and facts.inner.sql else facts.sql
+    return "ANALY" in head.upper()
+
+
+def effective_facts(facts: StatementFacts) -> StatementFacts:
+    """The facts whose columns/relations matter: the inner statement of EXPLAIN,
+    DECLARE and PREPARE (the wrapper's own unknown still counts)."""
+    if facts.kind in _WRAPPERS and facts.inner is not None:
+        return effective_facts(facts.inner)
+    return facts
+
+
+def build_request(facts: StatementFacts, catalog: Catalog, principal: Principal,
+                  context: RequestContext = RequestContext(), grants: Iterable[GrantView] = (),
+                  *, schema: LiveSchema | None = None) -> DecisionRequest:
+    """The DecisionRequest for one statement. With ``schema``, functions that are
+    SECURITY DEFINER or written in SQL/PL languages outside pg_catalog are listed as
+    risky (they can read PII the analyzer cannot see)."""
+    inner = effective_facts(facts)
+    unknown = facts.unknown or inner.unknown
+    touched = tuple(_touched(u.column, frozenset(x.value for x in u.usages), catalog)
+                    for u in inner.columns)
+    relations = frozenset(inner.relations_read | inner.relations_written)
+    relation_columns = tuple(
+        TouchedColumn(e.column, frozenset(), e.category, int(e.sensitivity))
+        for rel in sorted(relations) for _, e in sorted(catalog.columns_of(rel).items()))
+    risky = _risky_functions(inner.functions | facts.functions, schema) if schema is not None else frozenset()
+    return DecisionRequest(
+        principal=principal, action=action_of(facts), columns=touched, relations=relations,
+        functions=frozenset(inner.functions | facts.functions), statement_kind=facts.kind.value,
+        fingerprint=facts.fingerprint, unknown=unknown, context=context, grants=tuple(grants),
+        relation_columns=relation_columns, risky_functions=risky)
+
+
+def _touched(col: ColumnRef, usages: frozenset[str], catalog: Catalog) -> TouchedColumn:
+    e = catalog.get(col)
+    if e is None:
+        return TouchedColumn(col, usages)
+    return TouchedColumn(col, usages, e.category, int(e.sensitivity))
+
+
+def _risky_functions(names: Iterable[str], schema: LiveSchema) -> frozenset[str]:
+    out = set()
+    for name in names:
+        sch, _, bare = name.rpartition(".")
+        candidates = [f for f in schema.functions_named(bare) if not sch or f.schema == sch]
+        for f in candidates:
+            if f.security_definer or (f.schema not in _TRUSTED_FUNCTION_SCHEMAS
+                                      and f.language not in _TRUSTED_LANGUAGES):
+                out.add(name)
+    return frozenset(out)
+
+
+def relations_of(facts: StatementFacts) -> frozenset[RelationRef]:
+    inner = effective_facts(facts)
+    return frozenset(inner.relations_read | inner.relations_written)

@@ -1,0 +1,160 @@
+"""``piigate policy check`` and ``piigate policy explain`` (a dry run).
+
+``explain`` shows what the gateway would do with a statement for a user, and why:
+the effect, the rule, the catalogued columns, the reasons, and for MASK the SQL
+that would be forwarded. It analyses with the live schema of ``--dsn`` (or a
+schema JSON file, the format of tests/data/analysis/security_schema.json) and
+the catalog (``--catalog`` file merged with the database's comment tags).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from catalog.model import Catalog, RelationRef
+from policies.model import Principal, RequestContext
+
+
+def register(subparsers, config=None) -> None:
+    p = subparsers.add_parser("policy", help="the access policy: validate it, explain a decision")
+    sub = p.add_subparsers(dest="policy_command", required=True)
+
+    check = sub.add_parser("check", help="validate a policy file (errors name file and line)")
+    check.add_argument("--policy", "-p", required=True, help="the policy TOML file")
+    check.set_defaults(func=cmd_check)
+
+    ex = sub.add_parser("explain", help="dry run: what the gateway would do with SQL for a user, and why")
+    ex.add_argument("--policy", "-p", required=True, help="the policy TOML file")
+    ex.add_argument("--user", "-u", required=True, help="the gateway user")
+    ex.add_argument("--roles", default="", help="comma-separated roles/groups of the user")
+    ex.add_argument("--catalog", help="catalog TOML file (merged with COMMENT 'pii:...' tags)")
+    ex.add_argument("--dsn", help="introspect this database for the live schema and comment tags")
+    ex.add_argument("--schema-json", help="a frozen live schema (JSON) instead of --dsn")
+    ex.add_argument("--search-path", default="public", help="session search_path (default public)")
+    ex.add_argument("--client-addr", default="127.0.0.1")
+    ex.add_argument("--application-name", default="psql")
+    ex.add_argument("--reason", help="the reason the user gives (SET piigate.reason)")
+    ex.add_argument("--pseudonym-installed", action="store_true",
+                    help="piigate.pseudonym is installed upstream (hash masking available)")
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+    ex.add_argument("sql", help="the statement(s)")
+    ex.set_defaults(func=cmd_explain)
+
+
+def cmd_check(args) -> int:
+    from policies.loader import PolicyError, load_policy
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as e:
+        print(f"piigate: {e}", file=sys.stderr)
+        return 2
+    unrestricted = [r.name for r in policy.rules if r.unrestricted]
+    print(f"{args.policy}: ok, {len(policy.rules)} rule(s), {len(policy.auto_approve)} auto-approve rule(s), "
+          f"version {policy.version}")
+    if unrestricted:
+        print("not under PII policy (unrestricted): " + ", ".join(unrestricted))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from catalog.loader import CatalogError
+    from policies.loader import PolicyError, load_policy
+    try:
+        policy = load_policy(args.policy)
+        catalog, schema = _catalog_and_schema(args)
+    except (PolicyError, CatalogError, OSError, ValueError) as e:
+        print(f"piigate: {e}", file=sys.stderr)
+        return 2
+    principal = Principal(args.user, frozenset(r.strip() for r in args.roles.split(",") if r.strip()))
+    context = RequestContext(client_addr=args.client_addr, application_name=args.application_name,
+                             now=time.time(), reason=args.reason)
+    search_path = tuple(s.strip() for s in args.search_path.split(",") if s.strip())
+    results = explain(args.sql, policy, catalog, schema, principal, context, search_path,
+                      pseudonym_installed=args.pseudonym_installed)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        for i, r in enumerate(results, 1):
+            if len(results) > 1:
+                print(f"-- statement {i}: {r['statement']}")
+            print("\n".join(r["lines"]))
+            if "rewritten" in r:
+                print(f"forwarded: {r['rewritten']}")
+            if r.get("notes"):
+                print("\n".join(f"note:    {n}" for n in r["notes"]))
+            print()
+    return 0
+
+
+def explain(sql, policy, catalog: Catalog, schema, principal, context, search_path,
+            *, pseudonym_installed: bool = False) -> list[dict]:
+    """Pure: analyse, decide and (for MASK) rewrite each statement, as the gateway
+    would. Returns one dict per statement (effect, rule, lines, rewritten SQL)."""
+    from gateway.analysis import analyze
+    from gateway.decisions import build_request
+    from gateway.rewrite import RewriteError, rewrite
+    from policies.decide import decide, explain_lines
+    from policies.model import Effect
+
+    out = []
+    for facts in analyze(sql, schema, search_path):
+        request = build_request(facts, catalog, principal, context, (), schema=schema)
+        decision = decide(request, policy)
+        entry = {"statement": facts.sql, "effect": decision.effect.value, "rule": decision.rule,
+                 "columns": [str(c) for c in decision.columns], "reasons": list(decision.reasons),
+                 "lines": explain_lines(decision)}
+        if decision.effect is Effect.MASK:
+            try:
+                res = rewrite(facts.sql, decision.mask, schema, search_path,
+                              pseudonym_installed=pseudonym_installed)
+                entry["rewritten"] = res.sql
+                entry["notes"] = list(res.notes)
+            except RewriteError as e:
+                # the gateway fails closed: a statement it cannot mask is denied
+                entry["effect"] = "deny"
+                entry["rule"] = "rewrite-failed"
+                entry["lines"].append(f"rewrite: cannot be masked with certainty ({e}); the gateway denies it")
+        out.append(entry)
+    return out
+
+
+def _catalog_and_schema(args):
+    if args.dsn:
+        import asyncio
+
+        import asyncpg
+
+        from gateway.introspect import load_catalog_and_schema
+
+        async def load():
+            conn = await asyncpg.connect(args.dsn)
+            try:
+                catalog, schema, warnings = await load_catalog_and_schema(conn, args.catalog)
+            finally:
+                await conn.close()
+            for w in warnings:
+                print(f"warning: {w}", file=sys.stderr)
+            return catalog, schema
+        return asyncio.run(load())
+    if args.schema_json:
+        from catalog.loader import build_catalog, load_catalog_file
+        schema = schema_from_json(Path(args.schema_json).read_text(encoding="utf-8"))
+        entries = load_catalog_file(args.catalog).entries if args.catalog else ()
+        return build_catalog(entries, (), schema), schema
+    raise ValueError("policy explain needs the live schema: give --dsn DSN (introspects the database) "
+                     "or --schema-json FILE")
+
+
+def schema_from_json(text: str):
+    """A LiveSchema from the JSON written by tests/gateway/analysis/make_security_schema.py."""
+    from gateway.schema import Column, Function, LiveSchema, Relation
+    d = json.loads(text)
+    rels = [Relation(RelationRef(r["schema"], r["name"]), r["kind"],
+                     tuple(Column(c[0], c[1]) for c in r["columns"]),
+                     tuple(RelationRef(p[0], p[1]) for p in r.get("parents", [])),
+                     r.get("view_definition"))
+            for r in d["relations"]]
+    funcs = [Function(f[0], f[1], tuple(f[2]), f[3], f[4], f[5], f[6], f[7], f[8]) for f in d.get("functions", [])]
+    return LiveSchema.of(rels, funcs, tuple(d.get("search_path", ["public"])))
