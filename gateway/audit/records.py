@@ -1,0 +1,482 @@
+"""Audit records as plain dicts, and the redaction that keeps PII out of them. Pure.
+
+Every builder here returns an *event*: a dict with ``type`` and the fields of that
+type, ready for ``orjson.dumps``. ``AuditTrail.record`` stamps it with the common
+fields (``ts``, ``instance``, ``seq``) and the chain fields (``prev``, ``hash``).
+
+Nothing a client sent as a value ever reaches a record: statement text goes
+through :func:`redact_sql` (literals become ``$n``, comments are dropped), bound
+parameters are counted and never copied, and database error text goes through
+:func:`scrub_message`.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
+
+import pglast.parser
+
+# --------------------------------------------------------------------------------------
+# record types
+
+STATEMENT_DECISION = "statement.decision"
+STATEMENT_COMPLETE = "statement.complete"
+REQUEST_EVENTS = frozenset({"created", "approved", "denied", "auto_approved", "abandoned", "expired"})
+GRANT_EVENTS = frozenset({"created", "consumed", "expired", "revoked"})
+ADMIN_CALL = "admin.call"
+SESSION_OPEN = "session.open"
+SESSION_CLOSE = "session.close"
+AUTH_FAILURE = "auth.failure"
+# written by the trail itself (see chain.py / trail.py)
+SEGMENT_START = "segment.start"
+CHECKPOINT = "checkpoint"
+
+#: Fields the trail adds; builders never set them.
+COMMON_FIELDS = ("ts", "instance", "type", "seq")
+
+
+def utc_timestamp(unix_time: float) -> str:
+    """ISO-8601 UTC with microseconds: ``2026-11-29T00:35:18.123456Z``."""
+    return datetime.fromtimestamp(unix_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of :func:`utc_timestamp`; also accepts dates and ``+00:00`` offsets."""
+    t = text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    dt = datetime.fromisoformat(t)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def stamp(event: Mapping[str, Any], *, instance: str, seq: int, unix_time: float) -> dict:
+    """The event with the common fields first (readable lines), then its own fields."""
+    if "type" not in event:
+        raise ValueError("audit event has no 'type'")
+    record = {"ts": utc_timestamp(unix_time), "instance": instance, "type": event["type"], "seq": seq}
+    for k, v in event.items():
+        if k not in record and k not in ("prev", "hash"):
+            record[k] = v
+    return record
+
+
+# --------------------------------------------------------------------------------------
+# redaction of statement text
+
+_CONST_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+_PARAM_RE = re.compile(r"\$(\d+)")
+
+
+def redact_sql(sql: str) -> str:
+    """Statement text that is safe to log: every literal becomes ``$n``, comments go.
+
+    First PostgreSQL's own normaliser (``pglast.parser.normalize``, the same ``$n``
+    numbering pg_stat_statements shows); it leaves literals inside some utility
+    statements (DDL bodies, COPY options), so the result is then lexed and any
+    remaining constant, and every comment (a comment can carry a value as easily as
+    a literal), is replaced too. Text PostgreSQL's lexer cannot read falls back to a
+    conservative lexer that replaces anything that could be a literal, through to
+    the end of the text when a quote is unterminated. Never returns the raw text.
+    """
+    return _redact_cached(sql)
+
+
+@lru_cache(maxsize=4096)
+def _redact_cached(sql: str) -> str:
+    try:
+        text = pglast.parser.normalize(sql)
+    except Exception:  # noqa: BLE001 - any parser failure means: do not trust it
+        text = sql
+    try:
+        tokens = pglast.parser.scan(text)
+    except Exception:  # noqa: BLE001
+        return _redact_lexically(sql)
+    next_param = max((int(m) for m in _PARAM_RE.findall(text)), default=0) + 1
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        if tok.name in _CONST_TOKENS or tok.name in _COMMENT_TOKENS:
+            out.append(text[pos:tok.start])
+            if tok.name in _CONST_TOKENS:
+                out.append(f"${next_param}")
+                next_param += 1
+            else:
+                out.append(" ")
+            pos = tok.end + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+
+
+def _redact_lexically(sql: str) -> str:
+    """Conservative redaction for text the real lexer rejects.
+
+    Replaces quoted strings ('...', E'...', $tag$...$tag$), every run of digits
+    (numbers, and digits inside unknown words: a value glued to a keyword is still a
+    value), and comments. An unterminated quote or comment swallows the rest. Double
+    quoted identifiers are kept only when they contain no digit or '@'.
+    """
+    out: list[str] = []
+    i, n, k = 0, len(sql), 0
+
+    def param() -> str:
+        nonlocal k
+        k += 1
+        return f"${k}"
+
+    while i < n:
+        c = sql[i]
+        if c == "'":
+            j = i + 1
+            while j < n:
+                if sql[j] == "'" and j + 1 < n and sql[j + 1] == "'":
+                    j += 2
+                    continue
+                if sql[j] == "\\":       # E'' escapes; harmless for standard strings
+                    j += 2
+                    continue
+                if sql[j] == "'":
+                    break
+                j += 1
+            out.append(param())
+            i = j + 1 if j < n else n
+            continue
+        if c == "$":
+            m = _DOLLAR_TAG.match(sql, i)
+            if m and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+                end = sql.find(m.group(0), m.end())
+                out.append(param())
+                i = n if end < 0 else end + len(m.group(0))
+                continue
+        if c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            out.append(" ")
+            i = n if j < 0 else j
+            continue
+        if c == "/" and sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            out.append(" ")
+            i = n if j < 0 else j + 2
+            continue
+        if c == '"':
+            j = sql.find('"', i + 1)
+            ident = sql[i:] if j < 0 else sql[i:j + 1]
+            if j < 0 or re.search(r"[0-9@]", ident):
+                out.append(param())
+            else:
+                out.append(ident)
+            i = n if j < 0 else j + 1
+            continue
+        if c.isdigit():
+            j = i
+            while j < n and (sql[j].isalnum() or sql[j] in "._"):
+                j += 1
+            out.append(param())
+            i = j
+            continue
+        if c.isalpha() or c == "_":
+            j = i
+            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+                j += 1
+            word = sql[i:j]
+            # A word with digits or '@' in it may be a value run into a keyword
+            # (SELECT000-00-0001): replace the whole word.
+            out.append(param() if re.search(r"[0-9@]", word) else word)
+            i = j
+            continue
+        if c == "@" or c == "+":
+            out.append(c)
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# scrubbing of error text
+
+_QUOTED = re.compile(r'"(?:[^"]|"")*"?|\'(?:[^\']|\'\')*\'?')
+_KEY_VALUE = re.compile(r"\bKey \(([A-Za-z0-9_, ]*)\)=\(.*", re.S)
+_TRUNCATE_AT = re.compile(
+    r"(?:\bKey \(|\bDETAIL:|\bFailing row contains|\bCONTEXT:|\bLINE \d+:|\bHINT:|\bcontains \(|\bcontains:).*",
+    re.S)
+_VALUEISH_WORD = re.compile(r"[^\s,;()]*[0-9@][^\s,;()]*")
+
+
+def scrub_message(text: str | None) -> str:
+    """Error or notice text with anything that could be a value removed.
+
+    PostgreSQL echoes values in messages (``invalid input syntax for type integer:
+    "000-00-0007"``, ``Key (ssn)=(000-00-0001) already exists``, ``Failing row
+    contains (...)``). Quoted fragments become ``"…"``; everything from a ``Key (``,
+    ``DETAIL:``, ``Failing row contains``, ``CONTEXT:`` or ``LINE n:`` position on is
+    dropped (column names of a ``Key (...)`` are kept); any remaining word with a
+    digit or ``@`` in it becomes ``?``. It errs on removing too much: the SQLSTATE is
+    recorded separately and is what an auditor needs.
+    """
+    if not text:
+        return ""
+    key = _KEY_VALUE.search(text)
+    keep = text
+    suffix = ""
+    if key:
+        keep = text[:key.start()]
+        suffix = f"Key ({key.group(1)})=(…)"
+    cut = _TRUNCATE_AT.search(keep)
+    if cut:
+        keep = keep[:cut.start()] + "…"
+    keep = _QUOTED.sub('"…"', keep)
+    keep = _VALUEISH_WORD.sub("?", keep)
+    out = (keep + suffix).strip()
+    return re.sub(r"\s+", " ", out)
+
+
+# --------------------------------------------------------------------------------------
+# builders
+
+
+def _str(x: Any) -> str:
+    return "" if x is None else str(getattr(x, "value", x))
+
+
+def _columns(columns: Iterable[Any]) -> list[dict]:
+    """Columns touched and how, from analyzer ``ColumnUse`` or policy ``TouchedColumn``
+    values, or plain ``(column, usages[, category])`` tuples."""
+    out = []
+    for c in columns:
+        if isinstance(c, tuple):
+            col, usages, *rest = c
+            category = rest[0] if rest else None
+        else:
+            col, usages, category = c.column, c.usages, getattr(c, "category", None)
+        out.append({"column": str(col), "usages": sorted(_str(u) for u in usages),
+                    "category": category})
+    out.sort(key=lambda d: d["column"])
+    return out
+
+
+def statement_decision(*, session_id: str, user: str, roles: Iterable[str] = (),
+                       client_addr: str = "", application_name: str = "", database: str = "",
+                       sql: str = "", fingerprint: str = "", action: Any = "",
+                       relations: Iterable[Any] = (), columns: Iterable[Any] = (),
+                       effect: Any = "", rule: str = "", masked_columns: Iterable[Any] = (),
+                       grant_id: str | None = None, request_id: str | None = None,
+                       reason: str | None = None, reasons: Iterable[str] = (),
+                       param_count: int = 0, statement_kind: str = "",
+                       decision: Any = None, protocol: str = "simple") -> dict:
+    """The record written *before* a statement is forwarded.
+
+    ``sql`` is the raw statement text: it is redacted here, never stored as given.
+    ``decision`` (a ``policies.model.Decision``), when given, supplies effect, rule,
+    action, masked columns, grant id and reasons unless they are passed explicitly.
+    Bound parameters are never recorded, only ``param_count``. ``reason`` is the
+    user's stated reason (SET piigate.reason); it is the user's own text, so it is
+    redacted like a statement's literals would be (digits and quoted parts survive
+    only as a ticket-style token, see :func:`_redact_reason`).
+    """
+    if decision is not None:
+        effect = effect or decision.effect
+        rule = rule or decision.rule
+        action = action or decision.action
+        grant_id = grant_id or decision.grant_id
+        reasons = tuple(reasons) or tuple(decision.reasons)
+        if not masked_columns and decision.mask is not None:
+            masked_columns = list(decision.mask.columns)
+    return {
+        "type": STATEMENT_DECISION,
+        "session": session_id,
+        "user": user,
+        "roles": sorted(roles),
+        "client_addr": client_addr,
+        "application_name": application_name,
+        "database": database,
+        "fingerprint": fingerprint,
+        "sql": redact_sql(sql) if sql else "",
+        "param_count": int(param_count),
+        "protocol": protocol,
+        "kind": _str(statement_kind),
+        "action": _str(action),
+        "relations": sorted(str(r) for r in relations),
+        "columns": _columns(columns),
+        "effect": _str(effect),
+        "rule": rule,
+        "masked_columns": sorted(str(c) for c in masked_columns),
+        "grant_id": grant_id,
+        "request_id": request_id,
+        "reason": _redact_reason(reason),
+        "reasons": [scrub_message(r) for r in reasons],
+    }
+
+
+_TICKET = re.compile(r"^[A-Za-z][A-Za-z0-9_]*-\d+$")
+
+
+def _redact_reason(reason: str | None) -> str | None:
+    """A stated reason is free text typed by a user: keep words, drop values.
+
+    Ticket ids (``INC-1234``, ``JIRA_X-77``) are what an auditor needs and are kept;
+    any other token with a digit or '@' is replaced, quoted parts are dropped.
+    """
+    if reason is None:
+        return None
+    words = []
+    for w in _QUOTED.sub('"…"', reason).split():
+        core = w.strip(".,;:()[]")
+        if _TICKET.match(core) or not re.search(r"[0-9@]", w):
+            words.append(w)
+        else:
+            words.append("?")
+    return " ".join(words)
+
+
+def statement_complete(*, session_id: str, fingerprint: str = "", status: str = "ok",
+                       sqlstate: str | None = None, message: str | None = None,
+                       rows: int | None = None, bytes_sent: int = 0,
+                       duration_ms: float = 0.0, command_tag: str | None = None) -> dict:
+    """The record written after a statement finished (or failed).
+
+    ``status`` is ``ok``, ``error`` or ``canceled``; ``sqlstate`` and a scrubbed
+    ``message`` accompany errors. ``command_tag`` keeps only its verb and counts
+    (``SELECT 5``), which carry no values.
+    """
+    return {
+        "type": STATEMENT_COMPLETE,
+        "session": session_id,
+        "fingerprint": fingerprint,
+        "status": status,
+        "sqlstate": sqlstate,
+        "message": scrub_message(message) if message else None,
+        "rows": rows,
+        "bytes": int(bytes_sent),
+        "duration_ms": round(float(duration_ms), 3),
+        "command_tag": command_tag if command_tag is None else re.sub(r"[^A-Z0-9 ]", "", command_tag),
+    }
+
+
+def request_event(kind: str, *, request_id: str, user: str, action: Any = "",
+                  columns: Iterable[Any] = (), categories: Iterable[str] = (),
+                  fingerprint: str = "", sql: str = "", reason: str | None = None,
+                  session_id: str | None = None, by: str | None = None,
+                  rule: str | None = None, scope: str | None = None,
+                  duration_s: int | None = None, uses: int | None = None,
+                  comment: str | None = None, grant_id: str | None = None) -> dict:
+    """``request.created|approved|denied|auto_approved|abandoned|expired``.
+
+    ``by`` names who (or which rule/hook/token) decided; ``rule`` the auto-approve
+    rule; ``comment`` is an approver's free text and is redacted like a reason.
+    """
+    if kind not in REQUEST_EVENTS:
+        raise ValueError(f"request event {kind!r}: expected one of {sorted(REQUEST_EVENTS)}")
+    return {
+        "type": f"request.{kind}",
+        "request_id": request_id,
+        "user": user,
+        "action": _str(action),
+        "columns": sorted(str(c) for c in columns),
+        "categories": sorted(categories),
+        "fingerprint": fingerprint,
+        "sql": redact_sql(sql) if sql else "",
+        "reason": _redact_reason(reason),
+        "session": session_id,
+        "by": by,
+        "rule": rule,
+        "scope": scope,
+        "duration_s": duration_s,
+        "uses": uses,
+        "comment": _redact_reason(comment),
+        "grant_id": grant_id,
+    }
+
+
+def grant_event(kind: str, *, grant_id: str, user: str, action: Any = "",
+                columns: Iterable[Any] = (), categories: Iterable[str] = (),
+                fingerprint: str | None = None, request_id: str | None = None,
+                by: str | None = None, expires_at: float | None = None,
+                uses_left: int | None = None, session_id: str | None = None,
+                reason: str | None = None) -> dict:
+    """``grant.created|consumed|expired|revoked``."""
+    if kind not in GRANT_EVENTS:
+        raise ValueError(f"grant event {kind!r}: expected one of {sorted(GRANT_EVENTS)}")
+    return {
+        "type": f"grant.{kind}",
+        "grant_id": grant_id,
+        "user": user,
+        "action": _str(action),
+        "columns": sorted(str(c) for c in columns),
+        "categories": sorted(categories),
+        "fingerprint": fingerprint,
+        "request_id": request_id,
+        "by": by,
+        "expires_at": None if expires_at is None else utc_timestamp(expires_at),
+        "uses_left": uses_left,
+        "session": session_id,
+        "reason": _redact_reason(reason),
+    }
+
+
+def admin_call(*, caller: str, method: str, path: str, status: int,
+               client_addr: str = "", target: str | None = None,
+               request_id: str | None = None, grant_id: str | None = None) -> dict:
+    """An admin API call that changed something. The body is never recorded (it can
+    hold tokens and free text); ``path`` loses its query string."""
+    return {
+        "type": ADMIN_CALL,
+        "caller": caller,
+        "method": method.upper(),
+        "path": path.split("?", 1)[0],
+        "status": int(status),
+        "client_addr": client_addr,
+        "target": target,
+        "request_id": request_id,
+        "grant_id": grant_id,
+    }
+
+
+def session_open(*, session_id: str, user: str, roles: Iterable[str] = (),
+                 client_addr: str = "", application_name: str = "", database: str = "",
+                 tls: bool = False) -> dict:
+    return {
+        "type": SESSION_OPEN,
+        "session": session_id,
+        "user": user,
+        "roles": sorted(roles),
+        "client_addr": client_addr,
+        "application_name": application_name,
+        "database": database,
+        "tls": bool(tls),
+    }
+
+
+def session_close(*, session_id: str, user: str, statements: int = 0,
+                  duration_ms: float = 0.0, reason: str = "terminate") -> dict:
+    """``reason``: terminate | disconnect | error | revoked | shutdown."""
+    return {
+        "type": SESSION_CLOSE,
+        "session": session_id,
+        "user": user,
+        "statements": int(statements),
+        "duration_ms": round(float(duration_ms), 3),
+        "reason": reason,
+    }
+
+
+def auth_failure(*, user: str, client_addr: str = "", database: str = "",
+                 method: str = "scram-sha-256", reason: str = "") -> dict:
+    """An authentication failure. ``user`` is what the client claimed; the reason is
+    scrubbed (never a password or a proof)."""
+    return {
+        "type": AUTH_FAILURE,
+        "user": user,
+        "client_addr": client_addr,
+        "database": database,
+        "method": method,
+        "reason": scrub_message(reason),
+    }

@@ -1,0 +1,357 @@
+"""The audit trail: one writer task that chains records and writes them to every sink.
+
+``await trail.record(event)`` returns the sealed record once every required sink
+has it as durably as its policy promises (``fsync="always"``: on disk before
+return; ``"group"``: on disk, fsynced with the other records of the same
+``group_ms`` window; ``"none"``: handed to the OS). The gateway awaits it before
+forwarding a statement; ``AuditUnavailable`` means "do not forward".
+
+Concurrency: callers only enqueue and wait; the single writer task takes
+everything queued as one batch, seals it (seq/prev/hash, checkpoints, segment
+starts) and writes the batch to all sinks concurrently, each bounded by
+``sink_timeout_ms``. A failed or slow sink fails that batch for records that
+require it and marks the trail unhealthy; later batches fail fast without
+touching the sink until ``retry_ms`` has passed, then it is tried again and the
+trail recovers by itself (the file sink starts a new file whose first record
+declares which records it missed).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from gateway.audit.chain import Chain, ChainHead, encode_line, segment_start_event
+from gateway.audit.config import AuditConfig
+from gateway.audit.records import CHECKPOINT
+from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
+
+log = logging.getLogger("piigate.audit")
+
+
+class AuditUnavailable(Exception):
+    """The record could not be written to a required sink: do not forward the
+    statement. The message says which sink failed and why."""
+    sqlstate = "58030"   # io_error: what the gateway tells the client it refuses
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Mapping[str, Any] | None          # None: a control item (flush / open)
+    required: bool
+    future: asyncio.Future
+
+
+_STOP = object()
+
+
+def build_sinks(config: AuditConfig) -> list:
+    sinks: list = []
+    if config.file is not None:
+        sinks.append(FileSink(config.file))
+    if config.redis is not None:
+        sinks.append(RedisStreamSink(config.redis))
+    if config.stdout is not None:
+        sinks.append(StdoutSink(config.stdout))
+    return sinks
+
+
+class AuditTrail:
+    def __init__(self, config: AuditConfig, *, sinks: list | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.sinks = sinks if sinks is not None else build_sinks(config)
+        self.file: FileSink | None = next((s for s in self.sinks if s.kind == "file"), None)
+        self.chain: Chain | None = None
+        self.last_error: str | None = None
+        self._failed: dict[int, str] = {}          # id(sink) -> error, while failed
+        self._retry_at: dict[int, float] = {}
+        self._queue: asyncio.Queue | None = None
+        self._writer: asyncio.Task | None = None
+        self._running = False
+        self._last_sync = 0.0
+        self._last_checkpoint = 0.0
+        self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> "AuditTrail":
+        """Resume the chain from the newest file, open a new segment, start writing.
+        Raises AuditUnavailable if the first segment cannot be written (a config or
+        permission problem the operator must see at start)."""
+        head = self.file.resume() if self.file is not None else None
+        self.chain = Chain(self.config.instance, head or ChainHead(), self.config.signing_key)
+        self._queue = asyncio.Queue()
+        self._last_checkpoint = self.clock()
+        self._running = True
+        self._writer = asyncio.create_task(self._run(), name="audit-writer")
+        try:
+            await self.flush(required=True)
+        except AuditUnavailable:
+            self._running = False
+            self._queue.put_nowait(_STOP)
+            await self._writer
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Write a final checkpoint, then stop the writer and close the sinks."""
+        if not self._running:
+            return
+        self._running = False
+        self._queue.put_nowait(_STOP)
+        await self._writer
+        for s in self.sinks:
+            try:
+                await s.close()
+            except Exception as e:  # noqa: BLE001 - closing is best effort
+                log.warning("audit: closing %s sink: %s", s.kind, e)
+
+    async def __aenter__(self) -> "AuditTrail":
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # -- the API the gateway uses ----------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._running and not any(s.required for s in self.sinks if id(s) in self._failed)
+
+    @property
+    def fail_closed(self) -> bool:
+        return self.config.on_failure == "fail_closed"
+
+    async def record(self, event: Mapping[str, Any], *, required: bool | None = None) -> dict:
+        """Seal and write one event; return the record once it is durable.
+
+        ``required``: raise AuditUnavailable if a required sink could not take it.
+        Default: True under ``on_failure = "fail_closed"``, else False (the record is
+        returned but may be missing from a failed sink; ``healthy`` says so). The
+        gateway passes ``required=True`` for statements under PII policy.
+        """
+        return await self.emit(event, required=required)
+
+    def emit(self, event: Mapping[str, Any], *, required: bool | None = None) -> asyncio.Future:
+        """Queue an event without waiting; the future resolves like ``record``."""
+        if not isinstance(event.get("type"), str):
+            raise ValueError("audit event needs a string 'type'")
+        if not self._running:
+            raise AuditUnavailable("audit trail is not running (not started, or closed)")
+        fut = asyncio.get_running_loop().create_future()
+        req = self.fail_closed if required is None else required
+        self._queue.put_nowait(_Pending(event, req, fut))
+        return fut
+
+    async def flush(self, required: bool = True) -> None:
+        """Wait until everything queued before this call is written (or failed)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(None, required, fut))
+        await fut
+
+    def health(self) -> dict:
+        return {
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "instance": self.config.instance,
+            "head": None if self.chain is None else {"seq": self.chain.head.seq,
+                                                      "hash": self.chain.head.hash},
+            "queued": 0 if self._queue is None else self._queue.qsize(),
+            "sinks": [{**s.stats(), "required": s.required, "ok": id(s) not in self._failed,
+                       "error": self._failed.get(id(s))} for s in self.sinks],
+            **self.stats,
+        }
+
+    # -- the writer -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self.config.checkpoint_seconds)
+            except asyncio.TimeoutError:
+                await self._commit([])          # idle: time-based checkpoint / rotation
+                continue
+            if first is _STOP:
+                break
+            window = max((s.batch_window_s for s in self.sinks), default=0.0)
+            if window:
+                # group commit: gather what arrives until one window after the last sync
+                wait = self._last_sync + window - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            batch = [first]
+            while not self._queue.empty() and len(batch) < 50_000:
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)
+            try:
+                await self._commit(batch)
+            except Exception as e:  # noqa: BLE001 - the writer must never die silently
+                log.exception("audit: writer failed")
+                self._fail_all(batch, f"audit writer error: {e}")
+            self._last_sync = loop.time()
+        try:
+            await self._commit([], final=True)
+        except Exception:  # noqa: BLE001
+            log.exception("audit: final checkpoint failed")
+        while not self._queue.empty():      # anything left after STOP
+            item = self._queue.get_nowait()
+            if item is not _STOP:
+                self._fail_all([item], "audit trail closed")
+
+    def _fail_all(self, batch: list, message: str) -> None:
+        for p in batch:
+            if p is not _STOP and not p.future.done():
+                p.future.set_exception(AuditUnavailable(message))
+
+    def _seal(self, event: Mapping[str, Any], now: float) -> dict:
+        rec = self.chain.seal(event, now)
+        if rec["type"] == CHECKPOINT:
+            self._last_checkpoint = now
+            self.stats["checkpoints"] += 1
+        return rec
+
+    def _segment_records(self, now: float) -> list[dict]:
+        """segment.start (and a closing checkpoint) the file sink needs in this batch."""
+        f = self.file
+        if f is None:
+            return []
+        if id(f) in self._failed:
+            if f.busy or now < self._retry_at[id(f)]:
+                return []
+            seg, name = f.next_segment()
+            gap = None
+            if f.last_written is not None:
+                gap = {"after_seq": f.last_written.seq, "after_hash": f.last_written.hash,
+                       "count": self.chain.head.seq - f.last_written.seq,
+                       "error": self._failed[id(f)]}
+            return [self._seal(segment_start_event(segment=seg, file=name, reason="recover",
+                                                   gap=gap), now)]
+        if not f.is_open:
+            seg, name = f.next_segment()
+            return [self._seal(segment_start_event(segment=seg, file=name, reason="start"), now)]
+        if f.should_rotate(now):
+            cp = self._seal(self.chain.checkpoint_event("rotate"), now)
+            seg, name = f.next_segment()
+            return [cp, self._seal(segment_start_event(segment=seg, file=name, reason="rotate"), now)]
+        return []
+
+    async def _commit(self, batch: list, final: bool = False) -> None:
+        now = self.clock()
+        out = _Batch(self, now)
+        for rec in self._segment_records(now):
+            out.add_sealed(rec)
+        owned: list[tuple[_Pending, dict | None]] = []
+        for p in batch:
+            owned.append((p, None if p.event is None else out.add(p.event)))
+        since = self.chain.since_checkpoint
+        if since and (final or now - self._last_checkpoint >= self.config.checkpoint_seconds):
+            out.add(self.chain.checkpoint_event("shutdown" if final else "periodic"))
+        if not out.records:
+            for p, _ in owned:
+                p.future.set_result(None)
+            return
+        errors = await self._write_all(out.records, out.lines, now)
+        self.stats["batches"] += 1
+        self.stats["records"] += len(out.records)
+        required_failed = [e for s, e in errors if s.required]
+        for p, rec in owned:
+            if p.future.done():
+                continue                      # the caller was cancelled
+            if required_failed and p.required:
+                self.stats["failed_records"] += rec is not None
+                p.future.set_exception(AuditUnavailable(
+                    "audit trail unavailable: " + "; ".join(required_failed)
+                    + f" (statements that need an audit record are refused until it "
+                      f"recovers; retrying every {self.config.retry_ms / 1000:g}s)"))
+            else:
+                p.future.set_result(rec)
+
+    async def _write_all(self, records: list[dict], lines: list[bytes],
+                         now: float) -> list[tuple[Any, str]]:
+        timeout = self.config.sink_timeout_ms / 1000.0
+        attempts, errors = [], []
+        for s in self.sinks:
+            if id(s) in self._failed:
+                retrying = (s is self.file and any(r["type"] == "segment.start" for r in records)) or \
+                           (s is not self.file and now >= self._retry_at[id(s)] and not s.busy)
+                if not retrying:
+                    errors.append((s, f"{s.kind} sink: {self._failed[id(s)]}"))
+                    continue
+            elif s.busy:
+                self._mark_failed(s, "still busy with an earlier write (slow sink)", now)
+                errors.append((s, f"{s.kind} sink: still busy with an earlier write (slow sink)"))
+                continue
+            attempts.append(s)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(s.write(records, lines), timeout) for s in attempts),
+            return_exceptions=True)
+        for s, res in zip(attempts, results):
+            if isinstance(res, BaseException):
+                msg = (f"no answer within {self.config.sink_timeout_ms:g} ms"
+                       if isinstance(res, asyncio.TimeoutError) else f"{type(res).__name__}: {res}")
+                self._mark_failed(s, msg, now)
+                errors.append((s, f"{s.kind} sink: {msg}"))
+            elif id(s) in self._failed:
+                log.warning("audit: %s sink recovered", s.kind)
+                del self._failed[id(s)]
+        return errors
+
+    def _mark_failed(self, sink: Any, msg: str, now: float) -> None:
+        if id(sink) not in self._failed:
+            log.error("audit: %s sink failed: %s", sink.kind, msg)
+        self._failed[id(sink)] = msg
+        self._retry_at[id(sink)] = now + self.config.retry_ms / 1000.0
+        self.last_error = f"{sink.kind} sink: {msg}"
+
+
+class _Batch:
+    """The records of one write, sealed in order, with a signed checkpoint every
+    ``checkpoint_every`` records and a rotation wherever the file would pass
+    ``rotate_bytes`` (so a big batch neither skips a checkpoint nor overfills a
+    file)."""
+
+    def __init__(self, trail: AuditTrail, now: float):
+        self.trail, self.now = trail, now
+        self.records: list[dict] = []
+        self.lines: list[bytes] = []
+        f = trail.file
+        self.file_size = f.size if f is not None and f.is_open and id(f) not in trail._failed else None
+
+    def add_sealed(self, rec: dict) -> dict:
+        line = encode_line(rec)
+        self.records.append(rec)
+        self.lines.append(line)
+        if rec["type"] == "segment.start":
+            self.file_size = 0
+        if self.file_size is not None:
+            self.file_size += len(line)
+        return rec
+
+    def add(self, event: Mapping[str, Any]) -> dict:
+        t = self.trail
+        f = t.file
+        if (self.file_size is not None and self.file_size >= f.cfg.rotate_bytes
+                and event.get("type") != CHECKPOINT):
+            self.add_sealed(t._seal(t.chain.checkpoint_event("rotate"), self.now))
+            seg, name = f.next_segment_after(self._last_segment())
+            self.add_sealed(t._seal(segment_start_event(segment=seg, file=name, reason="rotate"),
+                                    self.now))
+        rec = self.add_sealed(t._seal(event, self.now))
+        if rec["type"] != CHECKPOINT and t.chain.since_checkpoint >= t.config.checkpoint_every:
+            self.add_sealed(t._seal(t.chain.checkpoint_event("periodic"), self.now))
+        return rec
+
+    def _last_segment(self) -> int:
+        for r in reversed(self.records):
+            if r["type"] == "segment.start":
+                return r["segment"]
+        return self.trail.file.segment
