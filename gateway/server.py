@@ -190,6 +190,7 @@ class Relay:
         self._up_skip = 0                   # bytes of the current upstream message still to pass
         self._rewrites: list[tuple[str, bytes]] = []
         self._scrub = False
+        self._verdict_task: asyncio.Task | None = None
         self.done = asyncio.get_running_loop().create_future()
 
     # -- wiring -------------------------------------------------------------------------
@@ -215,6 +216,9 @@ class Relay:
             pass
         self.upstream_transport.close()
         self.client_transport.close()
+        task = self._verdict_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()          # e.g. a held statement whose client went away
         if not self.done.done():
             self.done.set_result(why)
 
@@ -294,7 +298,7 @@ class Relay:
                         del buf[:pos]
                         self._busy = True
                         self.client_transport.pause_reading()
-                        task = asyncio.ensure_future(self._await_verdict(verdict))
+                        task = self._verdict_task = asyncio.ensure_future(self._await_verdict(verdict))
                         self.gateway.track(task)
                         return
                 elif t == 0x58:                              # Terminate
@@ -669,6 +673,10 @@ class Gateway:
         relay = self.sessions.get((msg.pid, msg.secret))
         if relay is None:
             return           # like PostgreSQL: no answer, whatever the key
+        held = relay.state.get("cancel")
+        if held is not None:
+            held.set()       # a statement held for approval: it was never sent upstream
+            return
         up = relay.upstream_conn
         await send_cancel(self.config.upstream, up.backend_pid, up.backend_secret)
 

@@ -1,0 +1,559 @@
+"""The statement gate: analyse, decide, audit, then forward, rewrite, refuse or hold.
+
+For each Query/Parse the gate:
+
+1. analyses the SQL (``gateway.analysis``; cached under a literal-insensitive key),
+2. asks ``policies.decide`` for every statement (with the principal's live grants
+   when approval is needed),
+3. writes the audit decision record (before anything is forwarded),
+4. returns a ``Verdict``: the original bytes (allow), a rewritten statement (mask),
+   or a *refusal*.
+
+A refusal is forwarded, not answered locally: the refused statement is replaced by
+``SELECT pg_catalog.piigate_refused_<nonce>()``, which fails upstream exactly where
+the real statement would have run, and that error is rewritten on its way back into
+our ErrorResponse (42501 ...). Responses therefore stay in order in pipelines, and
+the usual aborted-transaction semantics hold, because the upstream saw an error too.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from catalog.model import Catalog
+from policies.decide import decide
+from policies.model import (
+    Action, Decision, Effect, GrantView, Policy, Principal, RequestContext,
+)
+
+from .analysis.facts import StatementFacts, StatementKind
+from .protocol import codec
+from .schema import LiveSchema
+from .server import Gate, Relay, Verdict
+
+log = logging.getLogger("piigate.session")
+
+
+
+_REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
+_SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
+_SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
+
+
+@dataclass
+class SessionState:
+    principal: Principal
+    under_policy: bool
+    search_path: tuple[str, ...]
+    context: RequestContext
+    reason: str | None = None
+    grants: list = field(default_factory=list)          # Grant objects redeemed from tokens
+    cursors: dict = field(default_factory=dict)         # SQL cursor name -> grant id or None
+    prepared: dict = field(default_factory=dict)        # SQL-level PREPARE name -> grant id or None
+    statements_total: int = 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    sqlstate: str
+    message: str
+    hint: str | None = None
+    detail: str | None = None
+
+
+class Engine:
+    """Everything a decision needs that changes at run time (schema, catalog, policy)
+    plus the I/O services (audit, JIT). Swapped atomically on refresh."""
+
+    def __init__(self, *, schema: LiveSchema, catalog: Catalog, policy: Policy, cache,
+                 audit=None, jit=None, metrics=None, instance: str = "",
+                 hold_timeout_s: float = 300.0, admin_url: str = "",
+                 pseudonym_installed: bool = False, on_ddl: Callable[[], None] | None = None):
+        self.schema = schema
+        self.catalog = catalog
+        self.policy = policy
+        self.cache = cache
+        self.audit = audit
+        self.jit = jit
+        self.metrics = metrics
+        self.instance = instance
+        self.hold_timeout_s = hold_timeout_s
+        self.admin_url = admin_url
+        self.pseudonym_installed = pseudonym_installed
+        self.on_ddl = on_ddl
+        self._unrestricted_cache: dict = {}
+
+    def under_policy(self, principal: Principal) -> bool:
+        key = (principal.name, principal.roles, self.policy.version)
+        hit = self._unrestricted_cache.get(key)
+        if hit is None:
+            hit = not any(r.unrestricted and r.when is None and
+                          ("*" in r.principals or principal.name in r.principals or
+                           bool(r.roles & principal.roles) or "*" in r.roles)
+                          for r in self.policy.rules)
+            self._unrestricted_cache[key] = hit
+        return hit
+
+
+class PolicyGate(Gate):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # -- session lifecycle ------------------------------------------------------------------
+    def session_started(self, relay: Relay) -> None:
+        info = relay.info
+        principal = Principal(info.user.name, info.user.roles)
+        eng = self.engine
+        relay.state["s"] = SessionState(
+            principal=principal, under_policy=eng.under_policy(principal),
+            search_path=_default_search_path(eng.schema, principal),
+            context=RequestContext(client_addr=info.client_addr, application_name=info.application_name,
+                                   database=info.database))
+        self._audit_nowait(relay, {"type": "session.open", "session": info.session_id, "user": info.user.name,
+                                   "roles": sorted(info.user.roles), "client_addr": info.client_addr,
+                                   "application_name": info.application_name, "database": info.database,
+                                   "tls": info.tls})
+
+    def session_ended(self, relay: Relay) -> None:
+        s: SessionState = relay.state.get("s")
+        self._audit_nowait(relay, {"type": "session.close", "session": relay.info.session_id,
+                                   "user": relay.info.user.name,
+                                   "statements": s.statements_total if s else 0})
+
+    def scrubs_errors(self, relay: Relay) -> bool:
+        s: SessionState = relay.state.get("s")
+        return bool(s and s.under_policy)
+
+    def on_upstream_error(self, relay: Relay, body: bytes) -> bytes | None:
+        """Error and notice text can echo values (a failed cast shows the value):
+        for sessions under PII policy only the SQLSTATE and a scrubbed message pass."""
+        notice = body[:1] == b"N"
+        if notice:
+            body = body[1:]
+        err = codec.decode_error_fields(body, notice)
+        fields = dict(err.fields)
+        for k in _SCRUB_DETAIL_FIELDS:
+            fields.pop(k, None)
+        if "M" in fields:
+            fields["M"] = _SCRUB_QUOTED.sub('"…"', fields["M"])
+        if "H" in fields:
+            fields["H"] = _SCRUB_QUOTED.sub('"…"', fields["H"])
+        return codec.encode_error_fields(fields, notice=notice)
+
+    # -- statements -------------------------------------------------------------------------
+    def on_query(self, relay: Relay, frame: bytes, sql: str):
+        return self._handle(relay, frame, sql, extended=False, name="")
+
+    def on_parse(self, relay: Relay, frame: bytes, name: str, sql: str):
+        return self._handle(relay, frame, sql, extended=True, name=name)
+
+    def on_function_call(self, relay: Relay, frame: bytes):
+        s: SessionState = relay.state["s"]
+        if not s.under_policy:
+            return Verdict(frame)
+        return self._refuse_simple(Refusal(
+            "42501", "piigate: the FunctionCall protocol message is not allowed for users under PII policy",
+            "call the function with SELECT so the gateway can check it"))
+
+    def _handle(self, relay: Relay, frame: bytes, sql: str, *, extended: bool, name: str):
+        eng = self.engine
+        s: SessionState = relay.state["s"]
+        t0 = time.perf_counter()
+        facts_list = eng.cache.analyze(sql, eng.schema, s.search_path, extended=extended)
+        s.statements_total += len(facts_list)
+        if not s.under_policy:
+            return self._unrestricted(relay, s, frame, facts_list, extended, name, t0)
+        reason = _comment_reason(sql) or s.reason
+        plans = []
+        needs_async = False
+        for facts in facts_list:
+            intercepted = self._intercept_setting(s, facts)
+            if intercepted is not None:
+                plans.append(intercepted)
+                continue
+            decision = self._decide(s, facts, reason, grants=s.grants)
+            if decision.effect is Effect.APPROVE or (facts.kind is StatementKind.SET and
+                                                     (facts.setting or ("", ""))[0] == "piigate.grant_token"):
+                needs_async = True
+            plans.append((facts, decision))
+        if needs_async:
+            return self._handle_async(relay, s, frame, sql, facts_list, plans, extended, name, reason, t0)
+        return self._finish(relay, s, frame, plans, extended, name, reason, t0)
+
+    def _unrestricted(self, relay, s: SessionState, frame, facts_list, extended, name, t0):
+        # Unrestricted principals (DBAs, applications without PII policy) pass; their
+        # statements are still decided (for the rule name) and audited.
+        plans = []
+        for facts in facts_list:
+            if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] == "search_path":
+                s.search_path = _parse_search_path(facts.setting[1]) or s.search_path
+            decision = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
+                                action=Action.UNKNOWN)
+            plans.append((facts, decision))
+        refusal = self._audit_decisions(relay, s, plans, None, fail_closed=False)
+        if refusal is not None:
+            return self._refuse_simple(refusal) if not extended else self._refuse_parse(name, refusal)
+        self._observe(plans, t0)
+        return Verdict(frame)
+
+    # -- deciding ----------------------------------------------------------------------------
+    def _decide(self, s: SessionState, facts: StatementFacts, reason: str | None, grants=()) -> Decision:
+        from .decisions import build_request
+        eng = self.engine
+        ctx = RequestContext(s.context.client_addr, s.context.application_name, s.context.database,
+                             time.time(), reason)
+        views = tuple(g.view() if hasattr(g, "view") else g for g in grants)
+        req = build_request(facts, eng.catalog, s.principal, ctx, views, schema=eng.schema)
+        decision = decide(req, eng.policy)
+        # cursors and SQL-level prepared statements were decided when declared/prepared
+        if facts.kind in (StatementKind.CURSOR, StatementKind.PREPARE) and facts.inner is None:
+            decision = self._decide_reference(s, facts, decision)
+        return decision
+
+    def _decide_reference(self, s: SessionState, facts: StatementFacts, decision: Decision) -> Decision:
+        """FETCH/MOVE/CLOSE/EXECUTE/DEALLOCATE name no table: they are safe when the
+        cursor or statement was declared through this gateway (and so decided and, where
+        needed, masked then)."""
+        name = facts.cursor_name if facts.kind is StatementKind.CURSOR else facts.prepared_name
+        table = s.cursors if facts.kind is StatementKind.CURSOR else s.prepared
+        if name is None:
+            if facts.command.upper().startswith(("CLOSE", "DEALLOCATE")):
+                return Decision(Effect.ALLOW, "cursor-close", action=Action.READ)
+            return decision
+        if name not in table:
+            return Decision(Effect.DENY, "default:undeclared-reference",
+                            (f"{name!r} was not declared through this gateway session",),
+                            action=Action.UNKNOWN,
+                            message=f"piigate: {name!r} is not a cursor or prepared statement declared in "
+                                    "this session through the gateway")
+        return Decision(Effect.ALLOW, "declared-through-gateway",
+                        (f"{name!r} was decided when it was declared",), action=Action.READ)
+
+    def _intercept_setting(self, s: SessionState, facts: StatementFacts):
+        """``SET piigate.reason = '...'`` stays in the gateway; the upstream sees a
+        placeholder value so the client still gets its ordinary SET response."""
+        if facts.kind is not StatementKind.SET or not facts.setting:
+            return None
+        name, value = facts.setting
+        if name == "piigate.reason":
+            s.reason = (value or "").strip() or None
+            return (facts, Decision(Effect.ALLOW, "piigate-setting", ("reason recorded by the gateway",),
+                                    action=Action.SESSION), "SET piigate.reason = 'recorded'")
+        return None
+
+    async def _handle_async(self, relay, s: SessionState, frame, sql, facts_list, plans, extended, name,
+                            reason, t0) -> Verdict:
+        eng = self.engine
+        final = []
+        for item in plans:
+            if len(item) == 3:
+                final.append(item)
+                continue
+            facts, decision = item
+            if facts.kind is StatementKind.SET and facts.setting and facts.setting[0] == "piigate.grant_token":
+                final.append(await self._redeem_token(relay, s, facts))
+                continue
+            if decision.effect is not Effect.APPROVE:
+                final.append(item)
+                continue
+            decision = await self._obtain_grant(relay, s, facts, decision, reason)
+            final.append((facts, decision))
+        return self._finish(relay, s, frame, final, extended, name, reason, t0)
+
+    async def _redeem_token(self, relay, s: SessionState, facts: StatementFacts):
+        eng = self.engine
+        token = (facts.setting[1] or "").strip()
+        if eng.jit is None:
+            return (facts, _deny("jit-unavailable", "piigate: one-time tokens need the approval service, "
+                                 "which is not configured"))
+        try:
+            grant = await eng.jit.redeem_token(token, s.principal.name, now=time.time())
+        except Exception as e:   # invalid, used, expired, wrong user, Redis down
+            return (facts, _deny("grant-token", f"piigate: grant token refused: {e}"))
+        s.grants.append(grant)
+        return (facts, Decision(Effect.ALLOW, "piigate-setting", (f"grant token redeemed as {grant.id}",),
+                                action=Action.SESSION, grant_id=grant.id), "SET piigate.grant_token = 'redeemed'")
+
+    async def _obtain_grant(self, relay, s: SessionState, facts, decision: Decision, reason) -> Decision:
+        """APPROVE: use a covering grant, or record a request, tell the client, and hold
+        the statement until it is approved, denied, times out or is cancelled."""
+        eng = self.engine
+        if eng.jit is None:
+            return _deny("jit-unavailable", "piigate: this statement needs approval, but the approval "
+                         "service (Redis) is not configured on this gateway")
+        from .decisions import build_request
+        pii_cols = frozenset(decision.columns)
+        categories = frozenset(c for c in (eng.catalog.get(col) for col in pii_cols) if c) 
+        cats = frozenset(e.category for e in categories)
+        colcats = {e.column: e.category for e in categories}
+        action = decision.action
+        try:
+            grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
+                                                      facts.fingerprint, now=time.time(),
+                                                      column_categories=colcats)
+            if grant is not None:
+                return self._redecide_with(s, facts, reason, grant, decision)
+            auto = decision.auto_approved_by
+            req = await eng.jit.create_request(
+                s.principal.name, action, requirement=decision.approval, roles=s.principal.roles,
+                columns=pii_cols, categories=cats, fingerprint=facts.fingerprint,
+                redacted_sql=facts.redacted_sql or "", reason=reason, session_id=relay.info.session_id,
+                auto_approved_by=auto, duration_s=decision.auto_approve_duration_s)
+        except Exception as e:
+            kind = type(e).__name__
+            if kind == "ReasonRequired":
+                return _deny("reason-required", f"piigate: {e}",
+                              hint="give a reason first: SET piigate.reason = 'TICKET-123: why', or start "
+                                   "the statement with /* piigate:reason=TICKET-123 why */")
+            log.warning("approval service unavailable: %s", e)
+            return _deny("jit-unavailable", "piigate: this statement needs approval, but the approval "
+                         f"service is unavailable ({kind}); statements that need no approval keep working",
+                         hint="try again in a moment; an administrator should check Redis")
+        if req.state.value == "approved":
+            grant = await self._grant_for(req)
+            if grant is not None:
+                return self._redecide_with(s, facts, reason, grant, decision)
+        where = eng.admin_url.rstrip("/") + f"/#/requests/{req.id}" if eng.admin_url else "the approval console"
+        cols = ", ".join(str(c) for c in sorted(pii_cols)) or "(see the request)"
+        notice = codec.encode_notice(
+            f"piigate: approval needed for {action.value} of {cols}: request {req.id} is waiting",
+            detail=f"rule {decision.rule}; approvers: {', '.join(sorted(decision.approval.approver_groups)) if decision.approval else 'any'}",
+            hint=f"an approver can run: piigate requests approve {req.id} --duration 15m  (or use {where}); "
+                 f"this statement waits up to {eng.hold_timeout_s:g} s; press Ctrl-C to give up")
+        relay.send_client(notice)
+        if eng.metrics:
+            eng.metrics.holds_active += 1
+        relay.state["holding"] = req.id
+        cancel = relay.state["cancel"] = asyncio.Event()
+        try:
+            outcome, value = await _first_of(eng.jit.wait_for_decision(req.id, eng.hold_timeout_s), cancel)
+            if outcome == "cancelled":
+                await _quietly(eng.jit.abandon(req.id))
+        except asyncio.CancelledError:
+            await _quietly(eng.jit.abandon(req.id))
+            raise
+        except Exception as e:
+            return _deny("jit-unavailable", f"piigate: the approval service failed while waiting ({type(e).__name__}); "
+                         f"request {req.id} stays pending", hint="retry the statement once it is approved")
+        finally:
+            relay.state.pop("holding", None)
+            relay.state.pop("cancel", None)
+            if eng.metrics:
+                eng.metrics.holds_active -= 1
+        if outcome == "approved":
+            grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
+                                                      facts.fingerprint, now=time.time(),
+                                                      column_categories=colcats)
+            if grant is not None:
+                return self._redecide_with(s, facts, reason, grant, decision)
+            return _deny("grant-not-usable", f"piigate: request {req.id} was approved but the grant no longer "
+                         "covers this statement (used up, expired or revoked)")
+        if outcome == "denied":
+            return _deny("request-denied", f"piigate: request {req.id} was denied: {value}")
+        if outcome == "cancelled":
+            return Decision(Effect.DENY, "cancelled", sqlstate="57014", message="canceling statement due to user request")
+        return _deny("hold-timeout", f"piigate: request {req.id} was not approved within {eng.hold_timeout_s:g} s",
+                     hint=f"it stays pending: once approved, run the statement again and it goes straight through")
+
+    async def _grant_for(self, req):
+        eng = self.engine
+        try:
+            grants = await eng.jit.list_grants(req.principal)
+        except Exception:
+            return None
+        for g in grants:
+            if getattr(g, "request_id", None) == req.id:
+                return g
+        return None
+
+    def _redecide_with(self, s, facts, reason, grant, first: Decision) -> Decision:
+        decision = self._decide(s, facts, reason, grants=[grant, *s.grants])
+        if decision.effect is Effect.APPROVE:
+            return _deny("grant-not-covering", f"piigate: grant {grant.id} does not cover this statement")
+        if decision.grant_id is None and decision.effect in (Effect.ALLOW, Effect.MASK):
+            decision = Decision(decision.effect, decision.rule, decision.reasons, decision.action, decision.mask,
+                                decision.approval, decision.sqlstate, decision.message, grant.id,
+                                decision.columns)
+        return decision
+
+    # -- building the verdict ------------------------------------------------------------------
+    def _finish(self, relay, s: SessionState, frame, plans, extended, name, reason, t0) -> Verdict:
+        eng = self.engine
+        texts: list[str] = []
+        changed = False
+        refusal: Refusal | None = None
+        for item in plans:
+            facts, decision = item[0], item[1]
+            if len(item) == 3:
+                texts.append(item[2])
+                changed = True
+                continue
+            if decision.effect is Effect.DENY:
+                refusal = Refusal(decision.sqlstate or "42501", decision.message or
+                                  f"piigate: statement refused by rule {decision.rule}",
+                                  _hint_for(decision))
+                break
+            if decision.effect is Effect.MASK and decision.mask is not None and decision.mask.columns:
+                try:
+                    from .rewrite import mask_statement
+                    texts.append(mask_statement(facts.sql, decision.mask, eng.schema, s.search_path,
+                                                pseudonym_installed=eng.pseudonym_installed))
+                    changed = True
+                except Exception as e:
+                    refusal = Refusal("42501", f"piigate: this statement reads catalogued PII and cannot be "
+                                      f"masked safely ({e}); it was refused", "select the columns you need "
+                                      "from the table directly, or request access")
+                    plans = [(p[0], _deny("mask-failed", refusal.message)) if p is item else p for p in plans]
+                    break
+            else:
+                texts.append(facts.sql)
+            self._remember(s, facts, decision)
+        audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
+        if audit_refusal is not None:
+            refusal = audit_refusal
+            texts = []
+            changed = True
+        self._observe(plans, t0)
+        if refusal is not None:
+            if extended:
+                return self._refuse_parse(name, refusal)
+            return self._refuse_simple(refusal, prefix=texts)
+        if not changed:
+            return Verdict(frame)
+        if extended:
+            return Verdict(_reencode_parse(frame, texts[0]))
+        return Verdict(codec.encode_query(";\n".join(texts)))
+
+    def _remember(self, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
+        if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
+            s.cursors[facts.cursor_name] = decision.grant_id
+        elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
+            s.prepared[facts.prepared_name] = decision.grant_id
+
+    def _refuse_simple(self, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
+        marker = f"piigate_refused_{secrets.token_hex(6)}"
+        failing = f"SELECT pg_catalog.{marker}()"
+        sql = ";\n".join([*(prefix or []), failing])
+        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
+        return Verdict(codec.encode_query(sql), rewrites=((marker, err),))
+
+    def _refuse_parse(self, name: str, refusal: Refusal) -> Verdict:
+        marker = f"piigate_refused_{secrets.token_hex(6)}"
+        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
+        return Verdict(codec.encode_parse(name, f"SELECT pg_catalog.{marker}()"), rewrites=((marker, err),))
+
+    # -- audit and metrics --------------------------------------------------------------------
+    def _audit_decisions(self, relay, s: SessionState, plans, reason, *, fail_closed: bool) -> Refusal | None:
+        audit = self.engine.audit
+        if audit is None:
+            return None
+        info = relay.info
+        try:
+            for item in plans:
+                facts, decision = item[0], item[1]
+                audit.record_nowait(_decision_event(info, s, facts, decision, reason))
+        except Exception as e:
+            log.error("audit trail unavailable: %s", e)
+            if fail_closed or s.under_policy:
+                return Refusal("58030", "piigate: the audit trail cannot be written, so statements under PII "
+                               "policy are refused", "an administrator must check the audit sinks (see /health)")
+        return None
+
+    def _audit_nowait(self, relay, event: dict) -> None:
+        audit = self.engine.audit
+        if audit is None:
+            return
+        try:
+            audit.record_nowait(event)
+        except Exception as e:
+            log.error("audit trail unavailable: %s", e)
+
+    def _observe(self, plans, t0: float) -> None:
+        m = self.engine.metrics
+        if m is None:
+            return
+        for item in plans:
+            m.decision(item[1].effect.value)
+        m.observe_latency(time.perf_counter() - t0)
+
+
+def _deny(rule: str, message: str, hint: str | None = None) -> Decision:
+    return Decision(Effect.DENY, rule, (message,) + ((hint,) if hint else ()),
+                    action=Action.UNKNOWN, message=message)
+
+
+def _hint_for(decision: Decision) -> str | None:
+    if len(decision.reasons) > 1 and decision.rule in ("reason-required", "jit-unavailable", "hold-timeout"):
+        return decision.reasons[-1]
+    if decision.effect is Effect.DENY and decision.rule.startswith("default:"):
+        return ("if you need this, ask an administrator for a policy rule or request access "
+                "through the approval console")
+    return None
+
+
+def _decision_event(info, s: SessionState, facts: StatementFacts, decision: Decision, reason) -> dict:
+    cols = []
+    for u in facts.columns:
+        cols.append({"column": str(u.column), "how": sorted(x.value for x in u.usages)})
+    masked = sorted(str(c) for c in decision.mask.columns) if decision.mask else []
+    return {
+        "type": "statement.decision", "session": info.session_id, "user": info.user.name,
+        "roles": sorted(info.user.roles), "client_addr": info.client_addr,
+        "application_name": info.application_name, "database": info.database,
+        "fingerprint": facts.fingerprint, "sql": facts.redacted_sql or "<unparsed statement>",
+        "kind": facts.kind.value, "action": decision.action.value,
+        "relations": sorted(str(r) for r in facts.relations_read | facts.relations_written),
+        "columns": cols, "effect": decision.effect.value, "rule": decision.rule,
+        "reasons": list(decision.reasons[:3]), "masked": masked, "grant_id": decision.grant_id,
+        "reason": reason, "unknown": facts.unknown,
+    }
+
+
+def _comment_reason(sql: str) -> str | None:
+    if "piigate:reason" not in sql:
+        return None
+    m = _REASON_COMMENT.search(sql)
+    return m.group(1).strip() if m else None
+
+
+def _default_search_path(schema: LiveSchema, principal: Principal) -> tuple[str, ...]:
+    return tuple(p for p in schema.search_path if p != "$user") or ("public",)
+
+
+def _parse_search_path(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    parts = [p.strip().strip('"').strip("'") for p in value.split(",")]
+    return tuple(p for p in parts if p and p != "$user") or None
+
+
+def _reencode_parse(frame: bytes, sql: str) -> bytes:
+    msg = codec.decode_frontend(b"P", frame[5:])
+    return codec.encode_parse(msg.name, sql, msg.param_types)
+
+
+async def _first_of(waiting: Awaitable, cancel: asyncio.Event):
+    """The approval outcome, or ("cancelled", None) when the client cancels first."""
+    wait_task = asyncio.ensure_future(waiting)
+    cancel_task = asyncio.ensure_future(cancel.wait())
+    try:
+        done, _ = await asyncio.wait({wait_task, cancel_task}, return_when=asyncio.FIRST_COMPLETED)
+        if wait_task in done:
+            return wait_task.result()
+        return ("cancelled", None)
+    finally:
+        for t in (wait_task, cancel_task):
+            if not t.done():
+                t.cancel()
+
+
+async def _quietly(aw: Awaitable) -> None:
+    try:
+        await aw
+    except Exception:
+        pass
