@@ -445,17 +445,26 @@ _NAME_EVIDENCE = {
     "address": "a postal address",
 }
 
-# PII *inside* free text: (kind, pattern, validator) -> counted per value
+def _embedded_card(text: str) -> bool:
+    """A card number inside text: printed in groups (4-4-4-4 ...), or a bare digit
+    run that is an issuable card number (bare 16-digit runs are also order ids)."""
+    return card_shape(text) and (not text.isdigit() or card_valid(text))
+
+
+# PII *inside* free text: (kind, pattern, validator), most specific first; a later
+# kind never re-reads characters an earlier one matched (an IBAN's digit groups
+# are not a card number).
 _EMBEDDED = (
+    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_valid),
     ("e-mail address", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), email_valid),
     ("card number", re.compile(r"(?<![\d-])(?:\d{4}[ -]){3}\d{1,7}(?![\d-])|(?<!\d)\d{13,19}(?!\d)"),
-     card_shape),
+     _embedded_card),
     ("SSN", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), lambda v: ssn_parts(v) is not None),
-    ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_valid),
     ("IP address", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"), ip_valid),
+    ("phone number", re.compile(r"(?<![\w+-])(?:\+\d[\d .()-]{5,20}\d|\(\d{3}\) ?\d{3}[ .-]\d{4}"
+                                r"|\d{3}[ .-]\d{3}[ .-]\d{4}|\d{3}-\d{4})(?![\w-])"),
+     lambda v: phone_check(v)[0]),
 )
-_EMBEDDED_PHONE = re.compile(r"(?<![\w+-])(?:\+\d[\d .()-]{5,20}\d|\(\d{3}\) ?\d{3}[ .-]\d{4}"
-                             r"|\d{3}[ .-]\d{3}[ .-]\d{4}|\d{3}-\d{4})(?![\w-])")
 
 
 def embedded_pii(value: str) -> list[tuple[str, str]]:
@@ -464,14 +473,11 @@ def embedded_pii(value: str) -> list[tuple[str, str]]:
     taken: list[tuple[int, int]] = []
     for kind, pattern, check in _EMBEDDED:
         for m in pattern.finditer(value):
-            if check(m.group(0)):
-                found.append((kind, m.group(0)))
-                taken.append(m.span())
-    for m in _EMBEDDED_PHONE.finditer(value):
-        if any(a <= m.start() < b or a < m.end() <= b for a, b in taken):
-            continue
-        if phone_check(m.group(0))[0]:
-            found.append(("phone number", m.group(0)))
+            a, b = m.span()
+            if any(x < b and a < y for x, y in taken) or not check(m.group(0)):
+                continue
+            found.append((kind, m.group(0)))
+            taken.append((a, b))
     return found
 
 
@@ -480,7 +486,9 @@ _FREE_TEXT_NAMES = {"note", "notes", "comment", "comments", "description", "rema
 
 
 def _free_text(values: Sequence[str], column: str) -> tuple[_Score, list[str]] | None:
-    hits_per_value = [embedded_pii(v) for v in values]
+    # A value that *is* one PII-shaped token was judged by the whole-value
+    # detectors above (and rejected): PII inside free text has words around it.
+    hits_per_value = [[h for h in embedded_pii(v) if h[1] != v] for v in values]
     with_pii = sum(1 for h in hits_per_value if h)
     if not with_pii:
         return None
