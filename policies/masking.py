@@ -20,7 +20,8 @@ Strategies (``MaskStrategy.name`` and its ``params``):
   never appears in query text. When the function is not installed, or the type is
   not text, it falls back to redact and says so.
 - ``year``: date/timestamp generalised to January 1st of its year (same type).
-- ``round``: numeric rounded to ``digits`` (default 0; negative rounds to tens...).
+- ``round``: numeric rounded to ``digits`` (built-in ``round``: -2, to hundreds;
+  on integer types a non-negative ``digits`` would change nothing, so -1 is used).
 - ``bucket``: numeric floored to a multiple of ``width`` (default 10).
 
 Note: ``hash`` of a low-entropy value (an SSN) can be reversed by anyone who may
@@ -43,7 +44,7 @@ BUILTIN_STRATEGIES: dict[str, MaskStrategy] = {
     "null": MaskStrategy("null"),
     "hash": MaskStrategy("hash"),
     "year": MaskStrategy("year"),
-    "round": MaskStrategy("round", {"digits": 0}),
+    "round": MaskStrategy("round", {"digits": -2}),
     "bucket": MaskStrategy("bucket", {"width": 10}),
 }
 
@@ -157,7 +158,12 @@ def mask_expression(column_sql: str, type_name: str, strategy: MaskStrategy,
             return redact(f"{kind} needs a numeric type, {t} is redacted")
         n = f"CAST({column_sql} AS pg_catalog.numeric)"
         if kind == "round":
-            e = f"pg_catalog.round({n}, {int(p.get('digits', 0))})"
+            digits = int(p.get("digits", -2))
+            note = ""
+            if digits >= 0 and t in ("smallint", "integer", "bigint"):
+                digits, note = -1, f"round to {p.get('digits')} digits leaves {t} unchanged; rounded to tens"
+            e = f"pg_catalog.round({n}, {digits})"
+            return MaskedExpression(_cast(e, t), kind, note)
         else:
             w = repr(p.get("width", 10))
             e = f"pg_catalog.floor({n} / {w}) * {w}"
