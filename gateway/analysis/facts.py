@@ -79,6 +79,14 @@ class StatementFacts:
     setting: tuple[str, str | None] | None = None    # SET name = value (value None for RESET)
     inner: "StatementFacts | None" = None            # DECLARE ... FOR <query>, PREPARE ... AS <stmt>, EXPLAIN <stmt>
     param_count: int = 0                             # highest $n referenced
+    #: why the statement's effect depends on strings or settings the analyzer
+    #: does not follow: 'string literal cast to regclass names an object',
+    #: 'set_config() changes a setting', 'COPY reads or writes a server file', ...
+    dynamic: tuple[str, ...] = ()
+    #: the relation a CREATE TABLE/VIEW/TABLE AS/SELECT INTO creates; schema
+    #: 'pg_temp' for temporary ones (the session adds them to its LiveSchema,
+    #: where they shadow same-named relations as in PostgreSQL)
+    creates: RelationRef | None = None
 
     @property
     def is_unknown(self) -> bool:

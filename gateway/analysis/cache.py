@@ -1,0 +1,90 @@
+"""The analysis cache: exact text first, then a literal-insensitive key (pure).
+
+The literal-insensitive key is ``pglast.parser.normalize(sql)``: PostgreSQL's own
+lexer replaces each constant with ``$n`` and keeps every other byte of the text
+(identifiers, aliases, comments, whitespace). Two texts with the same normalized
+form differ only in constant values. ``fingerprint`` is *not* safe as a key: it
+ignores output aliases (``SELECT id AS ssn ... ORDER BY ssn`` and ``SELECT id AS
+x ... ORDER BY ssn`` share a fingerprint but sort on different columns) and the
+length of IN lists.
+
+What goes under the literal-insensitive key:
+- only single-statement texts of kinds whose facts cannot depend on a constant
+  (SELECT, INSERT, UPDATE, DELETE, MERGE); never SET, SESSION, DDL, DO, COPY,
+  EXPLAIN, cursors or PREPARE (their bodies or values are constants);
+- never a statement whose analysis read a constant (``'customers'::regclass``,
+  ``ORDER BY 2``, an object-name argument);
+- the key also holds the number of ``$`` in the original text, so a text that
+  already had ``$1`` never shares an entry with one whose constant became ``$1``,
+  plus ``extended``, the search_path and ``schema.version``.
+
+Facts depend on the schema and search_path only; the catalog and policy
+versions belong in the key of whatever caches *decisions*.
+"""
+from __future__ import annotations
+
+import copy
+
+from pglast import parser
+
+from gateway.analysis.facts import StatementFacts, StatementKind as K
+from gateway.analysis.statements import analyze_text
+from gateway.schema import LiveSchema
+
+_LITERAL_FREE_KINDS = frozenset({K.SELECT, K.INSERT, K.UPDATE, K.DELETE, K.MERGE})
+
+
+class AnalysisCache:
+    """``analyze()`` with memory. Bounded; evicts the oldest entries first."""
+
+    def __init__(self, maxsize: int = 10000):
+        self.maxsize = maxsize
+        self._exact: dict = {}
+        self._shape: dict = {}
+        self.hits_exact = 0
+        self.hits_shape = 0
+        self.misses = 0
+
+    def analyze(self, sql: str, schema: LiveSchema, search_path: tuple[str, ...] = ("public",), *,
+                extended: bool = False) -> tuple[StatementFacts, ...]:
+        ctx = (search_path, schema.version, extended)
+        exact_key = (sql, ctx)
+        hit = self._exact.get(exact_key)
+        if hit is not None:
+            self.hits_exact += 1
+            return hit
+        try:
+            normalized = parser.normalize(sql)
+        except Exception:  # noqa: BLE001 - unparsable: analysis reports it
+            normalized = None
+        if normalized is not None:
+            shape_key = (normalized, sql.count("$"), ctx)
+            entry = self._shape.get(shape_key)
+            if entry is not None:
+                template, prefix, suffix = entry
+                facts = copy.copy(template)
+                object.__setattr__(facts, "sql", sql[prefix:len(sql) - suffix])
+                self.hits_shape += 1
+                return (facts,)
+        self.misses += 1
+        try:
+            analysed = analyze_text(sql, schema, tuple(search_path), extended)
+        except Exception as e:  # noqa: BLE001 - analyze never raises
+            return (StatementFacts(K.UNKNOWN, sql, unknown=f"analyzer error: {type(e).__name__}: {e}"),)
+        result = tuple(a.facts for a in analysed)
+        self._put(self._exact, exact_key, result)
+        if (normalized is not None and len(analysed) == 1
+                and analysed[0].facts.kind in _LITERAL_FREE_KINDS
+                and not analysed[0].literal_dependent):
+            a = analysed[0]
+            self._put(self._shape, shape_key, (a.facts, a.prefix, a.suffix))
+        return result
+
+    def _put(self, d: dict, key, value) -> None:
+        if len(d) >= self.maxsize:
+            del d[next(iter(d))]
+        d[key] = value
+
+    def clear(self) -> None:
+        self._exact.clear()
+        self._shape.clear()
