@@ -205,7 +205,9 @@ class _Rewriter:
                 hits = [b for b in bases if isinstance(b, ColumnRef) and b in self.plan.columns]
                 if hits and col in names:
                     out.setdefault(col, self.plan.columns[sorted(hits)[0]])
-            if self.view_reaches_masked(rel, set()) and not out:
+            lineage_complete = bool(rel.lineage) and all(n in rel.lineage for n in names)
+            attributed = bool(self.plan.for_relation(rel.ref)) or lineage_complete
+            if not attributed and self.view_reaches_masked(rel, set()):
                 raise RewriteError(f"view {rel.ref} reads masked relations but neither the catalog nor "
                                    "the view lineage says which of its columns carry PII")
         return out
