@@ -68,12 +68,24 @@ def _sources(args, config) -> _Sources:
         up = config.upstream
         connect = {"host": up.host, "port": up.port, "user": up.user, "password": up.password,
                    "database": up.database, "timeout": up.connect_timeout_s,
-                   "ssl": None if up.sslmode == "disable" else up.sslmode}
+                   "ssl": _ssl(up.sslmode, up.sslrootcert)}
         catalog_file = catalog_file or config.resolve_path(config.catalog_file)
         comment_tags = config.catalog_comment_tags
     if args.dsn:
         connect = {"dsn": args.dsn}
     return _Sources(connect, catalog_file, comment_tags)
+
+
+def _ssl(sslmode: str, rootcert: str | None):
+    """asyncpg's ``ssl`` argument for the config's [upstream] sslmode / sslrootcert."""
+    if sslmode == "disable":
+        return False
+    if sslmode in ("verify-ca", "verify-full") and rootcert:
+        import ssl
+        ctx = ssl.create_default_context(cafile=rootcert)
+        ctx.check_hostname = sslmode == "verify-full"
+        return ctx
+    return sslmode
 
 
 async def _connect(connect: dict[str, Any]):

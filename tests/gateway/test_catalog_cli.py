@@ -88,3 +88,22 @@ def test_scan_prints_and_writes_proposals_without_raw_values(sample_db, tmp_path
 def test_scan_needs_a_database(capsys):
     assert main(["catalog", "scan"]) == 2
     assert "needs a database" in capsys.readouterr().err
+
+
+def test_show_reads_upstream_and_catalog_file_from_the_gateway_config(sample_db, tmp_path, capsys):
+    (tmp_path / "catalog.toml").write_text(EXAMPLE_CATALOG.read_text())
+    config = tmp_path / "piigate.toml"
+    config.write_text(f'[upstream]\nhost = "{sample_db.host}"\nport = {sample_db.port}\n'
+                      f'user = "{sample_db.user}"\ndatabase = "{sample_db.dbname}"\n\n'
+                      '[catalog]\nfile = "catalog.toml"\n')
+    assert main(["catalog", "show", "--config", str(config), "--json"]) == 0
+    by_col = {e["column"]: e["source"] for e in json.loads(capsys.readouterr().out)["entries"]}
+    assert by_col["public.orders.note"].startswith("file:catalog.toml:")
+    assert by_col["public.customers_archive.ssn"] == "derived:child of public.customers"
+
+
+def test_bad_config_exits_2(tmp_path, capsys):
+    config = tmp_path / "piigate.toml"
+    config.write_text('[upstream]\nport = "x"\n')
+    assert main(["catalog", "show", "--config", str(config)]) == 2
+    assert str(config) in capsys.readouterr().err
