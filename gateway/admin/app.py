@@ -30,7 +30,7 @@ from policies.model import Action
 
 log = logging.getLogger("piigate.admin")
 
-HealthProbe = Callable[[], Awaitable[Mapping[str, bool]]]
+HealthProbe = Callable[[], Awaitable[Mapping[str, Any]]]
 
 SERVICE = web.AppKey("service", JitService)
 CONFIG = web.AppKey("config", AdminConfig)
@@ -143,7 +143,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    checks: dict[str, bool] = {}
+    checks: dict[str, Any] = {}
     try:
         checks["redis"] = await request.app[SERVICE].ping()
     except JitUnavailable:
@@ -154,8 +154,18 @@ async def ready(request: web.Request) -> web.Response:
             checks.update(await probe())
         except Exception as e:      # a broken probe means not ready, and says why
             checks[f"probe_error:{type(e).__name__}"] = False
-    ok = all(checks.values())
+    ok = all(_healthy(v) for v in checks.values())
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+def _healthy(value: Any) -> bool:
+    """Probe values: booleans and "ok" judge; other strings are failures ("failing: ...");
+    numbers are information (a session count) and never fail readiness."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value == "ok"
+    return True
 
 
 async def metrics(request: web.Request) -> web.Response:

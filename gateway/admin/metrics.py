@@ -41,6 +41,8 @@ class Metrics:
         self.latency_sum += seconds
         self.latency_count += 1
 
+    observe_latency = observe_statement      # the name the session uses
+
     def render(self, requests_pending: int | None = None, redis_up: bool | None = None) -> str:
         out: list[str] = []
 

@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 _KEYS = {"hold_timeout_s", "request_ttl_s", "redis_url", "redis_prefix", "approve_url",
          "webhook_urls", "slack_webhook_urls", "webhook_retries", "webhook_backoff_s",
          "hook_url", "hook_secret", "hook_secret_env", "hook_timeout_s", "token_key",
-         "token_key_env", "token_max_ttl_s", "totp_grant_s", "totp", "sweep_interval_s"}
+         "token_key_env", "token_max_ttl_s", "totp_grant_s", "totp", "sweep_interval_s",
+         "prefix"}
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class JitConfig:
                 secrets[user] = totp_mod.decode_secret(text)
             except ValueError as e:
                 raise ConfigError(f"{where}: [jit.totp].{user}: {e}") from None
-        prefix = v.string("redis_prefix", cls.redis_prefix)
+        # "prefix" is what the gateway copies in from [redis].prefix; redis_prefix wins.
+        prefix = v.string("redis_prefix", v.string("prefix", cls.redis_prefix))
         if not prefix:
             raise ConfigError(f"{where}: [jit].redis_prefix: must not be empty")
         return cls(

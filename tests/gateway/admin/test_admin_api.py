@@ -241,6 +241,11 @@ async def test_ready_reflects_probe(env):
     probe_state["upstream"] = False
     resp = await client.get("/api/v1/ready")
     assert resp.status == 503 and (await resp.json())["checks"]["upstream"] is False
+    # The gateway's probe speaks strings and counts: "ok" passes, anything else fails.
+    probe_state.update(upstream=True, audit="failing: disk full", sessions=12)
+    assert (await client.get("/api/v1/ready")).status == 503
+    probe_state["audit"] = "ok"
+    assert (await client.get("/api/v1/ready")).status == 200
 
 
 async def test_openapi_names_every_route(env):

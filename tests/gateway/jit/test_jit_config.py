@@ -16,6 +16,8 @@ def test_defaults_and_values(monkeypatch):
     assert cfg.hold_timeout_s == 30 and cfg.redis_prefix == "pg1:"
     assert cfg.hook_secret == b"s3cret" and cfg.token_key == b"0123456789abcdef"
     assert cfg.totp_secrets["alice"] == b"12345678901234567890"
+    assert JitConfig.from_table({"prefix": "r:"}, "g").redis_prefix == "r:"
+    assert JitConfig.from_table({"prefix": "r:", "redis_prefix": "j:"}, "g").redis_prefix == "j:"
 
 
 @pytest.mark.parametrize("table, needle", [
