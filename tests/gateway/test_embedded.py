@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 import redis
 
-from conftest import create_database, drop_database, run_async
+from tests.conftest import create_database, drop_database, run_async
 from gateway import embedded
 
 REPO = Path(__file__).resolve().parents[2]
