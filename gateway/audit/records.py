@@ -68,6 +68,7 @@ def stamp(event: Mapping[str, Any], *, instance: str, seq: int, unix_time: float
 # redaction of statement text
 
 _CONST_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_VALUEISH = re.compile(r"[0-9@]")
 _COMMENT_TOKENS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 _PARAM_RE = re.compile(r"\$(\d+)")
 
@@ -90,19 +91,20 @@ def redact_sql(sql: str) -> str:
 def _redact_cached(sql: str) -> str:
     try:
         text = pglast.parser.normalize(sql)
-    except Exception:  # noqa: BLE001 - any parser failure means: do not trust it
-        text = sql
-    try:
         tokens = pglast.parser.scan(text)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any parser failure means: do not trust it
         return _redact_lexically(sql)
     next_param = max((int(m) for m in _PARAM_RE.findall(text)), default=0) + 1
     out: list[str] = []
     pos = 0
     for tok in tokens:
-        if tok.name in _CONST_TOKENS or tok.name in _COMMENT_TOKENS:
+        # a double-quoted identifier can be a value in disguise (AS "000-00-0001")
+        quoted_value = (tok.name in ("IDENT", "UIDENT") and text[tok.start] in '"U'
+                        and _VALUEISH.search(text, tok.start, tok.end + 1) is not None
+                        and text[tok.end] == '"')
+        if tok.name in _CONST_TOKENS or tok.name in _COMMENT_TOKENS or quoted_value:
             out.append(text[pos:tok.start])
-            if tok.name in _CONST_TOKENS:
+            if tok.name in _CONST_TOKENS or quoted_value:
                 out.append(f"${next_param}")
                 next_param += 1
             else:
@@ -183,7 +185,8 @@ def _redact_lexically(sql: str) -> str:
             continue
         if c.isalpha() or c == "_":
             j = i
-            while j < n and (sql[j].isalnum() or sql[j] in "_$"):
+            # '@' and '.' join: user01@example.invalid is one value, not three tokens
+            while j < n and (sql[j].isalnum() or sql[j] in "_$@."):
                 j += 1
             word = sql[i:j]
             # A word with digits or '@' in it may be a value run into a keyword
@@ -218,7 +221,8 @@ def scrub_message(text: str | None) -> str:
     "000-00-0007"``, ``Key (ssn)=(000-00-0001) already exists``, ``Failing row
     contains (...)``). Quoted fragments become ``"…"``; everything from a ``Key (``,
     ``DETAIL:``, ``Failing row contains``, ``CONTEXT:`` or ``LINE n:`` position on is
-    dropped (column names of a ``Key (...)`` are kept); any remaining word with a
+    dropped (column names of a ``Key (...)`` are kept), so is whatever follows the
+    first ``": "`` (where PostgreSQL puts the offending value); any remaining word with a
     digit or ``@`` in it becomes ``?``. It errs on removing too much: the SQLSTATE is
     recorded separately and is what an auditor needs.
     """
@@ -233,6 +237,10 @@ def scrub_message(text: str | None) -> str:
     cut = _TRUNCATE_AT.search(keep)
     if cut:
         keep = keep[:cut.start()] + "…"
+    # PostgreSQL puts the offending value after a colon ("... type numeric: 12x")
+    colon = keep.find(": ")
+    if colon >= 0:
+        keep = keep[:colon] + ": …"
     keep = _QUOTED.sub('"…"', keep)
     keep = _VALUEISH_WORD.sub("?", keep)
     out = (keep + suffix).strip()
