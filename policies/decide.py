@@ -74,7 +74,7 @@ def decide(request: DecisionRequest, policy: Policy) -> Decision:
         return _decide(request, policy)
     except Exception as e:  # noqa: BLE001 - the contract is "never raises"
         return Decision(Effect.DENY, "internal-error", (f"policy evaluation failed: {type(e).__name__}: {e}",),
-                        action=request.action if isinstance(request.action, Action) else Action.UNKNOWN,
+                        action=getattr(request, "action", None) if isinstance(getattr(request, "action", None), Action) else Action.UNKNOWN,
                         message="piigate could not evaluate the policy for this statement (internal error); "
                                 "the statement was refused. Ask an administrator to check the gateway log.")
 
@@ -145,6 +145,8 @@ def _finish(req: DecisionRequest, policy: Policy, parts: list[_Part], matched: l
     top = max(p.effect.strength for p in parts)
     effect = next(p.effect for p in parts if p.effect.strength == top)
     driving = [p for p in parts if p.effect is effect]
+    # name an explicit rule over a default when both give the winning effect
+    driving.sort(key=lambda p: p.source is None)
     rule = driving[0].rule
     reasons = tuple(dict.fromkeys(p.reason for p in driving))
     pii_cols = tuple(sorted({c.column for c in req.pii}))
