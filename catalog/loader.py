@@ -452,14 +452,168 @@ def _derive_for(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> Iterable[Cata
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:view of {base.column}")
         return
+    yield from _derive_unattributed_view(rel, entries)
+
+
+def _derive_unattributed_view(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> Iterable[CatalogEntry]:
+    """A view nobody attributed column by column (no lineage). For each catalogued
+    relation it depends on, an output column is sensitive when its select-list
+    expression (in any branch of a set operation) names a catalogued column of it
+    or a whole row (``c.*``), or when the output has a catalogued column's name.
+    A definition this cannot split (a WITH query, VALUES ...) marks every output
+    column: unknown is never "touches nothing"."""
+    items = view_select_items(rel.view_definition or "", len(rel.columns))
     for dep in _view_dependencies(rel, entries):
         catalogued = _columns_of(entries, dep)
-        for name, base in catalogued.items():
-            if rel.column(name) is not None:
-                yield _derived(rel.ref, name, base, f"derived:view depends on {dep}")
-        for col, out in _renamed_outputs(rel.view_definition or ""):
-            if col in catalogued and rel.column(out) is not None:
-                yield _derived(rel.ref, out, catalogued[col], f"derived:view depends on {dep}")
+        if not catalogued:
+            continue
+        source = f"derived:view depends on {dep}"
+        if items is None:
+            worst = _most_sensitive(catalogued.values())
+            for col in rel.columns:
+                yield _derived(rel.ref, col.name, worst, source + " (definition not attributed)")
+            continue
+        for col, exprs in zip(rel.columns, items):
+            hits = [catalogued[col.name]] if col.name in catalogued else []
+            for expr in exprs:
+                words = set(re.findall(r'[A-Za-z_][\w$]*|"(?:[^"]|"")+"', _strip_literals(expr)))
+                words = {w[1:-1].replace('""', '"') if w.startswith('"') else w.lower() for w in words}
+                hits += [e for name, e in catalogued.items() if name in words]
+                if ".*" in expr.replace(" ", ""):
+                    hits += list(catalogued.values())
+            worst = _most_sensitive(hits)
+            if worst is not None:
+                yield _derived(rel.ref, col.name, worst, source)
+
+
+def _strip_literals(sql: str) -> str:
+    return re.sub(r"'(?:[^']|'')*'", "''", sql)
+
+
+def view_select_items(definition: str, ncolumns: int) -> list[list[str]] | None:
+    """The select-list expressions of a view definition, per output column (one per
+    branch of a UNION/INTERSECT/EXCEPT), as ``pg_get_viewdef`` prints them. None
+    when the definition is not a plain SELECT (WITH, VALUES, TABLE) or the item
+    count does not match ``ncolumns``."""
+    text = definition.strip().rstrip(";")
+    tokens = _top_level_tokens(text)
+    if tokens is None:
+        return None
+    branches: list[list[str]] = []
+    current: list[str] | None = None
+    i = 0
+    in_list = False
+    buf: list[str] = []
+    while i < len(tokens):
+        kind, tok = tokens[i]
+        word = tok.upper() if kind == "word" else ""
+        if word in ("WITH", "VALUES", "TABLE") and not in_list:
+            return None
+        if word == "SELECT":
+            current, buf, in_list = [], [], True
+            # DISTINCT [ON (...)] / ALL belong to the SELECT, not to the first item
+            j = _skip_space(tokens, i + 1)
+            if j < len(tokens) and tokens[j][0] == "word" and tokens[j][1].upper() in ("DISTINCT", "ALL"):
+                i = j
+                j = _skip_space(tokens, i + 1)
+                if j < len(tokens) and tokens[j][0] == "word" and tokens[j][1].upper() == "ON":
+                    j = _skip_space(tokens, j + 1)
+                    i = j if j < len(tokens) and tokens[j][0] == "group" else i
+            i += 1
+            continue
+        if in_list and word in ("FROM", "WHERE", "GROUP", "HAVING", "WINDOW", "ORDER", "LIMIT",
+                                "OFFSET", "FETCH", "FOR", "UNION", "INTERSECT", "EXCEPT"):
+            current.append("".join(buf).strip())
+            branches.append(current)
+            in_list = False
+        elif in_list and kind == "comma":
+            current.append("".join(buf).strip())
+            buf = []
+        elif in_list:
+            buf.append(tok)
+        i += 1
+    if in_list:
+        current.append("".join(buf).strip())
+        branches.append(current)
+    if not branches or any(len(b) != ncolumns for b in branches):
+        return None
+    return [[b[k] for b in branches] for k in range(ncolumns)]
+
+
+def _skip_space(tokens: list[tuple[str, str]], i: int) -> int:
+    while i < len(tokens) and tokens[i][0] == "space":
+        i += 1
+    return i
+
+
+def _top_level_tokens(text: str) -> list[tuple[str, str]] | None:
+    """Split SQL into top-level pieces: ("word", w), ("comma", ","), ("space", c),
+    ("group", "(...)")
+    for a whole parenthesised group, ("other", text) for the rest (string literals,
+    quoted identifiers and dollar quotes kept whole). None when unbalanced.
+    Parenthesised set-operation branches come back as one group each, so their
+    definition has no top-level SELECT and is not attributed (-> every column)."""
+    out: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "(":
+            depth, j = 0, i
+            while j < n:
+                ch = text[j]
+                if ch in "'\"":
+                    k = text.find(ch, j + 1)
+                    while k != -1 and k + 1 < n and text[k + 1] == ch:
+                        k = text.find(ch, k + 2)
+                    if k == -1:
+                        return None
+                    j = k
+                elif ch == "(":
+                    depth += 1
+                elif ch == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j >= n:
+                return None
+            out.append(("group", text[i:j + 1]))
+            i = j + 1
+        elif c in "'\"":
+            k = text.find(c, i + 1)
+            while k != -1 and k + 1 < n and text[k + 1] == c:
+                k = text.find(c, k + 2)
+            if k == -1:
+                return None
+            out.append(("other", text[i:k + 1]))
+            i = k + 1
+        elif c == "$":
+            m = re.match(r"\$([A-Za-z_]\w*)?\$", text[i:])
+            if m:
+                end = text.find(m.group(0), i + len(m.group(0)))
+                if end == -1:
+                    return None
+                out.append(("other", text[i:end + len(m.group(0))]))
+                i = end + len(m.group(0))
+            else:
+                out.append(("other", c))
+                i += 1
+        elif c == ",":
+            out.append(("comma", c))
+            i += 1
+        elif c == ")":
+            return None
+        elif c.isspace():
+            out.append(("space", c))
+            i += 1
+        elif c.isalpha() or c == "_":
+            m = re.match(r"[A-Za-z_][\w$]*", text[i:])
+            out.append(("word", m.group(0)))
+            i += len(m.group(0))
+        else:
+            out.append(("other", c))
+            i += 1
+    return out
 
 
 def _view_dependencies(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> list[RelationRef]:
@@ -489,11 +643,6 @@ def _mentions(text: str, ref: RelationRef) -> bool:
     return False
 
 
-_RENAMED = re.compile(r"\b[A-Za-z_][\w$]*\.([A-Za-z_][\w$]*)\s+AS\s+([A-Za-z_][\w$]*)", re.IGNORECASE)
-
-
-def _renamed_outputs(definition: str) -> list[tuple[str, str]]:
-    return [(m.group(1), m.group(2)) for m in _RENAMED.finditer(definition)]
 
 
 # ------------------------------------------------------------------- all together

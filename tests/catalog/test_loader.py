@@ -10,7 +10,7 @@ import pytest
 from catalog.loader import (
     CatalogError, build_catalog, derive_catalog, format_column_ref, load_catalog_file,
     merge_catalogs, missing_columns, parse_catalog_text, parse_column_ref, parse_comment_tag,
-    tag_entry,
+    tag_entry, view_select_items,
 )
 from catalog.model import Catalog, CatalogEntry, ColumnRef, RelationRef, Sensitivity
 from gateway.schema import MATVIEW, PARTITIONED, TABLE, VIEW, Column, LiveSchema, Relation
@@ -224,14 +224,42 @@ def test_derive_views_without_lineage_are_treated_conservatively():
         rel("contacts", VIEW, ("id", "full_name", "email"),
             viewdef=" SELECT customers.id, customers.full_name, customers.email FROM public.customers;"),
         rel("order_report", VIEW, ("order_id", "customer_email", "amount"), viewdef=order_report),
-        rel("orders_only", VIEW, ("id", "email"), viewdef=" SELECT orders.id, 'x' AS email FROM public.orders;"),
+        rel("wrapped", VIEW, ("id", "contact", "j", "label"),
+            viewdef=" SELECT DISTINCT ON (c.id) c.id, upper(c.email) AS contact, row_to_json(c.*) AS j,"
+                    " 'ssn' AS label FROM public.customers c;"),
+        rel("unioned", VIEW, ("who", "n"),
+            viewdef=" SELECT o.id::text AS who, 1 AS n FROM public.orders o"
+                    " UNION ALL SELECT c.ssn AS who, 2 FROM public.customers c;"),
+        rel("with_query", VIEW, ("a", "b"),
+            viewdef=" WITH x AS (SELECT customers.id, customers.city FROM public.customers)"
+                    " SELECT x.id AS a, x.city AS b FROM x;"),
+        rel("orders_only", VIEW, ("id", "label"),
+            viewdef=" SELECT orders.id, 'email' AS label FROM public.orders;"),
         rel("lookalike", VIEW, ("email",), viewdef=" SELECT x.email FROM public.customers_old x;"),
     ])
+    dep = "derived:view depends on public.customers"
+    unattributed = dep + " (definition not attributed)"
     assert derived(derive_catalog(BASE, schema)) == {
-        "public.contacts.full_name": ("name", "derived:view depends on public.customers"),
-        "public.contacts.email": ("email", "derived:view depends on public.customers"),
-        "public.order_report.customer_email": ("email", "derived:view depends on public.customers"),
+        "public.contacts.full_name": ("name", dep),
+        "public.contacts.email": ("email", dep),
+        "public.order_report.customer_email": ("email", dep),
+        "public.wrapped.contact": ("email", dep),           # inside a function call
+        "public.wrapped.j": ("ssn", dep),                   # a whole row: the most sensitive column
+        "public.unioned.who": ("ssn", dep),                 # from the second branch of the union
+        "public.with_query.a": ("ssn", unattributed),       # cannot split: every column
+        "public.with_query.b": ("ssn", unattributed),
     }
+
+
+def test_view_select_items_per_output_column():
+    assert view_select_items(" SELECT a.x, f(a.y, 'p, q') AS z FROM t a UNION SELECT 1, 2;", 2) == \
+        [["a.x", "1"], ["f(a.y, 'p, q') AS z", "2"]]
+    assert view_select_items(" SELECT DISTINCT ON (a.x) a.x FROM t a", 1) == [["a.x"]]
+    assert view_select_items(" SELECT extract(year FROM a.d) AS y FROM t a", 1) == [["extract(year FROM a.d) AS y"]]
+    assert view_select_items(" SELECT a.x FROM t a", 2) is None                # count mismatch
+    assert view_select_items(" (SELECT 1) UNION (SELECT 2)", 1) is None
+    assert view_select_items(" VALUES (1)", 1) is None
+    assert view_select_items(" SELECT 'unterminated FROM t", 1) is None
 
 
 def test_derive_never_replaces_an_explicit_entry():
