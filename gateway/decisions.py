@@ -52,7 +52,11 @@ def action_of(facts: StatementFacts) -> Action:
         if facts.kind is StatementKind.EXPLAIN and not _explain_analyze(facts):
             return Action.UNKNOWN if inner_action is Action.UNKNOWN else Action.READ
         return inner_action
-    return _ACTIONS.get(facts.kind, Action.UNKNOWN)
+    action = _ACTIONS.get(facts.kind, Action.UNKNOWN)
+    if action is Action.READ and facts.relations_written:
+        # WITH u AS (UPDATE ... RETURNING ...) SELECT ...: a data-modifying CTE writes
+        return Action.WRITE
+    return action
 
 
 def _explain_analyze(facts: StatementFacts) -> bool:

@@ -2,6 +2,8 @@
 (the parts the policy and rewrite tests need), so pure tests need no database."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from catalog.model import Catalog, CatalogEntry, ColumnRef, DEFAULT_SENSITIVITY, RelationRef
 from gateway.schema import MATVIEW, PARTITIONED, TABLE, VIEW, Column, Function, LiveSchema, Relation
 
@@ -67,3 +69,22 @@ def sample_catalog() -> Catalog:
         for col, cat in cols.items():
             entries.append(CatalogEntry(ColumnRef(P, view, col), cat, DEFAULT_SENSITIVITY[cat]))
     return Catalog.of(entries)
+
+
+FROZEN_SCHEMA = Path(__file__).resolve().parents[2] / "data" / "analysis" / "security_schema.json"
+
+
+def security_schema() -> LiveSchema:
+    """The real LiveSchema of schema.sql + fixtures.sql, frozen by the analyzer tests
+    (tests/gateway/analysis/make_security_schema.py): every pg_catalog function too."""
+    from gateway.policy_cli import schema_from_json
+    return schema_from_json(FROZEN_SCHEMA.read_text(encoding="utf-8"))
+
+
+def security_catalog(schema: LiveSchema) -> Catalog:
+    """schema.sql's COMMENT tags, with the entries the catalog derives for children,
+    partitions and views of that schema (catalog.loader.derive_catalog)."""
+    from catalog.loader import derive_catalog
+    base = Catalog.of(CatalogEntry(ColumnRef(P, "customers", col), cat, DEFAULT_SENSITIVITY[cat], source="comment")
+                      for col, cat in PII.items())
+    return derive_catalog(base, schema)
