@@ -169,6 +169,7 @@ class JitService:
         self._owns_redis = owns_redis
         self._consume = redis.register_script(_CONSUME)
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._revocation_callbacks: list[Callable[[str], None]] = []
         self._listener: asyncio.Task | None = None
         self._listening = asyncio.Event()
         self._sweeper: asyncio.Task | None = None
@@ -420,6 +421,15 @@ class JitService:
         ids = [i.decode() for i in ids]
         raws = await self.redis.mget([self._k_req(i) for i in ids]) if ids else []
         found = [AccessRequest.from_dict(json.loads(r)) for r in raws if r is not None]
+        gone = [i for i, r in zip(ids, raws) if r is None]
+        if gone:    # requests past their retention: drop them from the indexes too
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for st in RequestState:
+                    pipe.srem(self._k_state(st), *gone)
+                if user is not None:
+                    pipe.srem(self._k_user(user), *gone)
+                pipe.zrem(f"{self.p}reqs:all", *gone)
+                await pipe.execute()
         found.sort(key=lambda r: (-r.created_at, r.id))
         return found[:limit]
 
@@ -719,11 +729,23 @@ class JitService:
 
     def _dispatch(self, data: bytes) -> None:
         try:
-            rid = json.loads(data).get("request_id")
+            message = json.loads(data)
         except ValueError:
             return
-        for event in self._waiters.get(rid or "", ()):
+        for event in self._waiters.get(message.get("request_id") or "", ()):
             event.set()
+        if message.get("type") == "revoked" and message.get("grant_id"):
+            for callback in self._revocation_callbacks:
+                try:
+                    callback(message["grant_id"])
+                except Exception:
+                    log.exception("revocation callback failed")
+
+    async def on_revocation(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(grant_id)`` whenever any instance revokes a grant, so the
+        server can end sessions inside a transaction or cursor opened under it."""
+        self._revocation_callbacks.append(callback)
+        await self._ensure_listener()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
@@ -803,6 +825,10 @@ class JitService:
             _, after, grant = await self._update_request(request_id, change, now)
         except (IllegalTransition, Conflict):
             return await self.get_request(request_id)     # a human was faster
+        except ValueError as e:                            # e.g. columns scope, no columns
+            await self._record(self._request_event("hook_undecided", request, now,
+                                                   detail=f"hook answer unusable: {e}"))
+            return request
         assert grant is not None
         await self._publish("approved", request_id, grant.id)
         await self._record(self._request_event("approved", after, now, by="hook", grant_id=grant.id))

@@ -344,3 +344,28 @@ async def test_grants_survive_a_new_service_instance(make_jit):
     restarted = make_jit()
     assert (await restarted.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, None)).id \
         == outcome.grant.id
+
+
+async def test_revocation_callback_on_another_instance(jit, make_jit):
+    other = make_jit(instance="gw-2")
+    seen: list[str] = []
+    got = asyncio.Event()
+
+    def on_revoked(grant_id: str) -> None:
+        seen.append(grant_id)
+        got.set()
+
+    await other.on_revocation(on_revoked)
+    req = await new_request(jit)
+    outcome = await jit.approve(req.id, "bob", {"dba"}, 600)
+    await jit.revoke(outcome.grant.id, "carol")
+    await asyncio.wait_for(got.wait(), 2)
+    assert seen == [outcome.grant.id]
+
+
+async def test_index_entries_of_vanished_requests_are_pruned(jit):
+    req = await new_request(jit)
+    await jit.redis.delete(jit._k_req(req.id))         # as if its retention ran out
+    assert await jit.list_requests(state="pending") == []
+    assert not await jit.redis.sismember(jit._k_state("pending"), req.id)
+    assert await jit.count_pending() == 0
