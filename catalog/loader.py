@@ -398,31 +398,67 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
       ``derived:view of public.customers.email``.
     - Views without lineage (nothing attributed them): conservatively, when the
       view depends on a catalogued relation (its ``parents``, or a schema-qualified
-      name in its definition), every output column named like a catalogued column
-      of that relation, or defined as ``<alias>.<catalogued column> AS <name>``.
+      name in its definition), every output column whose select-list expression
+      names a catalogued column or a whole row of it, or that has a catalogued
+      column's name; every column when the definition cannot be split.
       Source ``derived:view depends on public.customers``.
 
     Explicit entries (file, tags) are never replaced. ``schema`` is a
     ``gateway.schema.LiveSchema`` (duck-typed: catalog imports nothing of ours).
     """
-    entries: dict[ColumnRef, CatalogEntry] = dict(catalog.entries)
+    state = _DeriveState(catalog.entries)
     relations = list(schema.relations.values())
     # Fixpoint: a view of a partition of a child of a catalogued table is reached
     # after a few rounds; each round only adds, so it terminates.
     for _ in range(len(relations) + 1):
         added = False
         for rel in relations:
-            for entry in _derive_for(rel, entries):
-                if entry.column not in entries:
-                    entries[entry.column] = entry
-                    added = True
+            for entry in _derive_for(rel, state):
+                added |= state.add(entry)
         if not added:
             break
-    return Catalog.of(entries.values())
+    return Catalog.of(state.entries.values())
 
 
-def _columns_of(entries: Mapping[ColumnRef, CatalogEntry], rel: RelationRef) -> dict[str, CatalogEntry]:
-    return {c.column: e for c, e in entries.items() if c.relation == rel}
+class _DeriveState:
+    """The entries so far, indexed by relation, plus per-view caches (the system
+    catalogs hold ~150 views whose definitions need reading only once)."""
+
+    def __init__(self, entries: Mapping[ColumnRef, CatalogEntry]) -> None:
+        self.entries: dict[ColumnRef, CatalogEntry] = dict(entries)
+        self.by_relation: dict[RelationRef, dict[str, CatalogEntry]] = {}
+        for c, e in self.entries.items():
+            self.by_relation.setdefault(c.relation, {})[c.column] = e
+        self.items: dict[RelationRef, list[list[str]] | None] = {}
+        self.mentions: dict[tuple[RelationRef, RelationRef], bool] = {}
+
+    def add(self, entry: CatalogEntry) -> bool:
+        if entry.column in self.entries:
+            return False
+        self.entries[entry.column] = entry
+        self.by_relation.setdefault(entry.column.relation, {})[entry.column.column] = entry
+        return True
+
+    def columns_of(self, rel: RelationRef) -> dict[str, CatalogEntry]:
+        return self.by_relation.get(rel, {})
+
+    def select_items(self, rel) -> list[list[str]] | None:
+        if rel.ref not in self.items:
+            self.items[rel.ref] = view_select_items(rel.view_definition or "", len(rel.columns))
+        return self.items[rel.ref]
+
+    def view_dependencies(self, rel) -> list[RelationRef]:
+        deps = list(rel.parents)
+        text = rel.view_definition or ""
+        for target in self.by_relation:
+            if target == rel.ref or target in deps:
+                continue
+            key = (rel.ref, target)
+            if key not in self.mentions:
+                self.mentions[key] = target.name in text and _mentions(text, target)
+            if self.mentions[key]:
+                deps.append(target)
+        return deps
 
 
 def _derived(ref: RelationRef, column: str, base: CatalogEntry, source: str) -> CatalogEntry:
@@ -438,36 +474,36 @@ def _most_sensitive(candidates: Iterable[CatalogEntry]) -> CatalogEntry | None:
     return best
 
 
-def _derive_for(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> Iterable[CatalogEntry]:
+def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
     is_view = rel.kind in ("v", "m")
     if not is_view:
         for parent in rel.parents:
-            for name, base in _columns_of(entries, parent).items():
+            for name, base in state.columns_of(parent).items():
                 if rel.column(name) is not None:
                     yield _derived(rel.ref, name, base, f"derived:child of {parent}")
         return
     if rel.lineage:
         for out, bases in rel.lineage.items():
-            base = _most_sensitive(entries[b] for b in bases if b in entries)
+            base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:view of {base.column}")
         return
-    yield from _derive_unattributed_view(rel, entries)
+    yield from _derive_unattributed_view(rel, state)
 
 
-def _derive_unattributed_view(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> Iterable[CatalogEntry]:
+def _derive_unattributed_view(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
     """A view nobody attributed column by column (no lineage). For each catalogued
     relation it depends on, an output column is sensitive when its select-list
     expression (in any branch of a set operation) names a catalogued column of it
     or a whole row (``c.*``), or when the output has a catalogued column's name.
     A definition this cannot split (a WITH query, VALUES ...) marks every output
     column: unknown is never "touches nothing"."""
-    items = view_select_items(rel.view_definition or "", len(rel.columns))
-    for dep in _view_dependencies(rel, entries):
-        catalogued = _columns_of(entries, dep)
+    for dep in state.view_dependencies(rel):
+        catalogued = state.columns_of(dep)
         if not catalogued:
             continue
         source = f"derived:view depends on {dep}"
+        items = state.select_items(rel)
         if items is None:
             worst = _most_sensitive(catalogued.values())
             for col in rel.columns:
@@ -614,17 +650,6 @@ def _top_level_tokens(text: str) -> list[tuple[str, str]] | None:
             out.append(("other", c))
             i += 1
     return out
-
-
-def _view_dependencies(rel, entries: Mapping[ColumnRef, CatalogEntry]) -> list[RelationRef]:
-    deps = list(rel.parents)
-    text = rel.view_definition or ""
-    for target in {c.relation for c in entries}:
-        if target == rel.ref or target in deps:
-            continue
-        if _mentions(text, target):
-            deps.append(target)
-    return deps
 
 
 def _mentions(text: str, ref: RelationRef) -> bool:

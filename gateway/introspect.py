@@ -83,17 +83,32 @@ ORDER BY 1, 2, a.attnum
 
 async def load_live_schema(conn) -> LiveSchema:
     """Read the live schema through an asyncpg connection (any role that can read
-    the system catalogs). Must not be called inside a transaction the caller
-    relies on: it opens (or nests as a savepoint) its own."""
+    the system catalogs). Outside a transaction it opens its own read-only
+    REPEATABLE READ one; inside the caller's transaction it uses a savepoint and
+    puts the caller's search_path back before releasing it."""
     search_path = tuple(await conn.fetchval("SELECT pg_catalog.current_schemas(false)"))
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        await conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")
-        rel_rows = await conn.fetch(_RELATIONS_SQL)
-        col_rows = await conn.fetch(_COLUMNS_SQL)
-        inh_rows = await conn.fetch(_INHERITS_SQL)
-        view_rows = await conn.fetch(_VIEWDEFS_SQL)
-        fn_rows = await conn.fetch(_FUNCTIONS_SQL)
-    return build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, search_path)
+    if not conn.is_in_transaction():
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            await conn.execute(_SET_PATH, "pg_catalog")
+            rows = await _fetch_catalog_rows(conn)
+    else:
+        saved = await conn.fetchval("SELECT pg_catalog.current_setting('search_path')")
+        # SET LOCAL inside a savepoint outlives RELEASE: restore it explicitly (an
+        # error rolls the savepoint back, which restores it as well)
+        async with conn.transaction():
+            await conn.execute(_SET_PATH, "pg_catalog")
+            rows = await _fetch_catalog_rows(conn)
+            await conn.execute(_SET_PATH, saved)
+    return build_live_schema(*rows, search_path)
+
+
+_SET_PATH = "SELECT pg_catalog.set_config('search_path', $1, true)"
+
+
+async def _fetch_catalog_rows(conn) -> tuple:
+    return (await conn.fetch(_RELATIONS_SQL), await conn.fetch(_COLUMNS_SQL),
+            await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
+            await conn.fetch(_FUNCTIONS_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows,
