@@ -332,17 +332,26 @@ def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519Publi
                 if gap is None:
                     return result(_classify(entries, by_hash, i, p, st, public_key))
                 warnings.append(gap)
+            elif rec["seq"] <= p.rec["seq"]:
+                return result(Problem("inserted", e.source, e.lineno, rec["seq"],
+                                      f"seq {rec['seq']} again after seq {p.rec['seq']} "
+                                      f"({p.source}:{p.lineno}): a record was inserted and the "
+                                      f"chain recomputed from there"))
             elif rec["seq"] != p.rec["seq"] + 1:
-                return result(Problem("altered", e.source, e.lineno, rec["seq"],
-                                      f"seq {rec['seq']} follows seq {p.rec['seq']} on an intact link "
-                                      f"(seq rewritten and hash recomputed)"))
+                return result(Problem("deleted", e.source, e.lineno, rec["seq"],
+                                      f"seq {rec['seq']} follows seq {p.rec['seq']}: records were "
+                                      f"removed and the chain recomputed from there"))
         if rec["type"] == CHECKPOINT:
             if rec.get("head") != rec["prev"] or rec.get("count") != rec["seq"] - 1:
                 return result(Problem("bad_checkpoint", e.source, e.lineno, rec["seq"],
                                       "checkpoint head/count do not match its place in the chain"))
             if public_key is not None and not signature_valid(rec, public_key):
+                c = st.last_checkpoint
+                since = "the start" if c is None else f"the previous checkpoint ({c.source}:{c.lineno})"
                 return result(Problem("forged_signature", e.source, e.lineno, rec["seq"],
-                                      "checkpoint signature does not verify with the given public key"))
+                                      f"checkpoint signature does not verify with the given public "
+                                      f"key: this checkpoint was forged, or records since {since} "
+                                      f"were rewritten and the chain recomputed"))
             st.last_checkpoint = e
             checkpoints += 1
         st.last = e
