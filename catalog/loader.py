@@ -487,8 +487,13 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:view of {base.column}")
-        return
-    yield from _derive_unattributed_view(rel, state)
+        if all(name in rel.lineage for name in rel.column_names):
+            return
+    # no lineage, or some output columns missing from it: those are read the
+    # conservative way (a column nobody attributed is not a column without PII)
+    for entry in _derive_unattributed_view(rel, state):
+        if entry.column.column not in rel.lineage:
+            yield entry
 
 
 def _derive_unattributed_view(rel, state: _DeriveState) -> Iterable[CatalogEntry]:

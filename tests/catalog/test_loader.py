@@ -215,6 +215,20 @@ def test_derive_views_with_lineage_attribute_each_output_column():
     assert got.get(ColumnRef("public", "v", "both")).sensitivity == Sensitivity.CRITICAL
 
 
+def test_derive_view_columns_missing_from_lineage_fall_back_to_the_definition():
+    email = ColumnRef("public", "customers", "email")
+    schema = LiveSchema.of([
+        rel("customers", TABLE, CUSTOMER_COLS),
+        rel("v", VIEW, ("contact", "secret", "city"),
+            viewdef=" SELECT c.email AS contact, c.ssn AS secret, c.city FROM public.customers c;",
+            lineage={"contact": frozenset({email}), "city": frozenset()}),
+    ])
+    assert derived(derive_catalog(BASE, schema)) == {
+        "public.v.contact": ("email", "derived:view of public.customers.email"),
+        "public.v.secret": ("ssn", "derived:view depends on public.customers"),
+    }
+
+
 def test_derive_views_without_lineage_are_treated_conservatively():
     order_report = (" SELECT o.id AS order_id,\n    c.email AS customer_email,\n    o.amount\n"
                     "   FROM public.orders o\n     JOIN public.customers c ON c.id = o.customer_id;")
