@@ -19,6 +19,9 @@ Fixtures:
   with tests/data/security/schema.sql then fixtures.sql. Shared by every test of the
   session: treat it as read-only. ``sample_db_fresh`` (function): a private copy
   (made from a template, ~0.1 s) for tests that write.
+- ``pg_info`` (session): ``PgInfo`` with ``.version_num`` (e.g. 150020),
+  ``.version`` and ``.has_libxml`` (the embedded PostgreSQL is built without libxml:
+  XML functions raise "unsupported XML feature" there; skip or adapt on it).
 - ``redis_server`` (session): ``RedisServer`` with ``.host``, ``.port``, ``.url``.
 - ``redis_url`` (function): the Redis URL (a plain ``str``).
 - ``redis_prefix`` (function): a unique key prefix (``"piigate-test:<hex>:"``);
@@ -253,6 +256,34 @@ def pg_server() -> Iterator[PgServer]:
         yield PgServer(host=server.host, port=server.port, user=server.user, password=None, embedded=True)
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class PgInfo:
+    """What the session's server can do (builds differ: the embedded one has no libxml)."""
+
+    version_num: int
+    version: str
+    has_libxml: bool
+
+
+@pytest.fixture(scope="session")
+def pg_info(pg_server: PgServer) -> PgInfo:
+    async def probe() -> PgInfo:
+        conn = await asyncpg.connect(pg_server.dsn("postgres"))
+        try:
+            num = int(await conn.fetchval("SHOW server_version_num"))
+            version = await conn.fetchval("SELECT version()")
+            try:
+                await conn.fetchval("SELECT xmlelement(name probe)::text")
+                xml = True
+            except asyncpg.exceptions.FeatureNotSupportedError:
+                xml = False
+            return PgInfo(num, version, xml)
+        finally:
+            await conn.close()
+
+    return run_async(probe)
 
 
 @pytest.fixture

@@ -308,3 +308,20 @@ def test_redis_prefix_keys_are_scoped(redis_url: str, redis_prefix: str) -> None
         assert client.get(redis_prefix + "a") == b"1"
     finally:
         client.close()
+
+
+def test_pg_info_reports_the_server(pg_info, pg_server) -> None:
+    assert pg_info.version_num >= 150000
+    assert pg_info.version.startswith("PostgreSQL ")
+
+    async def xml_works() -> bool:
+        conn = await asyncpg.connect(pg_server.dsn("postgres"))
+        try:
+            await conn.fetchval("SELECT xmlforest('a' AS b)::text")
+            return True
+        except asyncpg.exceptions.FeatureNotSupportedError:
+            return False
+        finally:
+            await conn.close()
+
+    assert pg_info.has_libxml == run_async(xml_works)
