@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 
-from catalog.loader import CatalogError, tag_entry
+from catalog.loader import CatalogError, tag_entry  # noqa: F401 (CatalogError: what load_comment_tags raises)
 from catalog.model import CatalogEntry, ColumnRef, RelationRef
 from gateway.schema import Column, Function, LiveSchema, Relation
 

@@ -1,7 +1,6 @@
 """gateway.catalog_scan: discovery on the real sample database."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import asyncpg
