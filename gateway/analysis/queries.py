@@ -583,11 +583,12 @@ class Walk:
                     cols.append(Out(cname, src))
         if b.get("ordinality"):
             cols.append(Out("ordinality", EMPTY))
-        if alias:
+        if alias and open_src is not None:
+            # a function whose columns we cannot count: every name the alias
+            # gives reaches every argument (and any other name still matches)
+            cols = [Out(n, open_src) for n in _names(alias.get("colnames"))] or cols
+        elif alias:
             self._rename(cols, alias.get("colnames"), "function in FROM")
-            if open_src is not None and alias.get("colnames"):
-                # named outputs we could not count: every name reaches the arguments
-                cols.extend(Out(n, open_src) for n in _names(alias["colnames"]))
         name = alias.get("aliasname") if alias else None
         if name is None and len(fns) == 1 and fns[0].get("List", {}).get("items"):
             fc = fns[0]["List"]["items"][0].get("FuncCall")
@@ -835,7 +836,7 @@ class Walk:
                 if len(v) == 1 and next(iter(v)) in _ALL_NODE_TYPES:
                     src |= self.expr(v, scope, usages)
                 elif k == "over":
-                    src |= self.window_def(v, scope, usages)
+                    self.window_def(v, scope)
                 elif v:
                     # a struct stored without its type wrapper (JsonOutput,
                     # JsonFormat, TypeName, ...): its fields are walked the same way
@@ -881,13 +882,15 @@ class Walk:
         return self.expr(arg, scope, usages)
 
     def _x_case(self, b, scope, usages):
-        src = self.expr(b.get("arg"), scope, usages | PREDICATE) if b.get("arg") else EMPTY
+        src = self.expr(b.get("arg"), scope, PREDICATE) if b.get("arg") else EMPTY
         for w in b.get("args", ()):
             cw = w.get("CaseWhen")
             if cw is None:
                 self.fail("unexpected node in CASE")
                 continue
-            src |= self.expr(cw.get("expr"), scope, usages | PREDICATE)
+            # the condition decides which branch is output: a predicate, and
+            # part of what the value derives from
+            src |= self.expr(cw.get("expr"), scope, PREDICATE)
             src |= self.expr(cw.get("result"), scope, usages)
         if b.get("defresult"):
             src |= self.expr(b["defresult"], scope, usages)
@@ -950,9 +953,9 @@ class Walk:
                 continue
             src |= self.expr(srt.get("node"), scope, arg_usages | GROUP_ORDER)
         if b.get("agg_filter"):
-            src |= self.expr(b["agg_filter"], scope, usages | PREDICATE)
+            src |= self.expr(b["agg_filter"], scope, PREDICATE | {Usage.AGGREGATE})
         if b.get("over"):
-            src |= self.window_def(b["over"], scope, usages)
+            self.window_def(b["over"], scope)
         return src
 
     def _functional_column(self, name: str, cr: dict | None, scope: Scope) -> frozenset | None:
@@ -973,6 +976,8 @@ class Walk:
         return hit
 
     def window_def(self, wd: dict, scope: Scope, usages: frozenset = EMPTY) -> frozenset:
+        """PARTITION BY / ORDER BY of a window: grouping and ordering; the
+        window function's value is not derived from them."""
         src = EMPTY
         for e in wd.get("partitionClause", ()):
             src |= self.expr(e, scope, usages | GROUP_ORDER)
@@ -1014,6 +1019,23 @@ class Walk:
         src = EMPTY
         for o in self.select(q["SelectStmt"], scope, usages):
             src |= o.sources
+        return src
+
+    def _x_json_agg(self, b, scope, usages):
+        agg = usages | {Usage.AGGREGATE}
+        src = EMPTY
+        for k, v in b.items():
+            if k == "constructor":
+                c = v
+                for sb in c.get("agg_order", ()) or ():
+                    self.expr(sb.get("SortBy", {}).get("node"), scope, agg | GROUP_ORDER)
+                if c.get("agg_filter"):
+                    self.expr(c["agg_filter"], scope, PREDICATE | {Usage.AGGREGATE})
+                if c.get("over"):
+                    self.window_def(c["over"], scope)
+            elif isinstance(v, dict) and v:
+                src |= self._children(v, scope, agg) if next(iter(v)) not in _ALL_NODE_TYPES \
+                    else self.expr(v, scope, agg)
         return src
 
     def _x_currentof(self, b, scope, usages):
@@ -1222,6 +1244,8 @@ _EXPR = {
     "RowExpr": Walk._x_rowexpr,
     "JsonArrayQueryConstructor": Walk._x_json_array_query,
     "CurrentOfExpr": Walk._x_currentof,
+    "JsonObjectAgg": Walk._x_json_agg,
+    "JsonArrayAgg": Walk._x_json_agg,
 }
 #: nodes whose children are plain expressions: walked generically
 _TRANSPARENT = frozenset({
@@ -1230,7 +1254,7 @@ _TRANSPARENT = frozenset({
     "A_Indices", "JsonValueExpr", "JsonKeyValue", "JsonObjectConstructor",
     "JsonArrayConstructor", "JsonFuncExpr", "JsonIsPredicate", "JsonParseExpr",
     "JsonScalarExpr", "JsonSerializeExpr", "JsonBehavior", "JsonOutput", "JsonArgument",
-    "JsonObjectAgg", "JsonArrayAgg", "JsonAggConstructor", "JsonTablePathSpec", "List",
+    "JsonAggConstructor", "JsonTablePathSpec", "List",
     "CaseWhen", "SortBy",
 })
 #: nodes that carry no column data
