@@ -74,6 +74,8 @@ class AuditTrail:
         self._running = False
         self._last_sync = 0.0
         self._last_checkpoint = 0.0
+        self._optional_tail: dict[int, asyncio.Task] = {}
+        self._optional_pending: dict[int, int] = {}
         self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -104,6 +106,9 @@ class AuditTrail:
         self._running = False
         self._queue.put_nowait(_STOP)
         await self._writer
+        tails = [t for t in self._optional_tail.values() if not t.done()]
+        if tails:
+            await asyncio.wait(tails, timeout=self.config.sink_timeout_ms / 1000.0)
         for s in self.sinks:
             try:
                 await s.close()
@@ -156,6 +161,7 @@ class AuditTrail:
     def health(self) -> dict:
         return {
             "healthy": self.healthy,
+            "degraded": bool(self._failed),          # an optional sink is failing
             "last_error": self.last_error,
             "instance": self.config.instance,
             "head": None if self.chain is None else {"seq": self.chain.head.seq,
@@ -280,6 +286,9 @@ class AuditTrail:
         timeout = self.config.sink_timeout_ms / 1000.0
         attempts, errors = [], []
         for s in self.sinks:
+            if not s.required:
+                self._write_optional(s, records, lines, now)
+                continue
             if id(s) in self._failed:
                 retrying = (s is self.file and any(r["type"] == "segment.start" for r in records)) or \
                            (s is not self.file and now >= self._retry_at[id(s)] and not s.busy)
@@ -304,6 +313,37 @@ class AuditTrail:
                 log.warning("audit: %s sink recovered", s.kind)
                 del self._failed[id(s)]
         return errors
+
+    def _write_optional(self, s: Any, records: list[dict], lines: list[bytes], now: float) -> None:
+        """An optional sink is written behind the acknowledgements, in order, on its
+        own task: a slow one never delays a record, it falls behind, then drops."""
+        if id(s) in self._failed and now < self._retry_at[id(s)]:
+            self.stats["optional_dropped"] = self.stats.get("optional_dropped", 0) + len(records)
+            return
+        if self._optional_pending.get(id(s), 0) >= 64:
+            self._mark_failed(s, "falling behind (64 batches queued); records dropped", now)
+            return
+        prev = self._optional_tail.get(id(s))
+        timeout = self.config.sink_timeout_ms / 1000.0
+
+        async def run() -> None:
+            try:
+                if prev is not None:
+                    await asyncio.wait([prev])
+                await asyncio.wait_for(s.write(records, lines), timeout)
+            except Exception as e:  # noqa: BLE001 - recorded in health, never raised
+                msg = (f"no answer within {self.config.sink_timeout_ms:g} ms"
+                       if isinstance(e, asyncio.TimeoutError) else f"{type(e).__name__}: {e}")
+                self._mark_failed(s, msg, self.clock())
+            else:
+                if id(s) in self._failed:
+                    log.warning("audit: %s sink recovered", s.kind)
+                    del self._failed[id(s)]
+            finally:
+                self._optional_pending[id(s)] -= 1
+
+        self._optional_pending[id(s)] = self._optional_pending.get(id(s), 0) + 1
+        self._optional_tail[id(s)] = asyncio.create_task(run())
 
     def _mark_failed(self, sink: Any, msg: str, now: float) -> None:
         if id(sink) not in self._failed:
