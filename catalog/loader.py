@@ -700,3 +700,18 @@ def missing_columns(entries: Iterable[CatalogEntry], schema) -> list[str]:
             out.append(f"{e.source}: {e.column}: {e.column.relation} has no column "
                        f"{e.column.column!r} (columns: {', '.join(rel.column_names)})")
     return out
+
+
+def overridden_tags(file_entries: Iterable[CatalogEntry],
+                    tag_entries: Iterable[CatalogEntry]) -> list[str]:
+    """Notes for tags the catalog file overrides with a different category or
+    sensitivity (the file wins; a disagreement is worth a look)."""
+    tags = {e.column: e for e in tag_entries}
+    out = []
+    for e in file_entries:
+        t = tags.get(e.column)
+        if t is not None and (t.category, t.sensitivity) != (e.category, e.sensitivity):
+            out.append(f"{e.source}: {e.column} is {e.category}/{e.sensitivity.name.lower()} in the "
+                       f"file but tagged {t.category}/{t.sensitivity.name.lower()} in the database "
+                       "(the file wins)")
+    return out

@@ -22,7 +22,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from catalog.loader import CatalogError, build_catalog, load_catalog_file, missing_columns
+from catalog.loader import (
+    CatalogError, build_catalog, load_catalog_file, missing_columns, overridden_tags,
+)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def cmd_show(args, config=None) -> int:
                   "check the DSN / [upstream] and that the server is running", file=sys.stderr)
             return 1
         catalog = build_catalog(file_entries, tags, schema)
-        warnings = missing_columns(file_entries, schema)
+        warnings = missing_columns(file_entries, schema) + overridden_tags(file_entries, tags)
         where = f"database {_describe(src.connect)}, schema version {schema.version}"
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -9,7 +9,7 @@ import pytest
 
 from catalog.loader import (
     CatalogError, build_catalog, derive_catalog, format_column_ref, load_catalog_file,
-    merge_catalogs, missing_columns, parse_catalog_text, parse_column_ref, parse_comment_tag,
+    merge_catalogs, missing_columns, overridden_tags, parse_catalog_text, parse_column_ref, parse_comment_tag,
     tag_entry, view_select_items,
 )
 from catalog.model import Catalog, CatalogEntry, ColumnRef, RelationRef, Sensitivity
@@ -150,6 +150,9 @@ def test_merge_file_wins_over_tags_and_keeps_sources():
         f"{C}.note": ("free_text", "MEDIUM", "comment:public.customers.note"),
         f"{C}.ssn": ("ssn", "CRITICAL", "file:catalog.toml:8"),
     }
+    assert overridden_tags(file, tags) == [
+        "file:catalog.toml:4: public.customers.phone is phone/high in the file but tagged "
+        "phone/medium in the database (the file wins)"]
     # the version follows content, not order
     assert cat.version == merge_catalogs(list(reversed(file)), list(reversed(tags))).version
     assert cat.version != merge_catalogs(file[1:], tags).version

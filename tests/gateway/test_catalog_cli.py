@@ -107,3 +107,13 @@ def test_bad_config_exits_2(tmp_path, capsys):
     config.write_text('[upstream]\nport = "x"\n')
     assert main(["catalog", "show", "--config", str(config)]) == 2
     assert str(config) in capsys.readouterr().err
+
+
+def test_show_notes_tags_the_file_overrides(sample_db, tmp_path, capsys):
+    cat = tmp_path / "catalog.toml"
+    cat.write_text('[[column]]\ncolumn = "customers.phone"\ncategory = "phone"\nsensitivity = "high"\n')
+    assert main(["catalog", "show", "--dsn", sample_db, "--catalog", str(cat)]) == 0
+    captured = capsys.readouterr()
+    assert "public.customers.phone is phone/high in the file but tagged phone/medium" in captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("public.customers.phone "))
+    assert "high" in row and "file:catalog.toml:1" in row
