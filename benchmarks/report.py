@@ -121,7 +121,7 @@ def markdown_report(results: dict) -> str:
         "",
         f"- host: {m['host']}; {m['nproc']} CPUs ({m['cpu_model']}); {m['memory']}; {m['platform']}",
         f"- python: {v['python']}",
-        f"- PostgreSQL: {v['postgresql']} ({results['postgres_source']})",
+        f"- PostgreSQL: {v['postgresql']}; server: {results['postgres_source']}",
         f"- pgbench: {v['pgbench']}",
         f"- pgbouncer: {v['pgbouncer']}",
         f"- piigate: {v['piigate']}",
