@@ -179,6 +179,10 @@ class _Rewriter:
         start, end = self.span(rv)
         body = self.subquery(rel, strategies, only=not rv.inh)
         text = body if rv.alias is not None else f"{body} AS {quote_ident(rel.ref.name)}"
+        table_kw = self.table_keyword_before(start)
+        if table_kw is not None:
+            # `TABLE customers` is `SELECT * FROM customers`: say it that way around the wrapper
+            start, text = table_kw, f"SELECT * FROM {text}"
         self.splices.append(Splice(start, end, text, rel.ref))
 
     def strategies_for(self, rel: Relation, inh: bool) -> dict[str, MaskStrategy]:
@@ -284,6 +288,14 @@ class _Rewriter:
             except Exception as e:
                 raise RewriteError(f"the statement does not scan: {e}") from None
         return self._tokens
+
+    def table_keyword_before(self, start: int) -> int | None:
+        """Start of a ``TABLE`` keyword right before the relation span, if any."""
+        toks = self.tokens
+        idx = next((i for i, t in enumerate(toks) if t.start == start), None)
+        if idx is not None and idx >= 1 and toks[idx - 1].name == "TABLE":
+            return toks[idx - 1].start
+        return None
 
     def span(self, rv: ast.RangeVar) -> tuple[int, int]:
         """Character span of ``[ONLY [(]] [schema.]name [)] [*]`` for a RangeVar.
