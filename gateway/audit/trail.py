@@ -349,7 +349,8 @@ class AuditTrail:
         if id(sink) not in self._failed:
             log.error("audit: %s sink failed: %s", sink.kind, msg)
         self._failed[id(sink)] = msg
-        self._retry_at[id(sink)] = now + self.config.retry_ms / 1000.0
+        # from when the failure was seen, not when the batch began (a timeout is long)
+        self._retry_at[id(sink)] = max(now, self.clock()) + self.config.retry_ms / 1000.0
         self.last_error = f"{sink.kind} sink: {msg}"
 
 
