@@ -516,18 +516,57 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
+def comment_category(comment: str | None) -> str | None:
+    """The built-in category a (non-tag) column comment names, e.g. orders.note's
+    'free_text (may contain PII)' -> free_text; None when it names none."""
+    if not comment:
+        return None
+    words = set(re.findall(r"[a-z_]+", comment.lower()))
+    found = sorted(c for c in _COMMENT_WORDS if c in words)
+    return _COMMENT_WORDS[found[0]] if found else None
+
+
+_COMMENT_WORDS = {"free_text": "free_text", "email": "email", "phone": "phone", "ssn": "ssn",
+                  "dob": "dob", "card_number": "card_number", "iban": "iban",
+                  "ip_address": "ip_address", "national_id": "national_id"}
+
+
 def propose(table: RelationRef | str, column: str, type_name: str, samples: Iterable[object],
-            today: date | None = None) -> Proposal | None:
+            today: date | None = None, comment: str | None = None) -> Proposal | None:
     """Propose a catalog entry for one column, or None when nothing suggests PII.
 
     ``table``: a RelationRef or ``schema.table`` / ``table`` text; ``samples``: the
     sampled values (None = NULL, skipped); ``today`` anchors the age check of dates of
-    birth (default: the current date)."""
-    today = today or date.today()
+    birth (default: the current date); ``comment``: the column's comment, if any (a
+    comment naming a category is evidence, never the only reason unless nothing in
+    the values contradicts it)."""
+    proposal = _propose(table, column, type_name, samples, today or date.today())
+    hinted = comment_category(comment)
+    if hinted is None:
+        return proposal
+    note = f"column comment mentions {hinted}"
+    if proposal is None:
+        ref = _column_ref(table, column)
+        return _proposal(ref, type_name, _Score(hinted, 0.45, (note, "the sampled values do not "
+                                                               "confirm it")), [])
+    if proposal.category != hinted:
+        return proposal
+    return Proposal(proposal.column, proposal.category, round(min(1.0, proposal.confidence + 0.05), 2),
+                    proposal.evidence + (note,), proposal.masked_examples, proposal.sensitivity,
+                    proposal.type_name)
+
+
+def _column_ref(table: RelationRef | str, column: str) -> ColumnRef:
     if isinstance(table, str):
         schema, _, name = table.rpartition(".")
         table = RelationRef(schema or "public", name)
-    ref = ColumnRef(table.schema, table.name, column)
+    return ColumnRef(table.schema, table.name, column)
+
+
+def _propose(table: RelationRef | str, column: str, type_name: str, samples: Iterable[object],
+             today: date) -> Proposal | None:
+    ref = _column_ref(table, column)
+    table = ref.relation
     family = type_family(type_name)
     values = [v for v in samples if v is not None]
     texts = [_as_text(v).strip() for v in values]

@@ -31,6 +31,9 @@ SELECT c.oid, n.nspname, c.relname, c.reltuples::float8,
        ARRAY(SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum) AS types,
+       ARRAY(SELECT pg_catalog.col_description(c.oid, a.attnum) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum) AS comments,
        ARRAY(SELECT pa.attname FROM pg_catalog.pg_inherits i
              JOIN pg_catalog.pg_attribute pa ON pa.attrelid = i.inhparent
              WHERE i.inhrelid = c.oid AND pa.attnum > 0 AND NOT pa.attisdropped) AS inherited
@@ -74,25 +77,25 @@ async def scan_database(conn, sample_size: int = 200, schemas: Iterable[str] | N
         await conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         await conn.execute("SET LOCAL statement_timeout = '30s'")
         tables = await conn.fetch(_TABLES_SQL, list(_SKIP_SCHEMAS), wanted)
-        for _oid, nsp, rel, reltuples, columns, types, inherited in tables:
+        for _oid, nsp, rel, reltuples, columns, types, comments, inherited in tables:
             ref = RelationRef(nsp, rel)
-            own = [(c, t) for c, t in zip(columns, types)
+            own = [(c, t, note) for c, t, note in zip(columns, types, comments)
                    if c not in set(inherited) and type_family(t) != "other"]
             if not own:
                 continue
-            query = sample_query(ref, [c for c, _ in own], reltuples, sample_size)
+            query = sample_query(ref, [c for c, _, _ in own], reltuples, sample_size)
             try:
                 async with conn.transaction():  # a savepoint: one unreadable table is not fatal
                     rows = await conn.fetch(query)
                     if not rows and reltuples > sample_size * 20:
                         # an unlucky block sample: read the first rows instead
-                        rows = await conn.fetch(sample_query(ref, [c for c, _ in own], 0, sample_size))
+                        rows = await conn.fetch(sample_query(ref, [c for c, _, _ in own], 0, sample_size))
             except asyncpg.PostgresError as exc:
                 if skipped is not None:
                     skipped.append((ref, f"{type(exc).__name__}: {exc}"))
                 continue
-            for i, (col, type_name) in enumerate(own):
-                p = propose(ref, col, type_name, [r[i] for r in rows], today=today)
+            for i, (col, type_name, note) in enumerate(own):
+                p = propose(ref, col, type_name, [r[i] for r in rows], today=today, comment=note)
                 if p is not None:
                     proposals.append(p)
     return sorted(proposals, key=lambda p: p.column)

@@ -285,3 +285,18 @@ def test_proposal_file_is_a_catalog_file():
     }
     assert "# confidence: 0.95" in text and "# evidence: " in text and "# second line" in text
     assert "a@example.org" not in text and "123-45-6789" not in text
+
+
+# ------------------------------------------------------------- comments
+
+def test_a_comment_naming_a_category_is_evidence():
+    notes = ["standard delivery"] * 5 + ["call back on +1-555-0136"]
+    p = propose(T, "note", "text", notes, today=TODAY, comment="free_text (may contain PII)")
+    plain = propose(T, "note", "text", notes, today=TODAY)
+    assert p.category == "free_text" and p.confidence == round(plain.confidence + 0.05, 2)
+    assert p.evidence[-1] == "column comment mentions free_text"
+    # values that show nothing: a weak proposal, saying the values do not confirm it
+    weak = propose(T, "remarks", "text", ["ok", "fine"], today=TODAY, comment="free_text, may hold PII")
+    assert (weak.category, weak.confidence) == ("free_text", 0.45)
+    # a comment that names no category changes nothing
+    assert propose(T, "city", "text", ["Sampleton"], today=TODAY, comment="where they live") is None

@@ -121,3 +121,8 @@ async def test_unreadable_tables_are_skipped_and_reported(sample_db_fresh):
     assert [(str(ref), reason.split(":")[0]) for ref, reason in skipped] == \
         [("public.secrets", "InsufficientPrivilegeError")]
     assert {(str(p.column), p.category) for p in proposals} == EXPECTED
+
+
+async def test_column_comments_are_evidence(sample_db):
+    note = next(p for p in await _scan(sample_db) if str(p.column) == "public.orders.note")
+    assert "column comment mentions free_text" in note.evidence
