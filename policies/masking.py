@@ -3,8 +3,9 @@
 Each expression keeps the column's TYPE: it ends in a cast to the column's
 ``format_type()`` name, so a masked result has the same name, position and type
 as the unmasked one and drivers with typed result caches (asyncpg, JDBC) keep
-working. Every function is schema-qualified (``pg_catalog.…``, ``piigate.…``) so
-a ``search_path`` trick cannot swap one in.
+working. Every function and operator is schema-qualified (``pg_catalog.…``,
+``OPERATOR(pg_catalog.=)``, ``piigate.…``) so a ``search_path`` trick cannot swap
+one in. (Type names are ``format_type()`` output; the gateway pins search_path.)
 
 Strategies (``MaskStrategy.name`` and its ``params``):
 
@@ -135,11 +136,11 @@ def mask_expression(column_sql: str, type_name: str, strategy: MaskStrategy,
             return redact(f"partial needs a text type, {t} is redacted")
         if p.get("email"):
             domain = f"pg_catalog.split_part({v}, '@', 2)"
-            e = (f"CASE WHEN {column_sql} IS NULL THEN NULL WHEN pg_catalog.strpos({v}, '@') = 0 "
+            e = (f"CASE WHEN {column_sql} IS NULL THEN NULL WHEN pg_catalog.strpos({v}, '@') OPERATOR(pg_catalog.=) 0 "
                  f"THEN '***' ELSE pg_catalog.concat('***@', {domain}) END")
             return MaskedExpression(_cast(e, t), "partial")
         keep = int(p.get("keep", 4))
-        e = (f"CASE WHEN {column_sql} IS NULL THEN NULL WHEN pg_catalog.length({v}) <= {keep + 4} "
+        e = (f"CASE WHEN {column_sql} IS NULL THEN NULL WHEN pg_catalog.length({v}) OPERATOR(pg_catalog.<=) {keep + 4} "
              f"THEN '***' ELSE pg_catalog.concat('***', pg_catalog.\"right\"({v}, {keep})) END")
         return MaskedExpression(_cast(e, t), "partial")
     if kind == "hash":
@@ -165,7 +166,7 @@ def mask_expression(column_sql: str, type_name: str, strategy: MaskStrategy,
             e = f"pg_catalog.round({n}, {digits})"
             return MaskedExpression(_cast(e, t), kind, note)
         else:
-            w = repr(p.get("width", 10))
-            e = f"pg_catalog.floor({n} / {w}) * {w}"
+            w = f"CAST({p.get('width', 10)!r} AS pg_catalog.numeric)"
+            e = f"pg_catalog.floor({n} OPERATOR(pg_catalog./) {w}) OPERATOR(pg_catalog.*) {w}"
         return MaskedExpression(_cast(e, t), kind)
     return redact(f"unknown strategy {kind!r}; redacted")
