@@ -58,7 +58,7 @@ class RangeItem:
     cols: list[Out]
     schema: str | None = None           # unaliased RangeVar: allows schema.table.col
     open_sources: frozenset | None = None   # column names unknown (record functions)
-    system: dict | None = None          # system column name -> sources
+    system: tuple | None = None         # relations whose system columns (ctid, ...) this item has
 
     def lookup(self, name: str) -> frozenset | None:
         found = None
@@ -66,7 +66,7 @@ class RangeItem:
             if c.name == name:
                 found = c.sources if found is None else found | c.sources
         if found is None and self.system is not None:
-            found = self.system.get(name)
+            found = _system_column(self.system, name)
         if found is None and self.open_sources is not None:
             return self.open_sources
         return found
@@ -98,6 +98,12 @@ class Scope:
                 return c
             s = s.parent
         return None
+
+
+def _system_column(refs: tuple, name: str) -> frozenset | None:
+    if name not in SYSTEM_COLUMNS:
+        return None
+    return frozenset(ColumnRef(r.schema, r.name, name) for r in refs)
 
 
 def _sval(node: dict) -> str | None:
@@ -226,10 +232,7 @@ class Walk:
             if view_outs is not None and i < len(view_outs):
                 srcs |= view_outs[i].sources
             cols.append(Out(c.name, frozenset(srcs)))
-        system = None
-        if rel.kind not in (VIEW,):
-            system = {s: frozenset(ColumnRef(r.ref.schema, r.ref.name, s) for r in family)
-                      for s in SYSTEM_COLUMNS}
+        system = tuple(r.ref for r in family) if rel.kind != VIEW else None
         refname = rel.ref.name
         schema_name = rel.ref.schema
         if alias:
@@ -507,9 +510,15 @@ class Walk:
             parent = Scope(list(before) if b.get("lateral") else [], scope.parent, scope.ctes)
             outs = self.statement_outputs(b.get("subquery", {}), parent)
             alias = b.get("alias")
-            cols = list(outs)
-            self._rename(cols, alias.get("colnames") if alias else None, "subquery")
-            return [RangeItem(alias.get("aliasname") if alias else None, cols)]
+            cols = [o for o in outs if o.name is not None]
+            unnamed = [o.sources for o in outs if o.name is None]
+            # outputs whose names we do not know (a star over a record function)
+            # match any name, like the function item they come from
+            opened = frozenset().union(*unnamed) if unnamed else None
+            if alias and alias.get("colnames"):
+                cols = list(outs)
+                self._rename(cols, alias.get("colnames"), "subquery")
+            return [RangeItem(alias.get("aliasname") if alias else None, cols, None, opened)]
         if kind == "RangeFunction":
             return [self.range_function(b, scope, before)]
         if kind == "JoinExpr":
@@ -744,7 +753,7 @@ class Walk:
                     if c.name == name:
                         hit = c.sources if hit is None else hit | c.sources
                 if hit is None and it.system is not None:
-                    hit = it.system.get(name)
+                    hit = _system_column(it.system, name)
                 if hit is not None:
                     exact = hit if exact is None else exact | hit
                 elif it.open_sources is not None:
