@@ -536,27 +536,31 @@ def _launch_postgres(
         _remove_dir=remove_dir,
     )
     deadline = time.monotonic() + PG_START_TIMEOUT
-    while True:
-        code = proc.poll()
-        if code is not None:
-            new_log = _log_since(log_path, log_offset)
-            if "could not bind" in new_log or "Address already in use" in new_log:
-                return None
-            raise EmbeddedServerError(
-                f"PostgreSQL exited with code {code} while starting on port {port}; "
-                f"log {log_path}:\n{_tail(log_path)}"
-            )
-        if _postmaster_status(data_dir) == "ready" and _can_connect(LOOPBACK, port):
-            atexit.register(server.stop)
-            return server
-        if time.monotonic() > deadline:
-            server._remove_dir = None  # keep the log for the error message
-            server.stop()
-            raise EmbeddedServerError(
-                f"PostgreSQL did not become ready on port {port} within {PG_START_TIMEOUT:.0f}s; "
-                f"log {log_path}:\n{_tail(log_path)}"
-            )
-        time.sleep(0.05)
+    try:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                new_log = _log_since(log_path, log_offset)
+                if "could not bind" in new_log or "Address already in use" in new_log:
+                    return None
+                raise EmbeddedServerError(
+                    f"PostgreSQL exited with code {code} while starting on port {port}; "
+                    f"log {log_path}:\n{_tail(log_path)}"
+                )
+            if _postmaster_status(data_dir) == "ready" and _can_connect(LOOPBACK, port):
+                atexit.register(server.stop)
+                return server
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"PostgreSQL did not become ready on port {port} within {PG_START_TIMEOUT:.0f}s; "
+                    f"log {log_path}:\n{_tail(log_path)}"
+                )
+            time.sleep(0.05)
+    except BaseException:
+        # Interrupted (Ctrl-C) or failed while waiting: leave nothing running.
+        server._remove_dir = None  # the caller removes its own directory
+        server.stop()
+        raise
 
 
 def _log_since(path: Path, offset: int) -> str:
@@ -659,14 +663,18 @@ def start_redis() -> EmbeddedRedis:
                 )
             server = EmbeddedRedis(LOOPBACK, port, work_dir, log_path, proc.pid, proc)
             deadline = time.monotonic() + REDIS_START_TIMEOUT
-            while proc.poll() is None and not _redis_ping(LOOPBACK, port):
-                if time.monotonic() > deadline:
-                    _terminate(proc, ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)))
-                    raise EmbeddedServerError(
-                        f"redis-server ({binary}) did not answer PING on port {port} within "
-                        f"{REDIS_START_TIMEOUT:.0f}s; log {log_path}:\n{_tail(log_path)}"
-                    )
-                time.sleep(0.02)
+            try:
+                while proc.poll() is None and not _redis_ping(LOOPBACK, port):
+                    if time.monotonic() > deadline:
+                        raise EmbeddedServerError(
+                            f"redis-server ({binary}) did not answer PING on port {port} within "
+                            f"{REDIS_START_TIMEOUT:.0f}s; log {log_path}:\n{_tail(log_path)}"
+                        )
+                    time.sleep(0.02)
+            except BaseException:
+                # Timed out or interrupted (Ctrl-C) while waiting: leave nothing running.
+                _terminate(proc, ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)))
+                raise
             if proc.poll() is None:
                 atexit.register(server.stop)
                 return server
