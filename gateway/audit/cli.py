@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.audit.chain import load_public_key, verify
+from gateway.audit.chain import load_public_key, load_signing_key, verify
 from gateway.audit.config import AuditConfig
 from gateway.audit.query import (Filter, expand_paths, format_record, format_report, iter_records,
                                  parse_when, read_trail, report, search)
@@ -126,7 +126,7 @@ def cmd_verify(args) -> int:
         if args.public_key:
             key = load_public_key(Path(args.public_key).read_bytes())
         elif args.signing_key:
-            key = load_public_key(Path(args.signing_key).read_bytes())
+            key = load_signing_key(Path(args.signing_key).read_bytes()).public_key()
         elif cfg is not None and cfg.signing_key is not None:
             key = cfg.signing_key.public_key()
     except (OSError, ValueError) as e:
