@@ -28,8 +28,9 @@ Rules kept here:
   WATCH/MULTI transaction, so concurrent approvers and deniers cannot both win.
 - Redis unreachable: every method raises ``JitUnavailable`` (the gateway then
   refuses statements that need a grant). redis-py reconnects by itself; the pub/sub
-  listener re-subscribes with backoff, and waiters re-check the request state at
-  least every ``recheck_s`` seconds, so a missed message costs at most that.
+  listener re-subscribes with backoff, and one shared task re-reads the state of
+  every waited-for request every ``recheck_s`` seconds (one MGET per 500), so a
+  missed message costs at most that.
 """
 from __future__ import annotations
 
@@ -171,6 +172,7 @@ class JitService:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._revocation_callbacks: list[Callable[[str], None]] = []
         self._listener: asyncio.Task | None = None
+        self._rechecker: asyncio.Task | None = None
         self._listening = asyncio.Event()
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
@@ -194,7 +196,8 @@ class JitService:
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [t for t in (self._listener, self._sweeper, *self._background) if t is not None]
+        tasks = [t for t in (self._listener, self._rechecker, self._sweeper, *self._background)
+                 if t is not None]
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -202,7 +205,7 @@ class JitService:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        self._listener = self._sweeper = None
+        self._listener = self._rechecker = self._sweeper = None
         await self.notifier.close()
         if self._owns_redis:
             await self.redis.aclose()
@@ -646,8 +649,9 @@ class JitService:
                                 ) -> tuple[str, Grant | str | None]:
         """Wait until the request is decided: ("approved", grant), ("denied", reason)
         or ("timeout", None). The request stays pending after a timeout, so a retry
-        after a late approval goes straight through. Woken by pub/sub; re-checks at
-        least every ``recheck_s``. Raises JitUnavailable if Redis goes away."""
+        after a late approval goes straight through. Woken by pub/sub; a shared
+        re-check every ``recheck_s`` catches lost messages. Raises JitUnavailable if
+        Redis goes away."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         event = asyncio.Event()
@@ -662,8 +666,10 @@ class JitService:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return ("timeout", None)
+                # Woken by pub/sub, by the shared re-check (one MGET for all waiters
+                # every recheck_s, for missed messages) or when Redis goes away.
                 try:
-                    await asyncio.wait_for(event.wait(), min(remaining, self.recheck_s))
+                    await asyncio.wait_for(event.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
         finally:
@@ -691,6 +697,8 @@ class JitService:
         return ("denied", f"access request {request_id} is {req.state.value}")
 
     async def _ensure_listener(self) -> None:
+        if self._rechecker is None or self._rechecker.done():
+            self._rechecker = asyncio.create_task(self._recheck_loop(), name="piigate-jit-recheck")
         if self._listener is None or self._listener.done():
             self._listening.clear()
             self._listener = asyncio.create_task(self._listen(), name="piigate-jit-events")
@@ -726,6 +734,26 @@ class JitService:
                     await pubsub.aclose()
                 except Exception:
                     pass
+
+    async def _recheck_loop(self) -> None:
+        """Every recheck_s: one MGET over every waited-for request; wake the decided.
+        This is the safety net for lost pub/sub messages, and costs one round trip per
+        batch of 500 held statements instead of one per statement."""
+        while True:
+            await asyncio.sleep(self.recheck_s)
+            ids = list(self._waiters)
+            try:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    raws = await self.redis.mget([self._k_req(i) for i in chunk])
+                    for rid, raw in zip(chunk, raws):
+                        if raw is None or b'"state":"pending"' not in raw:
+                            for event in self._waiters.get(rid, ()):
+                                event.set()
+            except _REDIS_DOWN:
+                self._wake_all()        # each waiter's own read then reports JitUnavailable
+            except Exception:
+                log.exception("JIT re-check failed")
 
     def _dispatch(self, data: bytes) -> None:
         try:
