@@ -95,10 +95,7 @@ def _decide(req: DecisionRequest, policy: Policy) -> Decision:
                            source=unrestricted))
         # explicit rules still apply when they are more protective
         parts.extend(_rule_part(r, f"rule {r.name!r} applies to this statement") for r in statement_rules)
-        for c in req.pii:
-            for r in column_rules:
-                if _target_matches(r, c):
-                    parts.append(_rule_part(r, f"rule {r.name!r} covers {c.column} ({c.category})", (c.column,)))
+        parts.extend(_target_parts(req, column_rules, defaults=None))
         return _finish(req, policy, parts, matched)
 
     if req.unknown is not None or req.action is Action.UNKNOWN:
@@ -124,17 +121,34 @@ def _decide(req: DecisionRequest, policy: Policy) -> Decision:
     else:
         parts.append(_Part(d.non_pii, "default:non-pii", "no catalogued column needs more"))
 
-    for c in req.pii:
-        hits = [r for r in column_rules if _target_matches(r, c)]
-        if hits:
-            parts.extend(_rule_part(r, f"rule {r.name!r} covers {c.column} ({c.category})", (c.column,))
-                         for r in hits)
-        else:
-            key = _PII_DEFAULT.get(req.action, "unknown")
-            parts.append(_Part(getattr(d, key), f"default:{key.replace('_', '-')}",
-                               f"{req.action.value} of {c.column} ({c.category}) defaults to {getattr(d, key).value}",
-                               (c.column,)))
+    parts.extend(_target_parts(req, column_rules, defaults=d))
     return _finish(req, policy, parts, matched)
+
+
+def _target_parts(req: DecisionRequest, rules: list[Rule], defaults) -> list[_Part]:
+    """Parts from rules with an ``on`` selector. Category/sensitivity selectors apply
+    to catalogued columns; pure table/column selectors to any touched column, and a
+    pure table selector to the relation itself (``SELECT count(*) FROM payroll``).
+    With ``defaults``, a catalogued column no rule covers gets the action's PII default."""
+    parts: list[_Part] = []
+    for c in req.columns:
+        hits = [r for r in rules if _target_matches(r, c)]
+        what = f"{c.column} ({c.category})" if c.category else str(c.column)
+        parts.extend(_rule_part(r, f"rule {r.name!r} covers {what}", (c.column,)) for r in hits)
+        if not hits and c.category is not None and defaults is not None:
+            key = _PII_DEFAULT.get(req.action, "unknown")
+            parts.append(_Part(getattr(defaults, key), f"default:{key.replace('_', '-')}",
+                               f"{req.action.value} of {what} defaults to {getattr(defaults, key).value}",
+                               (c.column,)))
+    for r in rules:
+        if _table_only(r) and r.tables & req.relations:
+            names = ", ".join(sorted(str(t) for t in r.tables & req.relations))
+            parts.append(_rule_part(r, f"rule {r.name!r} covers {names}"))
+    return parts
+
+
+def _table_only(r: Rule) -> bool:
+    return bool(r.tables) and not (r.columns or r.categories or r.min_sensitivity is not None)
 
 
 def _rule_part(r: Rule, reason: str, columns: tuple[ColumnRef, ...] = ()) -> _Part:
@@ -273,12 +287,18 @@ def _mask_plan(req: DecisionRequest, policy: Policy, matched: list[Rule]) -> Mas
     for c in tuple(req.relation_columns) + req.pii:
         if c.category is not None:
             cols.setdefault(c.column, c)
+    # uncatalogued columns a table/column rule protects are masked too when touched
+    for c in req.columns:
+        if c.category is None and any(_target_matches(r, c) and r.effect is not Effect.ALLOW
+                                      for r in column_rules):
+            cols.setdefault(c.column, c)
     # rules only see reads here: the relation's other columns are read through the wrapper
     plan: dict[ColumnRef, MaskStrategy] = {}
     default_effect = getattr(policy.defaults, _PII_DEFAULT.get(req.action, "unknown"))
     for ref, c in sorted(cols.items()):
         hits = [r for r in column_rules if _target_matches(r, c)]
-        effect = max((r.effect for r in hits), key=lambda e: e.strength) if hits else default_effect
+        effect = max((r.effect for r in hits), key=lambda e: e.strength) if hits else (
+            default_effect if c.category is not None else Effect.ALLOW)
         if effect is Effect.ALLOW:
             continue
         override = next((r.mask for r in hits if r.effect is Effect.MASK and r.mask is not None), None)
@@ -303,6 +323,8 @@ def _action_matches(actions: frozenset[str], action: Action) -> bool:
 
 def _target_matches(r: Rule, c: TouchedColumn) -> bool:
     """A rule's ``on`` selector: every selector given must match the column."""
+    if (r.categories or r.min_sensitivity is not None) and c.category is None:
+        return False   # category and sensitivity selectors speak of catalogued columns only
     if r.categories and not (ANY in r.categories or c.category in r.categories):
         return False
     if r.min_sensitivity is not None and c.sensitivity < r.min_sensitivity:

@@ -143,3 +143,21 @@ def test_approval_requirement_and_message():
     a = d.approval
     assert a.approver_groups == {"privacy"} and a.reason_required and a.reason_pattern == "^[A-Z]+-[0-9]+"
     assert "SET piigate.reason" in d.message and "privacy" in d.message
+
+
+def test_table_and_column_rules_cover_uncatalogued_columns_and_relations():
+    p = parse_policy('[[rule]]\nname = "no-orders"\nroles = ["x"]\ntables = ["orders"]\neffect = "deny"\n'
+                     '[[rule]]\nname = "mask-amount"\nroles = ["y"]\ncolumns = ["orders.amount"]\neffect = "mask"\n'
+                     'mask = "round"\n')
+    d = decide(request_of({"user": "u", "roles": ["x"], "action": "read", "columns": ["orders.amount"]}), p)
+    assert (d.effect, d.rule) == (Effect.DENY, "no-orders")
+    count_only = request_of({"user": "u", "roles": ["x"], "action": "read"})
+    from dataclasses import replace
+    count_only = replace(count_only, relations=frozenset({RelationRef("public", "orders")}))
+    assert decide(count_only, p).rule == "no-orders"
+    d = decide(request_of({"user": "u", "roles": ["y"], "action": "read", "columns": ["orders.amount", "orders.id"]}), p)
+    assert (d.effect, d.rule) == (Effect.MASK, "mask-amount")
+    assert d.mask.columns == {ColumnRef("public", "orders", "amount"): MaskStrategy("round", {"digits": -2})}
+    # category selectors never match an uncatalogued column
+    p2 = parse_policy('[[rule]]\nname = "all-cats"\nroles = ["*"]\ncategories = ["*"]\neffect = "deny"\n')
+    assert decide(request_of({"user": "u", "roles": [], "action": "read", "columns": ["orders.amount"]}), p2).effect is Effect.ALLOW
