@@ -191,6 +191,7 @@ class AuditTrail:
                 wait = self._last_sync + window - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            batch_started = loop.time()      # windows are measured start to start
             batch = [first]
             while not self._queue.empty() and len(batch) < 50_000:
                 item = self._queue.get_nowait()
@@ -203,7 +204,7 @@ class AuditTrail:
             except Exception as e:  # noqa: BLE001 - the writer must never die silently
                 log.exception("audit: writer failed")
                 self._fail_all(batch, f"audit writer error: {e}")
-            self._last_sync = loop.time()
+            self._last_sync = batch_started
         try:
             await self._commit([], final=True)
         except Exception:  # noqa: BLE001

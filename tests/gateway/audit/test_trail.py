@@ -193,3 +193,19 @@ def test_kill_9_torn_record_is_reported_as_truncation(tmp_path):
     res = verify(read_trail([f]))
     assert res.ok and res.records == data.count(b"\n") - 1
     assert [w for w in res.warnings if "incomplete last record" in w and f"{f}:" in w]
+
+
+async def test_several_sinks_get_the_same_records(tmp_path):
+    import io
+    from gateway.audit.config import StdoutSinkConfig
+    from gateway.audit.sinks import FileSink, StdoutSink
+    buf = io.BytesIO()
+    cfg = AuditConfig(instance="gw-multi", file=FileSinkConfig(path=tmp_path / "m.jsonl", fsync="none"),
+                      stdout=StdoutSinkConfig(required=True))
+    sinks = [FileSink(cfg.file), StdoutSink(cfg.stdout, stream=buf)]
+    async with AuditTrail(cfg, sinks=sinks) as trail:
+        await asyncio.gather(*(trail.record(decision(i)) for i in range(25)))
+    from_stdout = [orjson.loads(l) for l in buf.getvalue().splitlines()]
+    from_file = list(iter_records(read_trail(trail_files(tmp_path / "m.jsonl"))))
+    assert from_stdout == from_file and len(from_file) == 27     # segment.start + 25 + checkpoint
+    assert verify(from_stdout).ok
