@@ -237,6 +237,7 @@ class Runtime:
     async def close(self) -> None:
         if self._refresher:
             self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         if self.gateway:
             await self.gateway.close()
         if self.admin_runner:

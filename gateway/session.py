@@ -327,7 +327,7 @@ class PolicyGate(Gate):
                  f"this statement waits up to {eng.hold_timeout_s:g} s; press Ctrl-C to give up")
         relay.send_client(notice)
         if eng.metrics:
-            eng.metrics.holds_active += 1
+            eng.metrics.hold_started()
         relay.state["holding"] = req.id
         cancel = relay.state["cancel"] = asyncio.Event()
         try:
@@ -344,7 +344,7 @@ class PolicyGate(Gate):
             relay.state.pop("holding", None)
             relay.state.pop("cancel", None)
             if eng.metrics:
-                eng.metrics.holds_active -= 1
+                eng.metrics.hold_ended()
         if outcome == "approved":
             grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
                                                       facts.fingerprint, now=time.time(),
@@ -479,7 +479,7 @@ class PolicyGate(Gate):
             return
         for item in plans:
             m.decision(item[1].effect.value)
-        m.observe_latency(time.perf_counter() - t0)
+        m.observe_statement(time.perf_counter() - t0)
 
 
 def _deny(rule: str, message: str, hint: str | None = None) -> Decision:

@@ -44,6 +44,7 @@ class RunningGateway:
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
     config: Config
+    runtime: object = None
 
     @property
     def host(self) -> str:
@@ -70,7 +71,8 @@ class RunningGateway:
 
     def stop(self) -> None:
         if not self.loop.is_closed():
-            asyncio.run_coroutine_threadsafe(self.gateway.close(), self.loop).result(30)
+            closer = self.runtime.close() if self.runtime is not None else self.gateway.close()
+            asyncio.run_coroutine_threadsafe(closer, self.loop).result(30)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 
@@ -83,9 +85,16 @@ def start_gateway(config: Config, gate_factory: Callable[[Config], Gate] | None 
     def run():
         asyncio.set_event_loop(loop)
         try:
-            gate = gate_factory(config) if gate_factory else None
-            gw = Gateway(config, gate)
-            loop.run_until_complete(gw.start())
+            if gate_factory is not None:
+                gw = Gateway(config, gate_factory(config))
+                loop.run_until_complete(gw.start())
+                box["runtime"] = None
+            else:
+                # the real assembly: schema + catalog loaded, policy, audit, JIT, admin
+                from gateway.app import Runtime, build_components
+                runtime = Runtime(config, build_components(config))
+                gw = loop.run_until_complete(runtime.start())
+                box["runtime"] = runtime
             box["gw"] = gw
         except BaseException as e:       # reported to the test below
             box["error"] = e
@@ -100,7 +109,7 @@ def start_gateway(config: Config, gate_factory: Callable[[Config], Gate] | None 
     started.wait(30)
     if "error" in box:
         raise box["error"]
-    return RunningGateway(box["gw"], loop, thread, config)
+    return RunningGateway(box["gw"], loop, thread, config, box["runtime"])
 
 
 @pytest.fixture

@@ -1,0 +1,185 @@
+"""Policy enforcement through the real gateway, with a raw client that keeps every byte.
+
+The property that matters (issue 4): sent through the gateway by a principal without
+a grant, no catalogued value from the sample schema appears in any byte the client
+receives — rows, COPY data, NOTICE, NOTIFY payloads or error text.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from .conftest import PASSWORD
+from .rawclient import RawClient, errors
+
+ROOT = Path(__file__).resolve().parents[2]
+SECURITY = ROOT / "tests" / "data" / "security"
+CORPUS = [json.loads(line) for line in (SECURITY / "attack-corpus.jsonl").read_text().splitlines() if line.strip()]
+
+POLICY = """
+[defaults]
+pii_read = "mask"
+write_pii = "approve"
+export = "deny"
+unknown = "deny"
+ddl = "deny"
+
+[masking]
+email = "partial_email"
+phone = "redact"
+ssn = "redact"
+card_number = "redact"
+dob = "redact"          # "year" would map 1950-01-01 onto itself
+name = "redact"
+free_text = "redact"
+
+[[rule]]
+name = "dba-unrestricted"
+roles = ["dba"]
+actions = ["*"]
+categories = ["*"]
+effect = "allow"
+
+[[rule]]
+name = "analyst-identifiers-need-approval"
+roles = ["analyst"]
+actions = ["read"]
+categories = ["ssn", "card_number"]
+effect = "mask"
+"""
+
+
+def catalogued_values() -> set[str]:
+    """Every value of a catalogued column in schema.sql and fixtures.sql."""
+    text = (SECURITY / "schema.sql").read_text() + (SECURITY / "fixtures.sql").read_text()
+    values = set()
+    for row in re.findall(r"\('([^']*)','([^']*)','([^']*)','([^']*)','([^']*)','([^']*)','[^']*'\)", text):
+        values.update(row)
+    assert len(values) >= 6 * 51, "the sample data did not parse"
+    return values
+
+
+@pytest.fixture
+def policy_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    (tmp_path / "policy.toml").write_text(POLICY)
+    shutil.copy(ROOT / "examples" / "catalog.toml", tmp_path / "catalog.toml")
+    extra = f"""
+[policy]
+file = "{tmp_path / 'policy.toml'}"
+[catalog]
+file = "{tmp_path / 'catalog.toml'}"
+"""
+    from .conftest import gateway_toml
+    text = gateway_toml(pg_server, users={"ann": ["analyst"], "dba": ["dba"]}, extra=extra,
+                        database=sample_db_fresh.dbname)
+    text = text.replace(f'user = "{pg_server.user}"', 'user = "gw_user"', 1)
+    gw = gateway_factory(config_text=text)
+    gw.dbname = sample_db_fresh.dbname
+    return gw
+
+
+def _client(gw, user="ann") -> RawClient:
+    return RawClient("127.0.0.1", gw.port, user, PASSWORD, gw.dbname)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c["id"] for c in CORPUS])
+def test_attack_corpus_leaks_nothing(policy_gateway, case):
+    values = catalogued_values()
+    client = _client(policy_gateway)
+    try:
+        for pre in case.get("pre") or []:
+            client.query(pre)
+        if case.get("params") is not None:
+            client.extended(case["sql"], case["params"])
+        else:
+            client.query(case["sql"])
+        client.drain(0.2)
+        received = bytes(client.received).decode("utf-8", "replace")
+    finally:
+        client.close()
+    leaked = sorted(v for v in values if v in received)
+    assert not leaked, f"{case['id']} leaked {leaked[:5]} ({len(leaked)} values)"
+
+
+def test_unrestricted_user_sees_clear_values(policy_gateway):
+    client = _client(policy_gateway, "dba")
+    try:
+        msgs = client.query("SELECT ssn FROM customers WHERE id = 7")
+        assert not errors(msgs)
+        assert b"000-00-0007" in client.received
+    finally:
+        client.close()
+
+
+async def test_masked_results_keep_names_order_and_types(policy_gateway, sample_db_fresh):
+    sql = "SELECT * FROM customers ORDER BY id LIMIT 5"
+    direct = await asyncpg.connect(sample_db_fresh.dsn)
+    masked = await asyncpg.connect(policy_gateway.dsn(policy_gateway.dbname, user="ann"))
+    try:
+        d_stmt = await direct.prepare(sql)
+        m_stmt = await masked.prepare(sql)
+        assert [(a.name, a.type.name) for a in d_stmt.get_attributes()] == \
+               [(a.name, a.type.name) for a in m_stmt.get_attributes()]
+        d_rows, m_rows = await d_stmt.fetch(), await m_stmt.fetch()
+        assert [r["id"] for r in d_rows] == [r["id"] for r in m_rows]
+        assert [r["city"] for r in d_rows] == [r["city"] for r in m_rows]
+        for d, m in zip(d_rows, m_rows):
+            assert m["ssn"] != d["ssn"]
+            assert m["email"].endswith("@example.invalid") and m["email"] != d["email"]
+            assert m["dob"] != d["dob"]
+    finally:
+        await direct.close()
+        await masked.close()
+
+
+async def test_non_pii_statements_return_exactly_what_postgres_returns(policy_gateway, sample_db_fresh):
+    queries = ["SELECT id, customer_id, amount FROM orders ORDER BY id",
+               "SELECT city, count(*) FROM customers GROUP BY city ORDER BY city",
+               "SELECT sum(amount), avg(amount) FROM orders",
+               "SELECT now() IS NOT NULL, version() IS NOT NULL"]
+    direct = await asyncpg.connect(sample_db_fresh.dsn)
+    gw = await asyncpg.connect(policy_gateway.dsn(policy_gateway.dbname, user="ann"))
+    try:
+        for q in queries:
+            assert [tuple(r) for r in await gw.fetch(q)] == [tuple(r) for r in await direct.fetch(q)], q
+    finally:
+        await direct.close()
+        await gw.close()
+
+
+def test_denial_names_rule_and_session_continues(policy_gateway):
+    client = _client(policy_gateway)
+    try:
+        msgs = client.query("COPY customers TO STDOUT")
+        errs = errors(msgs)
+        assert errs and errs[0].sqlstate == "42501"
+        assert "rule" in errs[0].message or "default" in errs[0].message
+        msgs = client.query("SELECT count(*) FROM orders")
+        assert not errors(msgs)
+        # in a transaction: the usual aborted-transaction semantics
+        client.query("BEGIN")
+        errs = errors(client.query("COPY customers TO STDOUT"))
+        assert errs[0].sqlstate == "42501"
+        errs = errors(client.query("SELECT 1"))
+        assert errs and errs[0].sqlstate == "25P02"
+        client.query("ROLLBACK")
+        assert not errors(client.query("SELECT 1"))
+    finally:
+        client.close()
+
+
+def test_refusal_in_the_middle_of_a_multi_statement_query(policy_gateway):
+    client = _client(policy_gateway)
+    try:
+        msgs = client.query("SELECT 1; COPY customers TO STDOUT; SELECT 2")
+        errs = errors(msgs)
+        assert len(errs) == 1 and errs[0].sqlstate == "42501"
+        # PostgreSQL runs the statements before the failing one and none after it
+        assert b"\x00\x00\x00\x011" in bytes(client.received) or b"1" in bytes(client.received)
+    finally:
+        client.close()
