@@ -130,7 +130,7 @@ def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
     """A client whose pool makes callers *wait* for a free connection (thousands of
     held sessions re-check at once) instead of failing with "Too many connections"."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5.0, socket_connect_timeout=2.0,
+        url, max_connections=max_connections, timeout=5.0, socket_connect_timeout=5.0,
         socket_timeout=5.0, health_check_interval=10)
     return aioredis.Redis.from_pool(pool)
 
