@@ -41,7 +41,7 @@ VIEW_SEARCH_PATH = ("pg_catalog",)
 SENSITIVE_SYSTEM_RELATIONS = frozenset({
     "pg_statistic", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs",
     "pg_statistic_ext_data", "pg_stat_activity", "pg_stat_statements",
-    "pg_largeobject", "pg_authid", "pg_user_mapping", "pg_user_mappings",
+    "pg_largeobject",
 })
 
 
@@ -930,6 +930,9 @@ class Walk:
         if len(names) == 1 and len(args) == 1 and not b.get("over") and not b.get("agg_star"):
             hit = self._functional_column(names[0], args[0].get("ColumnRef"), scope)
             if hit is not None and not fnres.candidates(self.schema, names, self.search_path):
+                # PostgreSQL reads the argument as a whole-row value first (its
+                # privilege check asks for every column): so do we
+                self.expr(args[0], scope, OTHER)
                 return self.use(hit, usages)
         cands = fnres.candidates(self.schema, names, self.search_path)
         fname = names[-1] if names else ""

@@ -73,8 +73,8 @@ SELECT t FROM customers t
 -- includes: customers.ssn=whole_row,returned
 SELECT (c).ssn FROM customers c
 
--- functional notation ssn(c) is c.ssn
--- columns: customers.ssn=returned
+-- functional notation ssn(c) is c.ssn; PostgreSQL reads c as a whole row first
+-- includes: customers.ssn=returned,whole_row customers.email=whole_row,other
 SELECT ssn(c) FROM ONLY customers c
 
 -- includes: customers.ssn=whole_row,returned

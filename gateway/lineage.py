@@ -1,0 +1,54 @@
+"""View lineage: which base-table columns each view column derives from (pure).
+
+``with_view_lineage(schema)`` analyses every view's and materialized view's
+definition with the SQL analyzer and returns a LiveSchema whose view relations
+carry ``Relation.lineage``: output column name -> frozenset of base ColumnRefs
+(columns of tables, partitions, foreign tables and materialized views; never of
+plain views, which are expanded down to what they read). The catalog uses it to
+mark a view column sensitive when it derives from a catalogued column.
+
+Fail closed: when a definition cannot be fully attributed (an unknown function,
+a relation missing from the schema, ...), every output column of that view is
+given every base column the definition touches, in any clause.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from catalog.model import ColumnRef, RelationRef
+from gateway.analysis.queries import VIEW_SEARCH_PATH, Walk
+from gateway.schema import MATVIEW, VIEW, LiveSchema, Relation
+
+
+def view_lineage(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozenset], str | None]:
+    """The lineage of one view, and why it is over-approximated (None when exact)."""
+    walk = Walk(schema, VIEW_SEARCH_PATH)
+    outs = walk.expand_view(rel)
+
+    def base(refs) -> frozenset:
+        out = set()
+        for c in refs:
+            r = schema.relation(RelationRef(c.schema, c.table))
+            if c.table == rel.ref.name and c.schema == rel.ref.schema:
+                continue
+            if r is None or r.kind != VIEW:
+                out.add(c)
+        return frozenset(out)
+
+    if walk.reasons or outs is None:
+        everything = base(walk.uses)
+        return {c.name: everything for c in rel.columns}, "; ".join(walk.reasons) or "no definition"
+    return {c.name: base(outs[i].sources) for i, c in enumerate(rel.columns)}, None
+
+
+def with_view_lineage(schema: LiveSchema) -> LiveSchema:
+    """A copy of ``schema`` whose views and materialized views carry their lineage."""
+    relations = dict(schema.relations)
+    for ref, rel in schema.relations.items():
+        if rel.kind in (VIEW, MATVIEW):
+            lineage, _ = view_lineage(schema, rel)
+            relations[ref] = dataclasses.replace(rel, lineage=lineage)
+    return LiveSchema(relations, schema.functions, schema.search_path, schema.version)
+
+
+__all__ = ["with_view_lineage", "view_lineage", "ColumnRef"]
