@@ -84,6 +84,8 @@ def _audit_defaults(cfg: Config) -> dict:
         out["instance"] = cfg.server.instance_id
     if "base_dir" in params:
         out["base_dir"] = os.path.dirname(os.path.abspath(cfg.path))
+    if "default_redis_url" in params and cfg.redis_url:
+        out["default_redis_url"] = cfg.redis_url
     return out
 
 
@@ -130,7 +132,8 @@ class Runtime:
                              audit=_AuditAdapter(self.audit) if self.audit else None, jit=self.jit,
                              metrics=self.metrics, instance=cfg.server.instance_id,
                              hold_timeout_s=getattr(comps.jit_config, "hold_timeout_s", 300.0),
-                             admin_url=self._admin_url(), on_ddl=self._refresh_now.set)
+                             admin_url=self._admin_url(), on_ddl=self._refresh_now.set,
+                             pseudonym_installed=_pseudonym_installed(schema))
         gate = PolicyGate(self.engine)
         self.gateway = Gateway(cfg, gate)
         if self.audit is not None:
@@ -190,6 +193,7 @@ class Runtime:
             if self.engine is not None and (schema.version != self.engine.schema.version
                                             or catalog.version != self.engine.catalog.version):
                 self.engine.schema, self.engine.catalog = schema, catalog
+                self.engine.pseudonym_installed = _pseudonym_installed(schema)
                 log.info("schema %s, catalog %s (%d columns) loaded", schema.version, catalog.version,
                          len(catalog))
 
@@ -260,6 +264,12 @@ class _AuditAdapter:
             from .audit.trail import AuditUnavailable
             raise AuditUnavailable(self.trail.last_error or "audit sink failing")
         self.trail.emit(event)
+
+
+def _pseudonym_installed(schema) -> bool:
+    """The keyed-hash strategy needs piigate.pseudonym() in the database (installed by
+    an administrator, key out of reach of the gateway's role); without it, redact."""
+    return any(f.schema == "piigate" for f in schema.functions_named("pseudonym"))
 
 
 def _make_metrics():

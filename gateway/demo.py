@@ -67,6 +67,7 @@ async def _load(pg, key: bytes) -> None:
 def _config(work: Path, pg, redis, port: int, admin_port: int, passwords: dict, token: str) -> Path:
     from .protocol.scram import make_verifier
     (work / "policy.toml").write_text(_policy_text())
+    (work / "audit").mkdir(exist_ok=True)
     users = "".join(
         f'\n[users.{name}]\npassword_verifier = "{make_verifier(passwords[name])}"\n'
         f'roles = [{", ".join(repr(r).replace(chr(39), chr(34)) for r in roles)}]\n'
@@ -94,7 +95,7 @@ def _config(work: Path, pg, redis, port: int, admin_port: int, passwords: dict, 
         prefix = "piigate-demo:"
 
         [jit]
-        hold_timeout = 300
+        hold_timeout_s = 300
 
         [audit]
         sinks = ["file"]
