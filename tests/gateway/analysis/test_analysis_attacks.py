@@ -35,11 +35,12 @@ class Session:
 
     def run(self, sql: str, extended: bool = False) -> list[StatementFacts]:
         """Analyse one message's text; returns the facts that decide what it reaches."""
+        first = analyze(sql, self.schema, self.search_path, extended=extended)
         out = []
-        # statements are analysed one by one, as PostgreSQL runs them: a SET
-        # earlier in the same text changes how later statements resolve
-        for facts in analyze(sql, self.schema, self.search_path, extended=extended):
-            if facts.kind != StatementKind.UNKNOWN and len(analyze(sql, self.schema, self.search_path)) > 1:
+        for i, facts in enumerate(first):
+            if i > 0 and facts.kind != StatementKind.UNKNOWN:
+                # PostgreSQL runs the statements of a text one after the other:
+                # a SET earlier in the text changes how later ones resolve
                 facts = analyze(facts.sql, self.schema, self.search_path)[0]
             out.append(facts)
             if facts.kind == StatementKind.SESSION and facts.setting and facts.setting[0] == "search_path":

@@ -120,3 +120,14 @@ def test_analyze_never_raises(schema):
     for sql in ["", ";", "SELECT", "\x00", "SELECT " + "(" * 5000 + "1" + ")" * 5000, "SELECT 'unterminated"]:
         facts = analyze(sql, schema)
         assert facts and all(f.kind in (StatementKind.EMPTY, StatementKind.UNKNOWN) or f.unknown is None for f in facts)
+
+
+def test_statement_texts_are_sliced_by_byte_offsets(schema):
+    sql = "SELECT 'é😀' AS a;\n  SELECT '漢字', ssn FROM customers ; -- trailing\nSELECT 3"
+    facts = analyze(sql, schema)
+    assert [f.sql for f in facts] == ["SELECT 'é😀' AS a", "SELECT '漢字', ssn FROM customers", "SELECT 3"]
+    assert facts[1].redacted_sql == "SELECT $1, ssn FROM customers"
+    cache = AnalysisCache()
+    cache.analyze("  SELECT '漢字', ssn FROM customers ; ", schema)
+    hit = cache.analyze("  SELECT 'ascii', ssn FROM customers ; ", schema)
+    assert cache.hits_shape == 1 and hit[0].sql == "SELECT 'ascii', ssn FROM customers"
