@@ -28,6 +28,14 @@ signing key file, nothing else).
 
     [audit.stdout]
     required = false
+
+The short form is accepted too (one file sink, flat keys)::
+
+    [audit]
+    sinks = ["file", "redis"]
+    file = "audit/audit.jsonl"         # = [audit.file] path
+    fsync = "group"                    # group_ms, rotate_bytes, rotate_seconds likewise
+    stream = "piigate:audit"           # maxlen, redis_url likewise for [audit.redis]
 """
 from __future__ import annotations
 
@@ -87,10 +95,14 @@ class AuditConfig:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str = "<config>",
-                   default_redis_url: str | None = None) -> "AuditConfig":
-        """Parse the ``[audit]`` table. ``where`` names the config file (relative
-        key paths resolve against its directory). Raises ValueError whose message
-        starts with the key path, says what is expected and where."""
+                   default_redis_url: str | None = None, instance: str | None = None,
+                   base_dir: str | Path | None = None) -> "AuditConfig":
+        """Parse the ``[audit]`` table. ``where`` names the config file; relative
+        paths resolve against ``base_dir`` (default: the config file's directory).
+        ``instance`` is the default instance id (the gateway's), used when the
+        table does not set one. Raises ValueError whose message starts with the
+        key path, says what is expected and where."""
+        table = _unflatten(table, where)
         t = _Table(table, "audit", where)
         t.only("sinks", "instance", "on_failure", "signing_key_file", "signing_key",
                "checkpoint_every", "checkpoint_seconds", "sink_timeout_ms", "retry_ms",
@@ -101,7 +113,10 @@ class AuditConfig:
                 t.fail("sinks", f"unknown sink {s!r}; expected any of {', '.join(SINK_KINDS)}")
         if not sinks:
             t.fail("sinks", "expected at least one sink (file, redis, stdout)")
-        base = Path(where).parent if where and not where.startswith("<") else Path(".")
+        if base_dir is not None:
+            base = Path(base_dir)
+        else:
+            base = Path(where).parent if where and not where.startswith("<") else Path(".")
 
         file_cfg = redis_cfg = stdout_cfg = None
         if "file" in sinks:
@@ -155,13 +170,41 @@ class AuditConfig:
             except ValueError as e:
                 t.fail("signing_key", str(e))
         return cls(
-            instance=t.get("instance", str, socket.gethostname()),
+            instance=t.get("instance", str, instance or socket.gethostname()),
             file=file_cfg, redis=redis_cfg, stdout=stdout_cfg, on_failure=on_failure,
             signing_key=key,
             checkpoint_every=int(t.number("checkpoint_every", 1000, minimum=1, integer=True)),
             checkpoint_seconds=t.number("checkpoint_seconds", 60.0, minimum=0.1),
             sink_timeout_ms=t.number("sink_timeout_ms", 2000.0, minimum=1.0),
             retry_ms=t.number("retry_ms", 1000.0, minimum=1.0))
+
+
+_FLAT_FILE = {"fsync": "fsync", "group_ms": "group_ms", "rotate_bytes": "rotate_bytes",
+              "rotate_seconds": "rotate_seconds"}
+_FLAT_REDIS = {"stream": "stream", "maxlen": "maxlen", "redis_url": "url"}
+
+
+def _unflatten(table: Mapping[str, Any], where: str) -> dict:
+    """The short form (``file = "path"``, ``fsync = ...`` at the top) as sub-tables."""
+    if not isinstance(table, Mapping):
+        raise ValueError(f"audit: expected a table, got {type(table).__name__} ({where})")
+    out = dict(table)
+    file_t = out.get("file")
+    if isinstance(file_t, str):
+        out["file"] = file_t = {"path": file_t}
+    for flat, key, sub in [(k, v, "file") for k, v in _FLAT_FILE.items()] + \
+                          [(k, v, "redis") for k, v in _FLAT_REDIS.items()]:
+        if flat not in out:
+            continue
+        target = out.get(sub)
+        if target is None:
+            target = out[sub] = {}
+        elif not isinstance(target, Mapping):
+            continue               # reported as "expected a table" by the parser
+        if key in target:
+            raise ValueError(f"audit.{flat}: also given as audit.{sub}.{key}; keep one ({where})")
+        out[sub] = {**target, key: out.pop(flat)}
+    return out
 
 
 class _Table:

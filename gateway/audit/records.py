@@ -128,7 +128,8 @@ def _redact_lexically(sql: str) -> str:
     quoted identifiers are kept only when they contain no digit or '@'.
     """
     out: list[str] = []
-    i, n, k = 0, len(sql), 0
+    # new placeholders number on after the statement's own $n
+    i, n, k = 0, len(sql), max((int(m) for m in _PARAM_RE.findall(sql)), default=0)
 
     def param() -> str:
         nonlocal k
@@ -151,6 +152,13 @@ def _redact_lexically(sql: str) -> str:
                 j += 1
             out.append(param())
             i = j + 1 if j < n else n
+            continue
+        if c == "$" and i + 1 < n and sql[i + 1].isdigit():
+            j = i + 1                    # a parameter reference ($1) is not a value
+            while j < n and sql[j].isdigit():
+                j += 1
+            out.append(sql[i:j])
+            i = j
             continue
         if c == "$":
             m = _DOLLAR_TAG.match(sql, i)
@@ -490,3 +498,59 @@ def auth_failure(*, user: str, client_addr: str = "", database: str = "",
         "method": method,
         "reason": scrub_message(reason),
     }
+
+
+# --------------------------------------------------------------------------------------
+# the trail's last line of defence
+
+
+_FREE_TEXT = ("reason", "comment")
+_ERROR_TEXT = ("message", "error", "detail", "hint")
+_PARAM_KEYS = ("params", "parameters", "bind_params")
+
+
+def sanitize(event: Mapping[str, Any]) -> dict:
+    """An event from any producer in the canonical shape, with nothing that could be
+    PII: ``sql`` redacted, error text scrubbed, free text (reason, comment) reduced,
+    bound parameters replaced by their count. The trail applies it to every event,
+    so a producer that builds its own dict cannot put a value in the trail.
+
+    Also canonicalises other modules' spellings: ``jit.request.*``/``jit.grant.*``
+    types become ``request.*``/``grant.*``, ``principal`` becomes ``user``, column
+    lists ``[schema, table, column]`` become ``"schema.table.column"``, ``how``
+    becomes ``usages`` and ``masked`` becomes ``masked_columns``.
+    """
+    out = dict(event)
+    t = out.get("type")
+    if isinstance(t, str) and t.startswith("jit."):
+        out["type"] = t[4:]
+    if "principal" in out and "user" not in out:
+        out["user"] = out.pop("principal")
+    if "masked" in out and "masked_columns" not in out:
+        out["masked_columns"] = out.pop("masked")
+    if isinstance(out.get("columns"), list):
+        out["columns"] = [_canonical_column(c) for c in out["columns"]]
+    if isinstance(out.get("sql"), str) and out["sql"]:
+        out["sql"] = redact_sql(out["sql"])
+    for k in _ERROR_TEXT:
+        if isinstance(out.get(k), str):
+            out[k] = scrub_message(out[k])
+    for k in _FREE_TEXT:
+        if isinstance(out.get(k), str):
+            out[k] = _redact_reason(out[k])
+    if isinstance(out.get("reasons"), list):
+        out["reasons"] = [scrub_message(r) if isinstance(r, str) else r for r in out["reasons"]]
+    for k in _PARAM_KEYS:
+        if k in out:
+            v = out.pop(k)
+            out.setdefault("param_count", len(v) if isinstance(v, (list, tuple)) else 0)
+    return out
+
+
+def _canonical_column(c: Any) -> Any:
+    if isinstance(c, (list, tuple)) and all(isinstance(x, str) for x in c):
+        return ".".join(c)
+    if isinstance(c, dict) and "how" in c and "usages" not in c:
+        c = dict(c)
+        c["usages"] = c.pop("how")
+    return c

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from gateway.audit.chain import Chain, ChainHead, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
-from gateway.audit.records import CHECKPOINT
+from gateway.audit.records import CHECKPOINT, sanitize
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 
 log = logging.getLogger("piigate.audit")
@@ -149,7 +149,7 @@ class AuditTrail:
             raise AuditUnavailable("audit trail is not running (not started, or closed)")
         fut = asyncio.get_running_loop().create_future()
         req = self.fail_closed if required is None else required
-        self._queue.put_nowait(_Pending(event, req, fut))
+        self._queue.put_nowait(_Pending(sanitize(event), req, fut))
         return fut
 
     async def flush(self, required: bool = True) -> None:

@@ -67,3 +67,17 @@ def test_errors_name_the_key(table, key, what, tmp_path):
     msg = str(exc.value)
     assert msg.startswith(key), msg
     assert what in msg and "piigate.toml" in msg
+
+
+def test_short_form_and_gateway_defaults(tmp_path):
+    cfg = AuditConfig.from_table({"sinks": ["file", "redis"], "file": "audit/audit.jsonl", "fsync": "always",
+                                  "rotate_bytes": 8192, "stream": "st", "redis_url": "redis://h:1/0"},
+                                 str(tmp_path / "piigate.toml"), instance="host:6432",
+                                 base_dir=str(tmp_path / "base"))
+    assert cfg.file.path == tmp_path / "base" / "audit" / "audit.jsonl"
+    assert (cfg.file.fsync, cfg.file.rotate_bytes) == ("always", 8192)
+    assert (cfg.redis.stream, cfg.redis.url) == ("st", "redis://h:1/0")
+    assert cfg.instance == "host:6432"
+    assert AuditConfig.from_table({"file": "/a", "instance": "mine"}, "<t>", instance="host").instance == "mine"
+    with pytest.raises(ValueError, match=r"^audit\.fsync: also given as audit\.file\.fsync"):
+        AuditConfig.from_table({"file": {"path": "/a", "fsync": "none"}, "fsync": "always"}, "<t>")

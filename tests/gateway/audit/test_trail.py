@@ -209,3 +209,13 @@ async def test_several_sinks_get_the_same_records(tmp_path):
     from_file = list(iter_records(read_trail(trail_files(tmp_path / "m.jsonl"))))
     assert from_stdout == from_file and len(from_file) == 27     # segment.start + 25 + checkpoint
     assert verify(from_stdout).ok
+
+
+async def test_trail_sanitizes_events_built_elsewhere(tmp_path):
+    async with AuditTrail(file_config(tmp_path / "s.jsonl")) as trail:
+        rec = await trail.record({"type": "statement.decision", "user": "u",
+                                  "sql": "SELECT id FROM customers WHERE ssn = '000-00-0001'",
+                                  "params": ["000-00-0002"]})
+    assert rec["sql"] == "SELECT id FROM customers WHERE ssn = $1" and rec["param_count"] == 1
+    data = trail_files(tmp_path / "s.jsonl")[0].read_bytes()
+    assert b"000-00-000" not in data
