@@ -34,10 +34,12 @@ one statement. The gateway then denies: fail closed.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Iterator, Mapping
 
-from pglast import ast, parse_sql, parser
+from pglast import ast, parser
 
 from catalog.model import ColumnRef, RelationRef
 from gateway.schema import MATVIEW, VIEW, LiveSchema, Relation
@@ -94,10 +96,13 @@ class _Rewriter:
         self.schema = schema
         self.search_path = search_path
         self.pseudonym = pseudonym_installed
-        self.masked_relations = {c.relation for c in plan.columns}
+        self.by_relation = _plan_index(plan)
+        self.masked_relations = set(self.by_relation)
         self.splices: list[Splice] = []
         self.notes: list[str] = []
         self._tokens: list | None = None
+        self._ascii = sql.isascii()
+        self._utf8 = b"" if self._ascii else sql.encode("utf-8")
 
     # --- driver ----------------------------------------------------------------
     def run(self) -> RewriteResult:
@@ -108,66 +113,86 @@ class _Rewriter:
         out = self.sql
         for s in sorted(self.splices, key=lambda s: s.start, reverse=True):
             out = out[:s.start] + s.text + out[s.end:]
-        self._parse_one(out, "the rewritten statement")
+        self._check_one(out)
         return RewriteResult(out, tuple(s.relation for s in sorted(self.splices, key=lambda s: s.start)),
                              tuple(self.notes))
 
-    def _parse_one(self, sql: str, what: str) -> ast.Node:
+    def _parse_one(self, sql: str, what: str) -> dict:
+        # pglast's JSON parse tree is ~10x cheaper to get than its Python AST objects
         try:
-            stmts = parse_sql(sql)
+            stmts = json.loads(parser.parse_sql_json(sql)).get("stmts", [])
         except Exception as e:  # pglast.parser.ParseError and friends
             raise RewriteError(f"{what} does not parse: {e}") from None
         if len(stmts) != 1:
             raise RewriteError(f"{what} must be exactly one statement, found {len(stmts)}")
-        return stmts[0].stmt
+        node = stmts[0]["stmt"]
+        ((kind, body),) = node.items()
+        return {"@": kind, **body}
+
+    def _check_one(self, sql: str) -> None:
+        """The result must parse as exactly one statement (PostgreSQL's grammar)."""
+        try:
+            n = len(parser.split(sql, with_parser=True))
+        except Exception as e:
+            raise RewriteError(f"the rewritten statement does not parse: {e}") from None
+        if n != 1:
+            raise RewriteError(f"the rewritten statement must be exactly one statement, found {n}")
 
     # --- tree walk with CTE scoping --------------------------------------------
-    def walk(self, node: object, parent: ast.Node | None, fname: str | None,
-             ctes: frozenset[str]) -> None:
-        if isinstance(node, (list, tuple)):
+    # JSON nodes: a field declared as a generic Node* holds {"Type": {...}}; a field
+    # declared with a specific type (RangeVar*, WithClause*, SelectStmt*) holds the
+    # bare {...}. _typed() turns both into {"@": "Type", ...} using pglast's slot types.
+    def walk(self, node: object, parent: str | None, fname: str | None, ctes: frozenset[str]) -> None:
+        if isinstance(node, list):
             for x in node:
                 self.walk(x, parent, fname, ctes)
             return
-        if not isinstance(node, ast.Node):
+        typed = _typed(node, parent, fname)
+        if typed is None:
             return
-        if isinstance(node, ast.RangeVar):
-            self.range_var(node, parent, fname, ctes)
+        kind, body = typed
+        if kind == "RangeVar":
+            self.range_var(body, parent, fname, ctes)
             return
-        with_clause = getattr(node, "withClause", None) if not isinstance(node, ast.WithClause) else None
-        if isinstance(with_clause, ast.WithClause):
+        with_clause = body.get("withClause") if kind != "WithClause" else None
+        if with_clause is not None:
             ctes = self.with_clause(with_clause, ctes)
-        for name in node.__slots__:
+        for name, value in body.items():
             if name == "withClause" and with_clause is not None:
                 continue
-            self.walk(getattr(node, name, None), node, name, ctes)
+            if isinstance(value, (dict, list)):
+                self.walk(value, kind, name, ctes)
 
-    def with_clause(self, w: ast.WithClause, outer: frozenset[str]) -> frozenset[str]:
+    def with_clause(self, w: dict, outer: frozenset[str]) -> frozenset[str]:
         """Walk the CTE bodies with the names each can see; return the names the
         statement body sees. Non-recursive: a CTE sees the earlier ones only (its
         own name inside its body is the real table). Recursive: all of them."""
-        names = [c.ctename for c in (w.ctes or ())]
+        ctes = [c["CommonTableExpr"] for c in w.get("ctes", [])]
+        names = [c["ctename"] for c in ctes]
+        recursive = bool(w.get("recursive"))
         scope = set(outer)
-        for c in (w.ctes or ()):
-            visible = frozenset(outer | set(names)) if w.recursive else frozenset(scope)
-            self.walk(c.ctequery, c, "ctequery", visible)
-            scope.add(c.ctename)
+        for c in ctes:
+            visible = frozenset(outer | set(names)) if recursive else frozenset(scope)
+            self.walk(c.get("ctequery"), "CommonTableExpr", "ctequery", visible)
+            scope.add(c["ctename"])
         return frozenset(outer | set(names))
 
     # --- one relation reference ------------------------------------------------
-    def range_var(self, rv: ast.RangeVar, parent: ast.Node | None, fname: str | None,
-                  ctes: frozenset[str]) -> None:
-        if rv.schemaname is None and rv.catalogname is None and rv.relname in ctes:
+    def range_var(self, rv: dict, parent: str | None, fname: str | None, ctes: frozenset[str]) -> None:
+        relname, schemaname, catalogname = rv.get("relname"), rv.get("schemaname"), rv.get("catalogname")
+        if schemaname is None and catalogname is None and relname in ctes:
             return  # a CTE reference: its body was walked (and masked) on its own
-        position = (type(parent).__name__ if parent is not None else "", fname or "")
-        if rv.catalogname is not None:
-            raise RewriteError(f"cross-database reference {rv.catalogname}.{rv.schemaname}.{rv.relname}")
-        rel = self.schema.resolve(rv.relname, rv.schemaname, self.search_path)
+        position = (parent or "", fname or "")
+        if catalogname is not None:
+            raise RewriteError(f"cross-database reference {catalogname}.{schemaname}.{relname}")
+        rel = self.schema.resolve(relname, schemaname, self.search_path)
         if rel is None:
             if position == ("IntoClause", "rel") or position[0] in ("CreateStmt", "ViewStmt", "CreateTableAsStmt"):
                 return  # a name being created, not read
             raise RewriteError(f"relation {_display(rv)} is not in the live schema; "
                                "cannot tell whether it holds PII")
-        strategies = self.strategies_for(rel, inh=bool(rv.inh))
+        inh = bool(rv.get("inh"))
+        strategies = self.strategies_for(rel, inh=inh)
         if not strategies:
             return
         if position in _WRITE_TARGETS:
@@ -176,9 +201,9 @@ class _Rewriter:
         if position not in _READ_POSITIONS:
             raise RewriteError(f"{rel.ref} holds masked columns in a position the rewriter does not "
                                f"model ({position[0]}.{position[1]})")
-        start, end = self.span(rv)
-        body = self.subquery(rel, strategies, only=not rv.inh)
-        text = body if rv.alias is not None else f"{body} AS {quote_ident(rel.ref.name)}"
+        start, end = self.span(rv, inh)
+        body = self.subquery(rel, strategies, only=not inh)
+        text = body if rv.get("alias") is not None else f"{body} AS {quote_ident(rel.ref.name)}"
         table_kw = self.table_keyword_before(start)
         if table_kw is not None:
             # `TABLE customers` is `SELECT * FROM customers`: say it that way around the wrapper
@@ -191,7 +216,7 @@ class _Rewriter:
         out: dict[str, MaskStrategy] = {}
 
         def add(ref: RelationRef) -> None:
-            for col, strat in self.plan.for_relation(ref).items():
+            for col, strat in self.by_relation.get(ref, {}).items():
                 if col in names:
                     out.setdefault(col, strat)
                 elif ref == rel.ref:
@@ -210,7 +235,7 @@ class _Rewriter:
                 if hits and col in names:
                     out.setdefault(col, self.plan.columns[sorted(hits)[0]])
             lineage_complete = bool(rel.lineage) and all(n in rel.lineage for n in names)
-            attributed = bool(self.plan.for_relation(rel.ref)) or lineage_complete
+            attributed = rel.ref in self.by_relation or lineage_complete
             if not attributed and self.view_reaches_masked(rel, set()):
                 raise RewriteError(f"view {rel.ref} reads masked relations but neither the catalog nor "
                                    "the view lineage says which of its columns carry PII")
@@ -249,11 +274,12 @@ class _Rewriter:
         if rel.view_definition is None:
             raise RewriteError(f"view {rel.ref} has no known definition; cannot tell whether it reads PII")
         try:
-            stmts = parse_sql(rel.view_definition)
+            tree = json.loads(parser.parse_sql_json(rel.view_definition))
         except Exception as e:
             raise RewriteError(f"definition of view {rel.ref} does not parse: {e}") from None
-        for rv in _range_vars(stmts):
-            base = self.schema.resolve(rv.relname, rv.schemaname, (rel.ref.schema,) + self.schema.search_path)
+        for rv in _range_vars(tree.get("stmts", []), None, None):
+            base = self.schema.resolve(rv.get("relname"), rv.get("schemaname"),
+                                       (rel.ref.schema,) + self.schema.search_path)
             if base is None:
                 continue
             if base.ref in self.masked_relations or any(a in self.masked_relations for a in self.ancestors(base)):
@@ -266,7 +292,24 @@ class _Rewriter:
 
     # --- text ------------------------------------------------------------------
     def subquery(self, rel: Relation, strategies: Mapping[str, MaskStrategy], only: bool) -> str:
-        items = []
+        key = (rel.ref, rel.columns, tuple(sorted((c, s.name, tuple(sorted(s.params.items())))
+                                                          for c, s in strategies.items())),
+               only, self.pseudonym)
+        try:
+            text, notes = _SUBQUERIES[key]
+        except (KeyError, TypeError):
+            text, notes = self._subquery(rel, strategies, only)
+            try:
+                if len(_SUBQUERIES) > 4096:
+                    _SUBQUERIES.clear()
+                _SUBQUERIES[key] = (text, notes)
+            except TypeError:
+                pass   # unhashable parameters: just not cached
+        self.notes.extend(notes)
+        return text
+
+    def _subquery(self, rel: Relation, strategies: Mapping[str, MaskStrategy], only: bool) -> tuple[str, tuple[str, ...]]:
+        items, notes = [], []
         for col in rel.columns:
             q = quote_ident(col.name)
             strat = strategies.get(col.name)
@@ -275,10 +318,17 @@ class _Rewriter:
                 continue
             m: MaskedExpression = mask_expression(q, col.type_name, strat, pseudonym_installed=self.pseudonym)
             if m.note:
-                self.notes.append(f"{rel.ref}.{col.name}: {m.note}")
+                notes.append(f"{rel.ref}.{col.name}: {m.note}")
             items.append(f"{m.sql} AS {q}")
         target = f"{quote_ident(rel.ref.schema)}.{quote_ident(rel.ref.name)}"
-        return f"(SELECT {', '.join(items) or 'NULL'} FROM {'ONLY ' if only else ''}{target})"
+        return f"(SELECT {', '.join(items) or 'NULL'} FROM {'ONLY ' if only else ''}{target})", tuple(notes)
+
+    def char_offset(self, byte_offset: int) -> int:
+        if byte_offset < 0:
+            raise RewriteError("a relation reference has no location in the statement text")
+        if self._ascii:
+            return byte_offset
+        return len(self._utf8[:byte_offset].decode("utf-8", errors="strict"))
 
     @property
     def tokens(self) -> list:
@@ -297,11 +347,12 @@ class _Rewriter:
             return toks[idx - 1].start
         return None
 
-    def span(self, rv: ast.RangeVar) -> tuple[int, int]:
+    def span(self, rv: dict, inh: bool) -> tuple[int, int]:
         """Character span of ``[ONLY [(]] [schema.]name [)] [*]`` for a RangeVar.
-        pglast reports locations as character offsets, like its scanner."""
+        The JSON tree gives byte offsets into the UTF-8 text; the scanner, characters."""
         toks = self.tokens
-        idx = next((i for i, t in enumerate(toks) if t.start == rv.location), None)
+        loc = self.char_offset(rv.get("location", -1))
+        idx = next((i for i, t in enumerate(toks) if t.start == loc), None)
         if idx is None:
             raise RewriteError(f"cannot locate relation {_display(rv)} in the statement text")
         end_i = idx
@@ -309,7 +360,7 @@ class _Rewriter:
             end_i += 2
         start = toks[idx].start
         end = toks[end_i].end + 1
-        if not rv.inh:
+        if not inh:
             if idx >= 1 and toks[idx - 1].name == "ONLY":
                 start = toks[idx - 1].start
             elif idx >= 2 and toks[idx - 1].name == "ASCII_40" and toks[idx - 2].name == "ONLY":
@@ -324,16 +375,74 @@ class _Rewriter:
         return start, end
 
 
-def _display(rv: ast.RangeVar) -> str:
-    return ".".join(p for p in (rv.catalogname, rv.schemaname, rv.relname) if p)
+#: masking subquery text by (relation, strategies, ONLY, pseudonym): pure, so cacheable
+_SUBQUERIES: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+#: plan index by id(plan), dropped when the plan is garbage-collected
+_PLAN_INDEX: dict[int, tuple[object, dict[RelationRef, dict[str, MaskStrategy]]]] = {}
 
 
-def _range_vars(node: object) -> Iterator[ast.RangeVar]:
-    if isinstance(node, (list, tuple)):
+def _plan_index(plan: MaskPlan) -> dict[RelationRef, dict[str, MaskStrategy]]:
+    import weakref
+    hit = _PLAN_INDEX.get(id(plan))
+    if hit is not None and hit[0]() is plan:
+        return hit[1]
+    index: dict[RelationRef, dict[str, MaskStrategy]] = {}
+    for c, strat in plan.columns.items():
+        index.setdefault(c.relation, {})[c.column] = strat
+    key = id(plan)
+    try:
+        ref = weakref.ref(plan, lambda _r, k=key: _PLAN_INDEX.pop(k, None))
+    except TypeError:
+        return index
+    _PLAN_INDEX[key] = (ref, index)
+    return index
+
+
+def _display(rv: dict) -> str:
+    return ".".join(p for p in (rv.get("catalogname"), rv.get("schemaname"), rv.get("relname")) if p)
+
+
+@lru_cache(maxsize=None)
+def _slot_type(parent: str, field: str) -> str | None:
+    """The declared node type of ``parent.field`` when it is specific (``RangeVar*``)."""
+    cls = getattr(ast, parent, None)
+    slots = getattr(cls, "__slots__", None)
+    if not isinstance(slots, dict) or field not in slots:
+        return None
+    c_type = getattr(slots[field], "c_type", "")
+    name = c_type.rstrip("*")
+    return name if c_type.endswith("*") and name not in ("Node", "List", "char") and hasattr(ast, name) else None
+
+
+def _typed(node: object, parent: str | None, field: str | None) -> tuple[str, dict] | None:
+    if not isinstance(node, dict):
+        return None
+    if "@" in node:
+        return node["@"], node
+    if len(node) == 1:
+        ((k, v),) = node.items()
+        if isinstance(v, dict) and k[:1].isupper() and hasattr(ast, k):
+            return k, v
+    declared = _slot_type(parent, field) if parent and field else None
+    if declared is not None:
+        return declared, node
+    if "relname" in node:
+        return "RangeVar", node   # fail closed: anything shaped like a relation reference is one
+    return "?", node    # a plain structure (e.g. an enum holder): walk its fields
+
+
+def _range_vars(node: object, parent: str | None, field: str | None) -> Iterator[dict]:
+    if isinstance(node, list):
         for x in node:
-            yield from _range_vars(x)
-    elif isinstance(node, ast.RangeVar):
-        yield node
-    elif isinstance(node, ast.Node):
-        for name in node.__slots__:
-            yield from _range_vars(getattr(node, name, None))
+            yield from _range_vars(x, parent, field)
+        return
+    typed = _typed(node, parent, field)
+    if typed is None:
+        return
+    kind, body = typed
+    if kind == "RangeVar":
+        yield body
+        return
+    for name, value in body.items():
+        if isinstance(value, (dict, list)):
+            yield from _range_vars(value, kind, name)
