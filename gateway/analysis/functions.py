@@ -19,14 +19,17 @@ _OPAQUE_NAMES = frozenset({
     "table_to_xml", "table_to_xml_and_xmlschema", "table_to_xmlschema",
     "schema_to_xml", "schema_to_xml_and_xmlschema", "schema_to_xmlschema",
     "database_to_xml", "database_to_xml_and_xmlschema", "database_to_xmlschema",
-    "ts_stat",  # runs the query text it is given
+    "ts_stat", "ts_rewrite",  # run the query text they are given
     "pg_stat_file", "pg_stat_get_activity", "pg_stat_get_backend_activity",
     "pg_stat_statements", "pg_get_wal_record_info", "pg_get_wal_records_info",
-    "pg_get_wal_block_info", "get_raw_page", "heap_page_items",
-    "pg_logical_emit_message",
+    "pg_get_wal_block_info", "pg_logical_emit_message", "pg_current_logfile",
+    # pageinspect: raw heap/index pages hold every column's values
+    "get_raw_page", "heap_page_items", "heap_page_item_attrs", "tuple_data_split",
+    "bt_page_items", "bt_multi_page_stats", "brin_page_items", "gin_leafpage_items",
+    "gist_page_items", "gist_page_items_bytea", "hash_page_items",
 })
-_OPAQUE_PREFIXES = ("pg_read_", "pg_ls_", "pg_file_", "lo_", "dblink",
-                    "pg_logical_slot_", "pg_replication_slot_", "loread", "lowrite")
+_OPAQUE_PREFIXES = ("pg_read_", "pg_ls_", "pg_file_", "lo_", "dblink", "pg_get_wal_",
+                    "pg_logical_slot_", "pg_replication_slot_", "loread", "lowrite", "pg_logdir_")
 
 #: Calls that change how later statements are read (search_path, role, ...)
 #: or name objects in strings: reported as ``dynamic`` reasons for the policy.

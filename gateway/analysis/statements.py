@@ -134,6 +134,8 @@ def statement_facts(node: dict, text: str, schema: LiveSchema, search_path: tupl
     extra: dict = {}
     try:
         kind, command = _dispatch(kind_name, body, walk, text, schema, search_path, extended, extra)
+        if kind in (K.DDL, K.UTILITY):
+            _objects(kind, kind_name, body, walk)
     except RecursionError:
         kind, command = K.UNKNOWN, kind_name
         walk.fail("statement nests too deeply to analyse")
@@ -155,6 +157,8 @@ def statement_facts(node: dict, text: str, schema: LiveSchema, search_path: tupl
         command=command, param_count=walk.param_max, dynamic=tuple(walk.dynamic), **extra)
     if inner is not None:
         facts = _with_inner(facts, inner)
+        if facts.prepared_name is None and inner.prepared_name is not None:   # EXPLAIN EXECUTE p
+            facts = dataclasses.replace(facts, prepared_name=inner.prepared_name)
     return facts, walk.literal_dependent or inner_lit
 
 
@@ -305,6 +309,80 @@ def _dispatch(kind_name: str, b: dict, walk: Walk, text: str, schema, search_pat
     if kind_name.startswith(_DDL_PREFIXES):
         return K.DDL, _camel_words(kind_name)
     return K.UNKNOWN, _camel_words(kind_name)
+
+
+_QUERY_KEYS = frozenset({"query", "intoClause", "into"})
+
+
+def _objects(kind: K, kind_name: str, b: dict, walk: Walk) -> None:
+    """DDL and utility statements: the relations they name (written for DDL,
+    read for VACUUM/ANALYZE/LOCK/...) and, where a clause reads a table's
+    columns (index expressions, policy quals, statistics, column comments,
+    ANALYZE column lists, ALTER TABLE expressions), those columns with OTHER.
+    Failures inside these clauses do not make the statement unknown: DDL is an
+    action of its own; what is reported is an over-approximation for audit."""
+    named: list = []
+    _find_relations(b, walk, named)
+    target = walk.written if kind == K.DDL else walk.read
+    for rel, _ in named:
+        target.add(rel.ref)
+    if kind_name in ("CreateTableAsStmt", "ViewStmt") or (kind_name == "SelectStmt"):
+        return
+    sub = Walk(walk.schema, walk.search_path, walk.depth)
+    if kind_name == "CommentStmt" and b.get("objtype") == "OBJECT_COLUMN":
+        names = _names(b.get("object", {}).get("List", {}).get("items"))
+        if len(names) >= 2:
+            rel = walk.schema.resolve(names[-2], names[-3] if len(names) >= 3 else None, walk.search_path)
+            if rel is not None:
+                walk.written.add(rel.ref)
+                item = sub.relation_item(rel, False, None)
+                sub.use(item.lookup(names[-1]) or frozenset(), OTHER)
+    elif named:
+        scope = Scope([sub.relation_item(rel, False, None) for rel, _ in named])
+        for key, value in _expression_fields(b):
+            if key in ("name", "va_cols"):
+                for n in ([value] if isinstance(value, str) else _names(value)):
+                    sub.use(scope.items[0].lookup(n) or frozenset(), OTHER)
+            else:
+                sub.expr(value, scope, PREDICATE if key in ("qual", "with_check", "whereClause") else OTHER)
+    for c, us in sub.uses.items():
+        walk.use(frozenset((c,)), frozenset(us))
+    walk.functions |= sub.functions
+
+
+def _find_relations(node, walk: Walk, out: list) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("relname"), str):
+            rel = walk.resolve_relation(node)
+            if rel is not None:
+                out.append((rel, node))
+            return
+        for k, v in node.items():
+            if k not in _QUERY_KEYS:
+                _find_relations(v, walk, out)
+    elif isinstance(node, list):
+        for v in node:
+            _find_relations(v, walk, out)
+
+
+#: DDL clauses that hold expressions over the target table's columns
+_EXPR_KEYS = frozenset({"expr", "whereClause", "qual", "with_check", "raw_expr", "raw_default",
+                        "transform", "whenClause"})
+
+
+def _expression_fields(node, parent_key: str = ""):
+    """(key, value) for every expression clause and column-name list in a DDL node."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _EXPR_KEYS and isinstance(v, dict):
+                yield k, v
+            elif k == "va_cols" or (k == "name" and parent_key in ("IndexElem", "StatsElem") and isinstance(v, str)):
+                yield ("va_cols" if k == "va_cols" else "name"), v
+            elif k not in _QUERY_KEYS:
+                yield from _expression_fields(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _expression_fields(v, parent_key)
 
 
 def _camel_words(kind_name: str) -> str:

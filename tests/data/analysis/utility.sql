@@ -227,3 +227,48 @@ ALTER SYSTEM SET log_statement = 'all'
 -- unknown: extended-protocol
 -- extended: yes
 SELECT 1; SELECT 2
+
+-- DDL names its target relations and the columns its clauses read
+-- kind: ddl
+-- command: CREATE INDEX
+-- written: public.customers
+-- includes: customers.ssn=other customers.email=predicate
+CREATE INDEX i ON customers (lower(ssn)) WHERE email IS NOT NULL
+
+-- kind: ddl
+-- includes: customers.ssn=predicate
+CREATE POLICY p ON customers USING (ssn IS NOT NULL)
+
+-- extended statistics sample values (pg_stats_ext)
+-- kind: ddl
+-- includes: customers.ssn=other customers.email=other
+CREATE STATISTICS s (mcv) ON ssn, email FROM customers
+
+-- declassifying a column by its comment
+-- kind: ddl
+-- columns: customers.ssn=other
+-- written: public.customers
+COMMENT ON COLUMN public.customers.ssn IS NULL
+
+-- kind: utility
+-- command: ANALYZE
+-- read: public.customers
+-- includes: customers.ssn=other
+ANALYZE customers (ssn)
+
+-- kind: utility
+-- read: public.customers
+LOCK customers
+
+-- kind: ddl
+-- written: public.customers public.orders
+GRANT SELECT ON customers, orders TO gw_user
+
+-- a CHECK constraint is an existence oracle
+-- kind: ddl
+-- includes: customers.ssn=other
+ALTER TABLE customers ADD CONSTRAINT c CHECK (ssn <> '000-00-0007')
+
+-- kind: explain
+-- prepared: p1
+EXPLAIN ANALYZE EXECUTE p1(1)
