@@ -42,6 +42,13 @@ def register(subparsers, config=None) -> None:
     ex.add_argument("sql", help="the statement(s)")
     ex.set_defaults(func=cmd_explain)
 
+    inst = sub.add_parser("install-masking", help="install piigate.pseudonym (keyed hash masking) "
+                          "in a database; the key is read from a file, never put in masked queries")
+    inst.add_argument("--dsn", required=True, help="DSN of a role that may create the piigate schema")
+    inst.add_argument("--key-file", required=True,
+                      help="file holding the secret key (created with 32 random bytes if missing)")
+    inst.set_defaults(func=cmd_install_masking)
+
 
 def cmd_check(args) -> int:
     from policies.loader import PolicyError, load_policy
@@ -158,3 +165,40 @@ def schema_from_json(text: str):
             for r in d["relations"]]
     funcs = [Function(f[0], f[1], tuple(f[2]), f[3], f[4], f[5], f[6], f[7], f[8]) for f in d.get("functions", [])]
     return LiveSchema.of(rels, funcs, tuple(d.get("search_path", ["public"])))
+
+
+def cmd_install_masking(args) -> int:
+    import asyncio
+    import os
+
+    import asyncpg
+
+    from gateway.rewrite.pseudonym import install_statements
+
+    path = Path(args.key_file)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+        print(f"created a new key in {path} (mode 600); keep it: pseudonyms change with the key")
+    key = path.read_bytes()
+    if len(key) < 16:
+        print(f"piigate: {path} holds {len(key)} bytes; use at least 16 (32 random bytes recommended)",
+              file=sys.stderr)
+        return 2
+
+    async def install() -> None:
+        conn = await asyncpg.connect(args.dsn)
+        try:
+            async with conn.transaction():
+                for stmt in install_statements(key):
+                    await conn.execute(stmt)
+        finally:
+            await conn.close()
+    try:
+        asyncio.run(install())
+    except (OSError, asyncpg.PostgresError) as e:
+        print(f"piigate: installing piigate.pseudonym failed: {e}", file=sys.stderr)
+        return 2
+    print("installed piigate.pseudonym; run the gateway with hash masking enabled")
+    return 0

@@ -96,3 +96,25 @@ def test_explain_against_a_live_database(sample_db, capsys):
     (r,) = json.loads(capsys.readouterr().out)
     assert r["effect"] == "mask" and "rewritten" in r
     assert r["rewritten"].count("(SELECT ") == 2      # the view and the table are both wrapped
+
+
+def test_install_masking_creates_a_key_and_the_function(fresh_db, tmp_path, capsys):
+    import asyncpg
+
+    from gateway.rewrite.pseudonym import reference_pseudonym
+    from tests.conftest import run_async
+
+    key_file = tmp_path / "pseudonym.key"
+    assert run(["policy", "install-masking", "--dsn", str(fresh_db), "--key-file", str(key_file)]) == 0
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key_file.read_bytes()) == 32
+
+    async def probe():
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            return await conn.fetchval("SELECT piigate.pseudonym('x')")
+        finally:
+            await conn.close()
+    assert run_async(probe) == reference_pseudonym(key_file.read_bytes(), "x")
+    # idempotent: installing again with the same key keeps the pseudonyms
+    assert run(["policy", "install-masking", "--dsn", str(fresh_db), "--key-file", str(key_file)]) == 0
+    assert run_async(probe) == reference_pseudonym(key_file.read_bytes(), "x")

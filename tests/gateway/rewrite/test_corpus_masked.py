@@ -237,3 +237,24 @@ async def _pipeline(sample, roles, cases):
         assert outcomes["WR01"] == ["mask"] and outcomes["IN01"] == ["mask"] and outcomes["IP01"] == ["mask"]
     else:
         assert outcomes["WR01"] == ["approve"] and outcomes["FN01"] == ["approve"]
+
+
+async def test_extended_protocol_parameters_keep_their_meaning(sample):
+    """A Parse with $n parameters is rewritten once; the parameters and the result
+    columns describe the same as unmasked, and Bind values still select rows."""
+    dsn, catalog, schema, secrets = sample
+    plan = _plan(catalog, parse_policy("").masking)
+    sql = "SELECT id, email, ssn, dob FROM customers WHERE id = $1 AND city = $2"
+    masked = rewrite(sql, plan, schema, schema.search_path).sql
+    conn = await asyncpg.connect(dsn, user="gw_user")
+    try:
+        plain_stmt, masked_stmt = await conn.prepare(sql), await conn.prepare(masked)
+        assert [t.name for t in plain_stmt.get_parameters()] == [t.name for t in masked_stmt.get_parameters()]
+        assert ([(a.name, a.type.name) for a in plain_stmt.get_attributes()]
+                == [(a.name, a.type.name) for a in masked_stmt.get_attributes()])
+        row = await masked_stmt.fetchrow(7, "Mockburg")
+        assert row["id"] == 7 and row["email"] == "***@example.invalid" and row["ssn"] == "[redacted]"
+        assert str(row["dob"]) == "1969-01-01"
+        assert all(s not in str(v) for v in row.values() for s in secrets)
+    finally:
+        await conn.close()
