@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
+import orjson
 import pglast.parser
 
 # --------------------------------------------------------------------------------------
@@ -554,3 +555,23 @@ def _canonical_column(c: Any) -> Any:
         c = dict(c)
         c["usages"] = c.pop("how")
     return c
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (set, frozenset)):
+        return sorted((_json_default(v) if not isinstance(v, (str, int, float)) else v for v in x), key=str)
+    if hasattr(x, "value") and isinstance(getattr(x, "value"), (str, int)):
+        return x.value                      # enums
+    return str(x)                           # ColumnRef, RelationRef, datetime, ...
+
+
+def plain(event: Mapping[str, Any]) -> dict:
+    """The event as plain JSON data (what a reader of the trail will load back), so a
+    record hashes the same when sealed and when verified. Sets become sorted lists,
+    enums their value, ColumnRef/RelationRef their dotted name. Raises TypeError
+    naming the problem (e.g. a non-string key or an integer beyond 64 bits)."""
+    try:
+        return orjson.loads(orjson.dumps(event, default=_json_default,
+                                         option=orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_SORT_KEYS))
+    except orjson.JSONEncodeError as e:
+        raise TypeError(f"audit event {event.get('type')!r} is not JSON data: {e}") from None

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 from gateway.audit.chain import Chain, ChainHead, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
-from gateway.audit.records import CHECKPOINT, sanitize
+from gateway.audit.records import CHECKPOINT, plain, sanitize
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 
 log = logging.getLogger("piigate.audit")
@@ -149,7 +149,7 @@ class AuditTrail:
             raise AuditUnavailable("audit trail is not running (not started, or closed)")
         fut = asyncio.get_running_loop().create_future()
         req = self.fail_closed if required is None else required
-        self._queue.put_nowait(_Pending(sanitize(event), req, fut))
+        self._queue.put_nowait(_Pending(sanitize(plain(event)), req, fut))
         return fut
 
     async def flush(self, required: bool = True) -> None:
@@ -199,10 +199,13 @@ class AuditTrail:
                     stop = True
                     break
                 batch.append(item)
+            head, since = self.chain.head, self.chain.since_checkpoint
             try:
                 await self._commit(batch)
             except Exception as e:  # noqa: BLE001 - the writer must never die silently
                 log.exception("audit: writer failed")
+                # nothing of this batch was acknowledged: the chain goes on from before it
+                self.chain.head, self.chain.since_checkpoint = head, since
                 self._fail_all(batch, f"audit writer error: {e}")
             self._last_sync = batch_started
         try:

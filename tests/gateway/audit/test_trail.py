@@ -219,3 +219,16 @@ async def test_trail_sanitizes_events_built_elsewhere(tmp_path):
     assert rec["sql"] == "SELECT id FROM customers WHERE ssn = $1" and rec["param_count"] == 1
     data = trail_files(tmp_path / "s.jsonl")[0].read_bytes()
     assert b"000-00-000" not in data
+
+
+async def test_events_with_sets_enums_and_refs_are_stored_as_plain_json(tmp_path):
+    from catalog.model import ColumnRef
+    from policies.model import Effect
+    async with AuditTrail(file_config(tmp_path / "p.jsonl")) as trail:
+        rec = await trail.record({"type": "session.open", "roles": frozenset({"b", "a"}), "effect": Effect.MASK,
+                                  "column": ColumnRef("public", "customers", "ssn")})
+        with pytest.raises(TypeError, match="not JSON data"):
+            trail.emit({"type": "session.open", "n": 1 << 70})
+        await trail.record(decision(1))
+    assert (rec["roles"], rec["effect"], rec["column"]) == (["a", "b"], "mask", "public.customers.ssn")
+    assert verify(read_trail(trail_files(tmp_path / "p.jsonl"))).ok
