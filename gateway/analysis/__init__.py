@@ -21,6 +21,22 @@ def analyze(sql: str, schema: LiveSchema, search_path: tuple[str, ...] = ("publi
                                unknown=f"analyzer error: {type(e).__name__}: {e}"),)
 
 
+def with_temp_relations(schema: LiveSchema, created) -> LiveSchema:
+    """``schema`` plus a placeholder for each temporary relation a session created
+    (``StatementFacts.creates`` with schema ``pg_temp``). PostgreSQL searches
+    pg_temp first, so a temporary relation shadows a same-named table; the
+    placeholder is a view without a definition, so every statement that names it
+    unqualified is unknown (fail closed) rather than attributed to the table it
+    shadows. Pure; returns a new LiveSchema with a new version."""
+    from gateway.schema import VIEW, Relation
+    extra = [Relation(ref, VIEW, (), view_definition=None) for ref in created
+             if ref.schema == "pg_temp" and ref not in schema.relations]
+    if not extra:
+        return schema
+    funcs = [f for fs in schema.functions.values() for f in fs]
+    return LiveSchema.of(list(schema.relations.values()) + extra, funcs, schema.search_path)
+
+
 def __getattr__(name: str):
     if name == "AnalysisCache":
         from gateway.analysis.cache import AnalysisCache
@@ -28,4 +44,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["analyze", "AnalysisCache", "ColumnUse", "StatementFacts", "StatementKind", "Usage"]
+__all__ = ["analyze", "with_temp_relations", "AnalysisCache", "ColumnUse", "StatementFacts", "StatementKind", "Usage"]

@@ -100,6 +100,21 @@ class Scope:
         return None
 
 
+def _relnames(node) -> set:
+    """Unqualified relation names anywhere under a parse node."""
+    out: set = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, dict):
+            if isinstance(n.get("relname"), str) and "schemaname" not in n:
+                out.add(n["relname"])
+            todo.extend(n.values())
+        elif isinstance(n, list):
+            todo.extend(n)
+    return out
+
+
 def _system_column(refs: tuple, name: str) -> frozenset | None:
     if name not in SYSTEM_COLUMNS:
         return None
@@ -121,13 +136,18 @@ class Walk:
     def __init__(self, schema: LiveSchema, search_path: tuple[str, ...], depth: int = 0):
         self.schema = schema
         self.search_path = tuple(search_path)
+        if "$user" in self.search_path:
+            # PostgreSQL substitutes the session user's name; a schema of that
+            # name would shadow public without the analysis knowing
+            self.reasons = ["search_path contains $user: substitute the session user's name before analysing"]
         self.depth = depth
         self.uses: dict[ColumnRef, set] = {}
         self.read: set[RelationRef] = set()
         self.written: set[RelationRef] = set()
         self.functions: set[str] = set()
         self.dynamic: list[str] = []
-        self.reasons: list[str] = []
+        if not hasattr(self, "reasons"):
+            self.reasons: list[str] = []
         self.param_max = 0
         self.literal_dependent = False    # the analysis read a literal's value: no literal-insensitive caching
         self.names_seen: set[str] = set()  # relation/CTE names as PostgreSQL read them (cross-check)
@@ -298,6 +318,8 @@ class Walk:
         if not wc:
             return
         recursive = wc.get("recursive", False)
+        if recursive:
+            self._forward_references(wc.get("ctes", ()))
         for node in wc.get("ctes", ()):
             cte = node.get("CommonTableExpr")
             if cte is None:
@@ -329,6 +351,16 @@ class Walk:
                 self._rename(entry.cols, cte.get("aliascolnames"), "CTE " + name)
                 scope.ctes[name] = entry
             self._cte_extras(cte, entry)
+
+    def _forward_references(self, ctes) -> None:
+        """In WITH RECURSIVE any CTE may name one defined later in the list;
+        the analysis resolves them in order, so such a name would be read as a
+        table: refuse instead."""
+        names = [c.get("CommonTableExpr", {}).get("ctename") for c in ctes]
+        for i, c in enumerate(ctes):
+            later = set(names[i + 1:])
+            if later and later & _relnames(c.get("CommonTableExpr", {}).get("ctequery")):
+                self.fail(f"WITH RECURSIVE: CTE {names[i]} refers to a CTE defined after it")
 
     def _cte_extras(self, cte: dict, entry: Cte) -> None:
         """SEARCH/CYCLE add columns that hold the listed columns' values."""

@@ -131,3 +131,17 @@ def test_statement_texts_are_sliced_by_byte_offsets(schema):
     cache.analyze("  SELECT '漢字', ssn FROM customers ; ", schema)
     hit = cache.analyze("  SELECT 'ascii', ssn FROM customers ; ", schema)
     assert cache.hits_shape == 1 and hit[0].sql == "SELECT 'ascii', ssn FROM customers"
+
+
+def test_session_temp_relation_makes_shadowed_names_unknown(schema):
+    from gateway.analysis import with_temp_relations
+    created = analyze("CREATE TEMP VIEW orders AS SELECT ssn AS note FROM customers", schema)[0].creates
+    shadowed = with_temp_relations(schema, [created])
+    assert shadowed.version != schema.version
+    assert analyze("SELECT note FROM orders", shadowed)[0].is_unknown
+    assert not analyze("SELECT note FROM public.orders", shadowed)[0].is_unknown
+
+
+def test_dollar_user_in_search_path_is_unknown(schema):
+    facts = analyze("SELECT id FROM orders", schema, ('"$user"'.strip('"'), "public"))[0]
+    assert facts.is_unknown and "$user" in facts.unknown
