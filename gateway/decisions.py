@@ -89,15 +89,37 @@ def build_request(facts: StatementFacts, catalog: Catalog, principal: Principal,
     touched = tuple(_touched(u.column, frozenset(x.value for x in u.usages), catalog)
                     for u in inner.columns)
     relations = frozenset(inner.relations_read | inner.relations_written)
-    relation_columns = tuple(
-        TouchedColumn(e.column, frozenset(), e.category, int(e.sensitivity))
-        for rel in sorted(relations) for _, e in sorted(catalog.columns_of(rel).items()))
+    index = _catalog_index(catalog)
+    relation_columns = tuple(c for rel in sorted(relations) for c in index.get(rel, ()))
     risky = _risky_functions(inner.functions | facts.functions, schema) if schema is not None else frozenset()
     return DecisionRequest(
         principal=principal, action=action_of(facts), columns=touched, relations=relations,
         functions=frozenset(inner.functions | facts.functions), statement_kind=facts.kind.value,
         fingerprint=facts.fingerprint, unknown=unknown, context=context, grants=tuple(grants),
         relation_columns=relation_columns, risky_functions=risky)
+
+
+_CATALOG_INDEX: dict[int, tuple[object, dict[RelationRef, tuple[TouchedColumn, ...]]]] = {}
+
+
+def _catalog_index(catalog: Catalog) -> dict[RelationRef, tuple[TouchedColumn, ...]]:
+    """Catalogued columns by relation, computed once per catalog value (the hot path
+    builds a request per statement; the catalog changes only on reload)."""
+    import weakref
+    hit = _CATALOG_INDEX.get(id(catalog))
+    if hit is not None and hit[0]() is catalog:
+        return hit[1]
+    index: dict[RelationRef, list[TouchedColumn]] = {}
+    for ref in sorted(catalog.entries):
+        e = catalog.entries[ref]
+        index.setdefault(ref.relation, []).append(TouchedColumn(ref, frozenset(), e.category, int(e.sensitivity)))
+    frozen = {k: tuple(v) for k, v in index.items()}
+    key = id(catalog)
+    try:
+        _CATALOG_INDEX[key] = (weakref.ref(catalog, lambda _r, k=key: _CATALOG_INDEX.pop(k, None)), frozen)
+    except TypeError:
+        pass
+    return frozen
 
 
 def _touched(col: ColumnRef, usages: frozenset[str], catalog: Catalog) -> TouchedColumn:

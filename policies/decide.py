@@ -295,8 +295,8 @@ def _mask_plan(req: DecisionRequest, policy: Policy, matched: list[Rule]) -> Mas
     # rules only see reads here: the relation's other columns are read through the wrapper
     plan: dict[ColumnRef, MaskStrategy] = {}
     default_effect = getattr(policy.defaults, _PII_DEFAULT.get(req.action, "unknown"))
-    for ref, c in sorted(cols.items()):
-        hits = [r for r in column_rules if _target_matches(r, c)]
+    for ref, c in cols.items():
+        hits = [r for r in column_rules if _target_matches(r, c)] if column_rules else ()
         effect = max((r.effect for r in hits), key=lambda e: e.strength) if hits else (
             default_effect if c.category is not None else Effect.ALLOW)
         if effect is Effect.ALLOW:
