@@ -197,3 +197,34 @@ async def test_optional_slow_stream_never_delays_records(tmp_path, own_redis):
         own_redis.thaw()
         await trail.close()
     assert verify(read_trail(trail_files(tmp_path / "audit.jsonl"))).ok
+
+
+async def test_two_instances_share_a_stream_each_chain_verifies(tmp_path, redis_url, redis_prefix):
+    stream = redis_prefix + "shared"
+    trails = []
+    for name in ("gw-a", "gw-b"):
+        cfg = AuditConfig.from_table({"sinks": ["file", "redis"], "instance": name,
+                                      "file": {"path": str(tmp_path / f"{name}.jsonl"), "fsync": "none"},
+                                      "redis": {"url": redis_url, "stream": stream}}, "<test>")
+        trails.append(await AuditTrail(cfg).start())
+    try:
+        await asyncio.gather(*(t.record(decision(i)) for i in range(40) for t in trails))
+    finally:
+        for t in trails:
+            await t.close()
+    client = aioredis.from_url(redis_url)
+    try:
+        interleaved = await read_stream(client, stream)
+    finally:
+        await client.aclose()
+    assert {r["instance"] for r in interleaved} == {"gw-a", "gw-b"}
+    res = verify(interleaved)
+    assert res.ok and set(res.heads) == {"gw-a", "gw-b"}
+    files = sorted(tmp_path.glob("gw-*.jsonl"))
+    both = verify(read_trail(files))
+    assert both.ok and both.heads["gw-a"]["seq"] == both.heads["gw-b"]["seq"] == 42
+    # tampering in one instance's file is named there
+    lines = files[1].read_bytes().splitlines(keepends=True)
+    files[1].write_bytes(b"".join(lines[:10] + lines[11:]))
+    res = verify(read_trail(files))
+    assert (res.first_bad.kind, res.first_bad.source, res.first_bad.line) == ("deleted", str(files[1]), 11)
