@@ -32,8 +32,23 @@ from gateway.analysis.statements import analyze_text
 from gateway.schema import LiveSchema
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(StatementFacts))
-_new = object.__new__
-_set = object.__setattr__
+
+
+def _make_clone():
+    """``_clone(values, sql)``: a StatementFacts with the cached field values and
+    this text's sql. Unrolled field by field: about 5x cheaper than copy.copy or
+    dataclasses.replace on a frozen slotted dataclass (it runs on every hit)."""
+    lines = ["def _clone(v, sql):", "    f = _new(StatementFacts)"]
+    for i, name in enumerate(_FIELDS):
+        value = "sql" if name == "sql" else f"v[{i}]"
+        lines.append(f"    _set(f, {name!r}, {value})")
+    lines.append("    return f")
+    env = {"_new": object.__new__, "_set": object.__setattr__, "StatementFacts": StatementFacts}
+    exec("\n".join(lines), env)  # noqa: S102 - generated from the dataclass's own field names
+    return env["_clone"]
+
+
+_clone = _make_clone()
 _LITERAL_FREE_KINDS = frozenset({K.SELECT, K.INSERT, K.UPDATE, K.DELETE, K.MERGE})
 
 
@@ -65,14 +80,8 @@ class AnalysisCache:
             entry = self._shape.get(shape_key)
             if entry is not None:
                 values, prefix, suffix = entry
-                # a field-by-field clone of the cached facts with this text's sql:
-                # 4x cheaper than copy.copy / dataclasses.replace on a slotted class
-                facts = _new(StatementFacts)
-                for name, value in values:
-                    _set(facts, name, value)
-                _set(facts, "sql", sql[prefix:len(sql) - suffix])
                 self.hits_shape += 1
-                return (facts,)
+                return (_clone(values, sql[prefix:len(sql) - suffix]),)
         self.misses += 1
         try:
             analysed = analyze_text(sql, schema, tuple(search_path), extended)
@@ -84,7 +93,7 @@ class AnalysisCache:
                 and analysed[0].facts.kind in _LITERAL_FREE_KINDS
                 and not analysed[0].literal_dependent):
             a = analysed[0]
-            values = tuple((n, getattr(a.facts, n)) for n in _FIELDS if n != "sql")
+            values = tuple(getattr(a.facts, n) for n in _FIELDS)
             self._put(self._shape, shape_key, (values, a.prefix, a.suffix))
         return result
 
