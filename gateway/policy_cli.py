@@ -36,8 +36,8 @@ def register(subparsers, config=None) -> None:
     ex.add_argument("--client-addr", default="127.0.0.1")
     ex.add_argument("--application-name", default="psql")
     ex.add_argument("--reason", help="the reason the user gives (SET piigate.reason)")
-    ex.add_argument("--pseudonym-installed", action="store_true",
-                    help="piigate.pseudonym is installed upstream (hash masking available)")
+    ex.add_argument("--pseudonym-installed", action="store_true", default=None,
+                    help="assume piigate.pseudonym is installed (default: detected from the schema)")
     ex.add_argument("--json", action="store_true", help="machine-readable output")
     ex.add_argument("sql", help="the statement(s)")
     ex.set_defaults(func=cmd_explain)
@@ -96,7 +96,7 @@ def cmd_explain(args) -> int:
 
 
 def explain(sql, policy, catalog: Catalog, schema, principal, context, search_path,
-            *, pseudonym_installed: bool = False) -> list[dict]:
+            *, pseudonym_installed: bool | None = None) -> list[dict]:
     """Pure: analyse, decide and (for MASK) rewrite each statement, as the gateway
     would. Returns one dict per statement (effect, rule, lines, rewritten SQL)."""
     from gateway.analysis import analyze

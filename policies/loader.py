@@ -101,6 +101,11 @@ class _Lines:
         return start
 
 
+def default_policy() -> Policy:
+    """The policy without a file: the safe defaults and the category strategies."""
+    return parse_policy("", "<default policy>")
+
+
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; raises ``PolicyError``."""
     p = Path(path)

@@ -76,16 +76,26 @@ class RewriteResult:
 
 
 def mask_statement(sql: str, plan: MaskPlan, schema: LiveSchema, search_path: Iterable[str],
-                   *, pseudonym_installed: bool = False) -> str:
+                   *, pseudonym_installed: bool | None = None) -> str:
     """The statement with every relation holding masked columns replaced by a masking
-    subquery. Raises ``RewriteError`` when it cannot be sure."""
+    subquery. Raises ``RewriteError`` when it cannot be sure. ``pseudonym_installed``
+    None: detected from the live schema (``piigate.pseudonym(text)``, SECURITY DEFINER)."""
     return rewrite(sql, plan, schema, search_path, pseudonym_installed=pseudonym_installed).sql
 
 
 def rewrite(sql: str, plan: MaskPlan, schema: LiveSchema, search_path: Iterable[str],
-            *, pseudonym_installed: bool = False) -> RewriteResult:
+            *, pseudonym_installed: bool | None = None) -> RewriteResult:
     """Like ``mask_statement`` but also says what was wrapped and any strategy fallbacks."""
+    if pseudonym_installed is None:
+        pseudonym_installed = pseudonym_available(schema)
     return _Rewriter(sql, plan, schema, tuple(search_path), pseudonym_installed).run()
+
+
+def pseudonym_available(schema: LiveSchema) -> bool:
+    """Whether the upstream has ``piigate.pseudonym(text)`` installed as shipped
+    (SECURITY DEFINER, so the key table stays unreadable to callers)."""
+    return any(f.schema == "piigate" and f.arg_types == ("text",) and f.security_definer
+               for f in schema.functions_named("pseudonym"))
 
 
 class _Rewriter:

@@ -105,3 +105,10 @@ def test_errors_name_file_line_and_problem(tmp_path, text, line, problem):
 def test_missing_file_names_it(tmp_path):
     with pytest.raises(PolicyError, match="nope.toml: cannot read"):
         load_policy(tmp_path / "nope.toml")
+
+
+def test_default_policy_has_the_category_strategies():
+    from policies import default_policy
+    p = default_policy()
+    assert p.rules == () and p.masking.for_category("email") == MaskStrategy("partial", {"email": True})
+    assert p.masking.for_category("dob") == MaskStrategy("year") and p.defaults.unknown is Effect.DENY

@@ -184,3 +184,18 @@ def test_plan_naming_a_missing_column_is_refused():
 def test_table_statement_becomes_select_star_from_the_wrapper():
     out = masked("TABLE customers")
     assert out.startswith("SELECT * FROM (SELECT ") and out.endswith('AS "customers"')
+
+
+def test_pseudonym_is_detected_from_the_live_schema():
+    from gateway.rewrite import pseudonym_available
+    from gateway.schema import Function, LiveSchema
+    plan = MaskPlan({ColumnRef("public", "customers", "email"): MaskStrategy("hash")})
+    assert "piigate.pseudonym" not in masked("SELECT email FROM customers", plan)
+    with_fn = LiveSchema.of(SCHEMA.relations.values(), [
+        Function("piigate", "pseudonym", ("text",), "text", "s", True, False, "f", "sql")], ("public",))
+    assert pseudonym_available(with_fn)
+    assert "piigate.pseudonym(" in mask_statement("SELECT email FROM customers", plan, with_fn, PATH)
+    # an impostor that is not SECURITY DEFINER is not trusted
+    impostor = LiveSchema.of(SCHEMA.relations.values(), [
+        Function("piigate", "pseudonym", ("text",), "text", "s", False, False, "f", "sql")], ("public",))
+    assert not pseudonym_available(impostor)
