@@ -255,7 +255,7 @@ _REQUIRED = ("instance", "type", "seq", "prev", "hash")
 
 
 def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519PublicKey | None = None,
-           anchors: Iterable[Mapping[str, Any]] = ()) -> VerifyResult:
+           anchors: Iterable[Mapping[str, Any]] = (), partial: bool = False) -> VerifyResult:
     """Prove a trail intact, or name the first record altered, inserted, deleted or
     reordered.
 
@@ -264,7 +264,8 @@ def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519Publi
     given (a bad one is ``forged_signature``). ``anchors``: checkpoint records known
     from elsewhere (the Redis stream, a copy shipped off the host); a trail that
     ends before an anchor's seq was truncated, one whose record at that seq has
-    another hash was rewritten.
+    another hash was rewritten. ``partial``: the records are a window (a capped
+    Redis stream), so each instance may start mid-chain.
     """
     entries = [_entry(i, x) for i, x in enumerate(records)]
     by_hash: dict[str, int] = {}
@@ -313,7 +314,7 @@ def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519Publi
         inst = rec["instance"]
         st = state.get(inst)
         if st is None:
-            if rec["prev"] != GENESIS and rec["type"] != SEGMENT_START:
+            if rec["prev"] != GENESIS and rec["type"] != SEGMENT_START and not partial:
                 return result(Problem("missing_start", e.source, e.lineno, rec["seq"],
                                       "the trail does not begin with a segment.start record: "
                                       "records before this one are missing or were moved"))

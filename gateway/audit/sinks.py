@@ -260,6 +260,15 @@ class RedisStreamSink:
         await pipe.execute()
         self.records_written += len(lines)
 
+    async def resume(self, instance: str, scan: int = 10_000) -> ChainHead | None:
+        """The newest record of ``instance`` among the stream's last ``scan`` entries:
+        where a trail without a file sink continues its chain after a restart."""
+        for _id, fields in await self.client.xrevrange(self.cfg.stream, count=scan):
+            if fields.get(b"instance") == instance.encode():
+                rec = orjson.loads(fields[b"r"])
+                return ChainHead(int(rec["seq"]), str(rec["hash"]))
+        return None
+
     async def close(self) -> None:
         await self.client.aclose()
 

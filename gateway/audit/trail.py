@@ -85,6 +85,13 @@ class AuditTrail:
         Raises AuditUnavailable if the first segment cannot be written (a config or
         permission problem the operator must see at start)."""
         head = self.file.resume() if self.file is not None else None
+        redis = next((s for s in self.sinks if s.kind == "redis"), None)
+        if head is None and self.file is None and redis is not None:
+            try:
+                head = await asyncio.wait_for(redis.resume(self.config.instance),
+                                              self.config.sink_timeout_ms / 1000.0)
+            except Exception as e:  # noqa: BLE001 - start anyway; the gap shows in verify
+                log.error("audit: cannot read the chain head from the Redis stream: %s", e)
         self.chain = Chain(self.config.instance, head or ChainHead(), self.config.signing_key)
         self._queue = asyncio.Queue()
         self._last_checkpoint = self.clock()

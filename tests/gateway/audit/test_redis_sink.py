@@ -56,6 +56,30 @@ async def test_stream_is_capped(redis_url, redis_prefix):
     finally:
         await client.aclose()
     assert 100 <= n < 400          # MAXLEN ~ trims whole nodes: about the cap, never all 2000
+    client = aioredis.from_url(redis_url)
+    try:
+        window = await read_stream(client, stream)
+    finally:
+        await client.aclose()
+    assert window[0]["seq"] > 1
+    assert verify(window).first_bad.kind == "missing_start"
+    assert verify(window, partial=True).ok          # a capped stream is a window of the chain
+
+
+async def test_stream_only_trail_resumes_its_chain_after_restart(redis_url, redis_prefix):
+    stream = redis_prefix + "resume"
+    cfg = AuditConfig.from_table({"sinks": ["redis"], "instance": "gw-re",
+                                  "redis": {"url": redis_url, "stream": stream}}, "<test>")
+    async with AuditTrail(cfg) as trail:
+        first = [await trail.record(decision(i)) for i in range(3)]
+    async with AuditTrail(cfg) as trail:
+        again = await trail.record(decision(9))
+    assert again["seq"] == first[-1]["seq"] + 2          # after the shutdown checkpoint
+    client = aioredis.from_url(redis_url)
+    try:
+        assert verify(await read_stream(client, stream)).ok
+    finally:
+        await client.aclose()
 
 
 async def test_stream_checkpoints_anchor_a_truncated_file(tmp_path, redis_url, redis_prefix, seed_b64):
