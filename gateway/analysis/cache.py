@@ -72,7 +72,8 @@ class AnalysisCache:
             self.hits_exact += 1
             return hit
         try:
-            normalized = parser.normalize(sql)
+            # (a NUL ends the C string normalize reads: such texts skip this cache)
+            normalized = parser.normalize(sql) if "\x00" not in sql else None
         except Exception:  # noqa: BLE001 - unparsable: analysis reports it
             normalized = None
         if normalized is not None:

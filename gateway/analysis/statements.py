@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import orjson
 from pglast import parser
@@ -65,6 +66,7 @@ _DDL_PREFIXES = ("Create", "Alter", "Drop", "Define", "Grant", "Reassign", "Impo
 
 #: kinds whose relations the analysis tracks completely (sqlglot cross-check applies)
 _CROSSCHECKED = frozenset({K.SELECT, K.INSERT, K.UPDATE, K.DELETE, K.MERGE, K.COPY_TO, K.COPY_FROM})
+_CROSSCHECKED_DDL = frozenset({"CREATE VIEW", "CREATE TABLE AS", "CREATE MATERIALIZED VIEW", "SELECT INTO"})
 
 logging.getLogger("sqlglot").setLevel(logging.CRITICAL)
 
@@ -81,10 +83,14 @@ class Analysed:
 def analyze_text(sql: str, schema: LiveSchema, search_path: tuple[str, ...],
                  extended: bool) -> list[Analysed]:
     search_path = tuple(search_path)
+    if "\x00" in sql:
+        # libpg_query (a C string) and the server's Query message both stop at
+        # the first NUL; whatever follows must never be forwarded or trusted
+        return [Analysed(StatementFacts(K.UNKNOWN, sql, unknown="the text contains a NUL character"), False)]
     try:
         tree = orjson.loads(parser.parse_sql_json(sql))
     except Exception as e:  # noqa: BLE001 - pglast.parser.ParseError and friends
-        return [Analysed(StatementFacts(K.UNKNOWN, sql, unknown=f"parse error: {e}",
+        return [Analysed(StatementFacts(K.UNKNOWN, sql, unknown=f"parse error: {_error_text(e)}",
                                         redacted_sql=_safe_normalize(sql)), False)]
     stmts = tree.get("stmts", [])
     if not stmts:
@@ -110,6 +116,17 @@ def analyze_text(sql: str, schema: LiveSchema, search_path: tuple[str, ...],
         facts, lit = statement_facts(node, text, schema, search_path, extended)
         out.append(Analysed(facts, lit, before, after))
     return out
+
+
+def _error_text(e: Exception) -> str:
+    """The parser's message without the offending token: the token may be a
+    literal (a guessed SSN) and reasons end up in audit records."""
+    args = getattr(e, "args", ())
+    msg = str(args[0]) if args else type(e).__name__
+    msg = re.sub(r'at or near ".*"$', "", msg, flags=re.S).strip()
+    if len(args) > 1 and isinstance(args[1], int):
+        msg += f" at character {args[1] + 1}"
+    return msg
 
 
 def _safe_normalize(text: str) -> str:
@@ -139,8 +156,9 @@ def statement_facts(node: dict, text: str, schema: LiveSchema, search_path: tupl
     except RecursionError:
         kind, command = K.UNKNOWN, kind_name
         walk.fail("statement nests too deeply to analyse")
-    if kind in _CROSSCHECKED and not walk.reasons:
-        missing = crosscheck(text, walk.names_seen)
+    if (kind in _CROSSCHECKED or command in _CROSSCHECKED_DDL) and not walk.reasons:
+        created = extra.get("creates")
+        missing = crosscheck(text, walk.names_seen | ({created.name} if created else set()))
         if missing:
             walk.fail("analyzers disagree: sqlglot reads relation(s) "
                       + ", ".join(sorted(missing)) + " that the PostgreSQL parse did not resolve")

@@ -145,3 +145,20 @@ def test_session_temp_relation_makes_shadowed_names_unknown(schema):
 def test_dollar_user_in_search_path_is_unknown(schema):
     facts = analyze("SELECT id FROM orders", schema, ('"$user"'.strip('"'), "public"))[0]
     assert facts.is_unknown and "$user" in facts.unknown
+
+
+def test_nul_character_is_unknown_and_never_shares_a_key(schema):
+    cache = AnalysisCache()
+    cache.analyze("SELECT 1", schema)
+    for sql in ("SELECT 1\x00; SELECT ssn FROM customers", "SELECT 2\x00; SELECT ssn FROM customers"):
+        facts = cache.analyze(sql, schema)
+        assert len(facts) == 1 and facts[0].is_unknown and "NUL" in facts[0].unknown
+    assert cache.hits_shape == 0
+
+
+def test_parse_errors_do_not_repeat_literals(schema):
+    for sql in ("SELECT * FROM customers WHERE ssn = '000-00-0007' LIMT 1",
+                "SELECT 'unterminated 000-00-0007", "SELECT 1 FROM x WHERE y = '000-00-0007' '000-00-0008'"):
+        facts = analyze(sql, schema)
+        assert facts[0].unknown.startswith("parse error") and "000-00" not in facts[0].unknown, facts[0].unknown
+        assert "000-00" not in facts[0].redacted_sql
