@@ -7,13 +7,14 @@ plan covers them all) and the functions that run code we cannot see into.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from catalog.model import Catalog, ColumnRef, RelationRef
 from gateway.analysis.facts import StatementFacts, StatementKind
 from gateway.schema import LiveSchema
-from policies.model import (Action, DecisionRequest, GrantView, Principal, RequestContext,
-                            TouchedColumn)
+from policies.model import (Action, Decision, DecisionRequest, Effect, GrantView, MaskPlan, Policy,
+                            Principal, RequestContext, TouchedColumn)
 
 _ACTIONS = {
     StatementKind.SELECT: Action.READ,
@@ -144,3 +145,45 @@ def _risky_functions(names: Iterable[str], schema: LiveSchema) -> frozenset[str]
 def relations_of(facts: StatementFacts) -> frozenset[RelationRef]:
     inner = effective_facts(facts)
     return frozenset(inner.relations_read | inner.relations_written)
+
+
+@dataclass(frozen=True, slots=True)
+class Enforcement:
+    """What the gateway does with one statement: the decision, the request it was
+    made from, and the SQL to forward (the rewritten text for MASK, the statement
+    itself for ALLOW, None when nothing is forwarded: APPROVE or DENY)."""
+    decision: Decision
+    request: DecisionRequest
+    sql: str | None
+    notes: tuple[str, ...] = ()
+
+
+def enforce(facts: StatementFacts, catalog: Catalog, schema: LiveSchema, policy: Policy,
+            principal: Principal, context: RequestContext = RequestContext(),
+            grants: Iterable[GrantView] = (), search_path: Iterable[str] | None = None,
+            *, pseudonym_installed: bool | None = None) -> Enforcement:
+    """build_request + decide + (for MASK) rewrite, failing closed: a statement the
+    rewriter cannot mask with certainty becomes a DENY (rule ``rewrite:cannot-mask``)."""
+    from gateway.rewrite import RewriteError, rewrite
+    from policies.decide import decide
+
+    request = build_request(facts, catalog, principal, context, grants, schema=schema)
+    decision = decide(request, policy)
+    if decision.effect is Effect.ALLOW:
+        return Enforcement(decision, request, facts.sql)
+    if decision.effect is not Effect.MASK:
+        return Enforcement(decision, request, None)
+    path = tuple(search_path) if search_path is not None else schema.search_path
+    try:
+        result = rewrite(facts.sql, decision.mask or MaskPlan(), schema, path,
+                         pseudonym_installed=pseudonym_installed)
+    except RewriteError as e:
+        denied = replace(decision, effect=Effect.DENY, rule="rewrite:cannot-mask",
+                         reasons=decision.reasons + (f"the statement cannot be masked with certainty: {e}",),
+                         mask=None, sqlstate="42501",
+                         message=(f"permission denied by piigate: the statement reads PII that must be masked "
+                                  f"(rule \"{decision.rule}\") but cannot be masked with certainty ({e}). "
+                                  "Rewrite it more simply (plain SELECT ... FROM the tables), or request access: "
+                                  "SET piigate.reason = '<ticket>' and ask an approver."))
+        return Enforcement(denied, request, None)
+    return Enforcement(decision, request, result.sql, result.notes)

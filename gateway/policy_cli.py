@@ -100,29 +100,21 @@ def explain(sql, policy, catalog: Catalog, schema, principal, context, search_pa
     """Pure: analyse, decide and (for MASK) rewrite each statement, as the gateway
     would. Returns one dict per statement (effect, rule, lines, rewritten SQL)."""
     from gateway.analysis import analyze
-    from gateway.decisions import build_request
-    from gateway.rewrite import RewriteError, rewrite
-    from policies.decide import decide, explain_lines
+    from gateway.decisions import enforce
+    from policies.decide import explain_lines
     from policies.model import Effect
 
     out = []
     for facts in analyze(sql, schema, search_path):
-        request = build_request(facts, catalog, principal, context, (), schema=schema)
-        decision = decide(request, policy)
-        entry = {"statement": facts.sql, "effect": decision.effect.value, "rule": decision.rule,
-                 "columns": [str(c) for c in decision.columns], "reasons": list(decision.reasons),
-                 "lines": explain_lines(decision)}
-        if decision.effect is Effect.MASK:
-            try:
-                res = rewrite(facts.sql, decision.mask, schema, search_path,
-                              pseudonym_installed=pseudonym_installed)
-                entry["rewritten"] = res.sql
-                entry["notes"] = list(res.notes)
-            except RewriteError as e:
-                # the gateway fails closed: a statement it cannot mask is denied
-                entry["effect"] = "deny"
-                entry["rule"] = "rewrite-failed"
-                entry["lines"].append(f"rewrite: cannot be masked with certainty ({e}); the gateway denies it")
+        e = enforce(facts, catalog, schema, policy, principal, context, (), search_path,
+                    pseudonym_installed=pseudonym_installed)
+        d = e.decision
+        entry = {"statement": facts.sql, "effect": d.effect.value, "rule": d.rule,
+                 "columns": [str(c) for c in d.columns], "reasons": list(d.reasons),
+                 "lines": explain_lines(d)}
+        if d.effect is Effect.MASK:
+            entry["rewritten"] = e.sql
+            entry["notes"] = list(e.notes)
         out.append(entry)
     return out
 

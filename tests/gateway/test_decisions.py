@@ -82,3 +82,29 @@ def test_risky_functions_need_the_schema():
     req = build_request(facts, CATALOG, Principal("ann"), schema=schema)
     assert req.risky_functions == {"public.customer_lookup", "public.my_sql_fn"}
     assert build_request(facts, CATALOG, Principal("ann")).risky_functions == frozenset()
+
+
+def test_enforce_forwards_allow_rewrites_mask_and_fails_closed():
+    from gateway.analysis import analyze
+    from gateway.decisions import enforce
+    from policies import default_policy
+    from policies.model import Effect
+    from tests.gateway.rewrite.sample_schema import security_catalog, security_schema
+
+    schema = security_schema()
+    catalog = security_catalog(schema)
+    policy = default_policy()
+
+    def run(sql):
+        (facts,) = analyze(sql, schema, ("public",))
+        return enforce(facts, catalog, schema, policy, Principal("eve"), RequestContext(now=1.0))
+
+    e = run("SELECT amount FROM orders")
+    assert e.decision.effect is Effect.ALLOW and e.sql == "SELECT amount FROM orders"
+    e = run("SELECT email FROM customers WHERE id = 1")
+    assert e.decision.effect is Effect.MASK and e.sql.startswith("SELECT email FROM (SELECT ")
+    e = run("SELECT ssn FROM customers TABLESAMPLE SYSTEM (10)")
+    assert (e.decision.effect, e.decision.rule, e.sql) == (Effect.DENY, "rewrite:cannot-mask", None)
+    assert "cannot be masked with certainty" in e.decision.message and e.decision.sqlstate == "42501"
+    e = run("COPY customers TO STDOUT")
+    assert e.decision.effect is Effect.DENY and e.sql is None
