@@ -45,6 +45,7 @@ class _Pending:
 
 
 _STOP = object()
+MAX_QUEUED = 100_000       # records waiting for the writer before emit() refuses more
 
 
 def build_sinks(config: AuditConfig) -> list:
@@ -154,6 +155,9 @@ class AuditTrail:
             raise ValueError("audit event needs a string 'type'")
         if not self._running:
             raise AuditUnavailable("audit trail is not running (not started, or closed)")
+        if self._queue.qsize() >= MAX_QUEUED:
+            raise AuditUnavailable(f"audit trail is {MAX_QUEUED} records behind (sinks too slow); "
+                                   f"refusing more until it catches up")
         fut = asyncio.get_running_loop().create_future()
         req = self.fail_closed if required is None else required
         self._queue.put_nowait(_Pending(sanitize(plain(event)), req, fut))
@@ -188,7 +192,12 @@ class AuditTrail:
             try:
                 first = await asyncio.wait_for(self._queue.get(), self.config.checkpoint_seconds)
             except asyncio.TimeoutError:
-                await self._commit([])          # idle: time-based checkpoint / rotation
+                head, since = self.chain.head, self.chain.since_checkpoint
+                try:
+                    await self._commit([])      # idle: time-based checkpoint / rotation / retry
+                except Exception:  # noqa: BLE001
+                    log.exception("audit: idle commit failed")
+                    self.chain.head, self.chain.since_checkpoint = head, since
                 continue
             if first is _STOP:
                 break
@@ -274,7 +283,8 @@ class AuditTrail:
             out.add(self.chain.checkpoint_event("shutdown" if final else "periodic"))
         if not out.records:
             for p, _ in owned:
-                p.future.set_result(None)
+                if not p.future.done():
+                    p.future.set_result(None)
             return
         errors = await self._write_all(out.records, out.lines, now)
         self.stats["batches"] += 1
