@@ -111,6 +111,7 @@ class _Rewriter:
         self.splices: list[Splice] = []
         self.notes: list[str] = []
         self._tokens: list | None = None
+        self.verify_ranges: list[tuple[int, int]] | None = None
         self._ascii = sql.isascii()
         self._utf8 = b"" if self._ascii else sql.encode("utf-8")
 
@@ -123,7 +124,11 @@ class _Rewriter:
         out = self.sql
         for s in sorted(self.splices, key=lambda s: s.start, reverse=True):
             out = out[:s.start] + s.text + out[s.end:]
-        self._check_one(out)
+        ranges, delta = [], 0
+        for s in sorted(self.splices, key=lambda s: s.start):
+            ranges.append((s.start + delta, s.start + delta + len(s.text)))
+            delta += len(s.text) - (s.end - s.start)
+        self._verify(out, ranges)
         return RewriteResult(out, tuple(s.relation for s in sorted(self.splices, key=lambda s: s.start)),
                              tuple(self.notes))
 
@@ -139,14 +144,13 @@ class _Rewriter:
         ((kind, body),) = node.items()
         return {"@": kind, **body}
 
-    def _check_one(self, sql: str) -> None:
-        """The result must parse as exactly one statement (PostgreSQL's grammar)."""
-        try:
-            n = len(parser.split(sql, with_parser=True))
-        except Exception as e:
-            raise RewriteError(f"the rewritten statement does not parse: {e}") from None
-        if n != 1:
-            raise RewriteError(f"the rewritten statement must be exactly one statement, found {n}")
+    def _verify(self, out: str, ranges: list[tuple[int, int]]) -> None:
+        """Re-read the result with PostgreSQL's parser: exactly one statement, and every
+        reference to a relation with masked columns lies inside one of our wrappers
+        (what is forwarded is what was analysed, masked)."""
+        checker = _Rewriter(out, self.plan, self.schema, self.search_path, self.pseudonym)
+        checker.verify_ranges = ranges
+        checker.walk(checker._parse_one(out, "the rewritten statement"), None, None, frozenset())
 
     # --- tree walk with CTE scoping --------------------------------------------
     # JSON nodes: a field declared as a generic Node* holds {"Type": {...}}; a field
@@ -211,6 +215,11 @@ class _Rewriter:
         if position not in _READ_POSITIONS:
             raise RewriteError(f"{rel.ref} holds masked columns in a position the rewriter does not "
                                f"model ({position[0]}.{position[1]})")
+        if self.verify_ranges is not None:
+            loc = self.char_offset(rv.get("location", -1))
+            if not any(a <= loc < b for a, b in self.verify_ranges):
+                raise RewriteError(f"the rewritten statement still reads {rel.ref} outside a masking subquery")
+            return
         start, end = self.span(rv, inh)
         body = self.subquery(rel, strategies, only=not inh)
         text = body if rv.get("alias") is not None else f"{body} AS {quote_ident(rel.ref.name)}"

@@ -199,3 +199,14 @@ def test_pseudonym_is_detected_from_the_live_schema():
     impostor = LiveSchema.of(SCHEMA.relations.values(), [
         Function("piigate", "pseudonym", ("text",), "text", "s", False, False, "f", "sql")], ("public",))
     assert not pseudonym_available(impostor)
+
+
+def test_verification_pass_catches_a_reference_left_outside_the_wrappers():
+    from gateway.rewrite.masker import _Rewriter
+    r = _Rewriter("x", PLAN, SCHEMA, PATH, False)
+    with pytest.raises(RewriteError, match="still reads public.customers outside a masking subquery"):
+        r._verify("SELECT ssn FROM customers", [])
+    out = masked("SELECT ssn FROM customers")
+    r._verify(out, [(out.index("(SELECT"), len(out))])   # inside the wrapper: accepted
+    with pytest.raises(RewriteError, match="exactly one statement"):
+        r._verify("SELECT 1; SELECT 2", [])
