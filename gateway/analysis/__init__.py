@@ -4,6 +4,40 @@ literal-insensitive analysis cache.
 ``analyze(sql, schema, search_path=("public",), *, extended=False)`` never
 raises: one ``StatementFacts`` per statement in the text (an empty text gives
 one EMPTY); anything it cannot attribute sets ``unknown``.
+
+Modules, one pass each:
+- ``statements``: splitting (byte offsets), statement kinds, SET/cursor/PREPARE/
+  EXPLAIN/COPY/DDL details, the sqlglot cross-check;
+- ``queries``: scopes, FROM items, column resolution, expressions, views,
+  inheritance, CTEs, DML targets;
+- ``functions``: function resolution and the functions that are opaque;
+- ``cache``: ``AnalysisCache`` (exact text, then ``pglast.parser.normalize``).
+
+What the facts mean for the caller:
+- ``columns``: every base column touched, with how. Views are expanded (the
+  view's own columns are listed too), a parent table read without ONLY includes
+  its children's same-named columns, and a child's column is also reported as
+  its ancestors' (``customers_archive.ssn`` -> ``customers.ssn``). Columns a
+  subquery, CTE or view selects but the outer query drops are still listed
+  (usage OTHER): over-approximation by design.
+- ``unknown``: set whenever anything cannot be attributed (parse error, node
+  type not modelled, relation/column/function not in the LiveSchema, opaque
+  functions: SQL in strings, files, dblink, SECURITY DEFINER or PL/SQL bodies,
+  planner statistics, DO, CREATE FUNCTION/RULE, NUL characters, ...).
+- ``dynamic``: reasons the effect depends on strings or settings (regclass
+  literals, set_config, COPY to files/programs, LOAD, WHERE CURRENT OF).
+- Wrappers (DECLARE, PREPARE, EXPLAIN) carry ``inner`` and also report the
+  inner statement's columns/relations/unknown themselves. FETCH/MOVE/CLOSE/
+  EXECUTE/DEALLOCATE only name the cursor/statement: the session maps them.
+- ``creates``: the relation a CREATE/SELECT INTO makes (``pg_temp`` for
+  temporary ones): pass those to ``with_temp_relations`` so shadowed names fail
+  closed.
+- A SELECT with a data-modifying CTE has ``relations_written``.
+
+Assumptions the session must uphold: standard_conforming_strings is on (the
+lexer's reading of backslashes), client_encoding is UTF8, search_path has no
+``$user`` and keeps pg_catalog first (operators and implicit casts are not in
+the LiveSchema, so user-defined ones placed before pg_catalog are not seen).
 """
 from __future__ import annotations
 

@@ -65,6 +65,8 @@ class AnalysisCache:
 
     def analyze(self, sql: str, schema: LiveSchema, search_path: tuple[str, ...] = ("public",), *,
                 extended: bool = False) -> tuple[StatementFacts, ...]:
+        if type(search_path) is not tuple:
+            search_path = tuple(search_path)
         ctx = (search_path, schema.version, extended)
         exact_key = (sql, ctx)
         hit = self._exact.get(exact_key)
