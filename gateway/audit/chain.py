@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -236,7 +237,7 @@ class VerifyResult:
         return "\n".join(lines)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     source: str
     lineno: int
@@ -244,14 +245,29 @@ class _Entry:
     line: Line | None
 
 
+@dataclass(slots=True)
+class _Pos:
+    """Where a record was seen (kept for every record in the index window)."""
+    source: str
+    lineno: int
+    seq: int
+    instance: str
+    successor: tuple[str, int, int] | None = None    # (source, line, seq) of the record after it
+
+
 @dataclass
 class _InstanceState:
+    first: _Entry
     last: _Entry
     last_checkpoint: _Entry | None = None
+    after_checkpoint: _Entry | None = None           # first record after the last checkpoint
     records: int = 0
 
 
 _REQUIRED = ("instance", "type", "seq", "prev", "hash")
+#: how many records back verify remembers (to name an inserted, moved or replayed
+#: record precisely); memory stays bounded on multi-gigabyte trails
+INDEX_WINDOW = 1_000_000
 
 
 def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519PublicKey | None = None,
@@ -259,112 +275,225 @@ def verify(records: Iterable[Line | Mapping[str, Any]], public_key: Ed25519Publi
     """Prove a trail intact, or name the first record altered, inserted, deleted or
     reordered.
 
-    ``records``: ``Line`` values (from ``split_lines``, files in chain order) or
-    already parsed dicts. ``public_key``: checkpoints' signatures are checked when
-    given (a bad one is ``forged_signature``). ``anchors``: checkpoint records known
-    from elsewhere (the Redis stream, a copy shipped off the host); a trail that
-    ends before an anchor's seq was truncated, one whose record at that seq has
-    another hash was rewritten. ``partial``: the records are a window (a capped
-    Redis stream), so each instance may start mid-chain.
+    ``records``: ``Line`` values (from ``split_lines``/``read_trail``, files in chain
+    order) or already parsed dicts; consumed once, as a stream. ``public_key``:
+    checkpoints' signatures are checked when given (a bad one is
+    ``forged_signature``). ``anchors``: checkpoint records known from elsewhere (the
+    Redis stream, a copy shipped off the host); a trail that ends before an
+    anchor's seq was truncated, one whose record at that seq has another hash was
+    rewritten. ``partial``: the records are a window (a capped Redis stream), so
+    each instance may start mid-chain.
     """
-    entries = [_entry(i, x) for i, x in enumerate(records)]
-    by_hash: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e.rec is not None and isinstance(e.rec.get("hash"), str):
-            by_hash.setdefault(e.rec["hash"], i)
-    by_seq: dict[tuple[str, int], int] = {}
-    state: dict[str, _InstanceState] = {}
-    warnings: list[str] = []
-    verified = checkpoints = 0
+    return _Verifier(public_key, anchors, partial).run(iter(records))
 
-    def result(problem: Problem | None) -> VerifyResult:
+
+class _Verifier:
+    def __init__(self, public_key, anchors, partial):
+        self.public_key = public_key
+        self.partial = partial
+        self.anchors: dict[tuple[str, int], Mapping[str, Any]] = {}
+        self.anchor_list = list(anchors)
+        for a in self.anchor_list:
+            self.anchors[(a.get("instance"), a.get("seq"))] = a
+        self.index: dict[bytes, _Pos] = {}
+        self.state: dict[str, _InstanceState] = {}
+        self.warnings: list[str] = []
+        self.verified = 0
+        self.checkpoints = 0
+
+    def run(self, it) -> VerifyResult:
+        for a in self.anchor_list:
+            if self.public_key is not None and a.get("type") == CHECKPOINT \
+                    and not signature_valid(a, self.public_key):
+                return self.result(Problem(
+                    "forged_signature", "<anchor>", 0, a.get("seq"),
+                    f"anchor checkpoint for instance {a.get('instance')} seq {a.get('seq')} "
+                    f"has an invalid signature"))
+        i = 0
+        for x in it:
+            e = _entry(i, x)
+            i += 1
+            problem = self.step(e, it)
+            if problem is not None:
+                return self.result(problem)
+        return self.result(self.finish())
+
+    # -- one record ---------------------------------------------------------------------
+
+    def step(self, e: _Entry, rest) -> Problem | None:
+        if e.rec is None:
+            if e.line is not None and e.line.last_in_source and not e.line.terminated:
+                self.warnings.append(
+                    f"{e.source}:{e.lineno}: incomplete last record ({len(e.line.raw)} bytes, "
+                    f"no newline): cut by a crash or a truncation; not counted")
+                return None
+            return Problem("corrupt", e.source, e.lineno, None, "not a JSON audit record (edited or damaged)")
+        rec = e.rec
+        missing = [k for k in _REQUIRED if k not in rec]
+        if missing:
+            return Problem("corrupt", e.source, e.lineno, rec.get("seq"),
+                           f"missing field(s) {', '.join(missing)}")
+        if record_hash(rec) != rec["hash"]:
+            return Problem("altered", e.source, e.lineno, rec["seq"],
+                           "the record's content does not match its hash")
+        seen = self.index.get(_key(rec["hash"]))
+        if seen is not None:
+            return Problem("duplicate", e.source, e.lineno, rec["seq"],
+                           f"same record as {seen.source}:{seen.lineno} (replayed)")
+        inst = rec["instance"]
+        st = self.state.get(inst)
+        if st is None:
+            problem = self._first_of_instance(e)
+            if problem is not None:
+                return problem
+            st = self.state[inst] = _InstanceState(first=e, last=e)
+        else:
+            p = st.last
+            if rec["prev"] != p.rec["hash"]:
+                gap = _declared_gap(rec, p)
+                if gap is None:
+                    return self._classify(e, p, st, rest)
+                self.warnings.append(gap)
+            elif rec["seq"] <= p.rec["seq"]:
+                return Problem("inserted", e.source, e.lineno, rec["seq"],
+                               f"seq {rec['seq']} again after seq {p.rec['seq']} "
+                               f"({p.source}:{p.lineno}): a record was inserted and the "
+                               f"chain recomputed from there")
+            elif rec["seq"] != p.rec["seq"] + 1:
+                return Problem("deleted", e.source, e.lineno, rec["seq"],
+                               f"seq {rec['seq']} follows seq {p.rec['seq']}: records were "
+                               f"removed and the chain recomputed from there")
+            pp = self.index.get(_key(p.rec["hash"]))
+            if pp is not None:
+                pp.successor = (e.source, e.lineno, rec["seq"])
+        if rec["type"] == CHECKPOINT:
+            problem = self._checkpoint(e, st)
+            if problem is not None:
+                return problem
+        elif st.after_checkpoint is None and st.last_checkpoint is not None:
+            st.after_checkpoint = e
+        anchor = self.anchors.get((inst, rec["seq"]))
+        if anchor is not None and anchor.get("hash") != rec["hash"]:
+            return Problem("altered", e.source, e.lineno, rec["seq"],
+                           "differs from the anchored checkpoint with the same seq")
+        st.last = e
+        st.records += 1
+        self._remember(rec, e)
+        self.verified += 1
+        return None
+
+    def _first_of_instance(self, e: _Entry) -> Problem | None:
+        rec = e.rec
+        if rec["prev"] != GENESIS and rec["type"] != SEGMENT_START and not self.partial:
+            return Problem("missing_start", e.source, e.lineno, rec["seq"],
+                           "the trail does not begin with a segment.start record: "
+                           "records before this one are missing or were moved")
+        if rec["prev"] == GENESIS and rec["seq"] != 1:
+            return Problem("altered", e.source, e.lineno, rec["seq"],
+                           "a chain start (prev = genesis) with seq other than 1")
+        if rec["prev"] != GENESIS:
+            self.warnings.append(f"instance {rec['instance']}: chain starts mid-way at seq {rec['seq']} "
+                                 f"({e.source}:{e.lineno}); earlier records were not given, so they "
+                                 f"are not verified")
+        return None
+
+    def _checkpoint(self, e: _Entry, st: _InstanceState) -> Problem | None:
+        rec = e.rec
+        if rec.get("head") != rec["prev"] or rec.get("count") != rec["seq"] - 1:
+            return Problem("bad_checkpoint", e.source, e.lineno, rec["seq"],
+                           "checkpoint head/count do not match its place in the chain")
+        if self.public_key is not None and not signature_valid(rec, self.public_key):
+            c = st.last_checkpoint
+            since = "the start" if c is None else f"the previous checkpoint ({c.source}:{c.lineno})"
+            return Problem("forged_signature", e.source, e.lineno, rec["seq"],
+                           f"checkpoint signature does not verify with the given public "
+                           f"key: this checkpoint was forged, or records since {since} "
+                           f"were rewritten and the chain recomputed")
+        st.last_checkpoint = e
+        st.after_checkpoint = None
+        self.checkpoints += 1
+        return None
+
+    def _remember(self, rec: dict, e: _Entry) -> None:
+        if len(self.index) >= INDEX_WINDOW:
+            self.index.pop(next(iter(self.index)))      # dicts keep insertion order: oldest
+        self.index[_key(rec["hash"])] = _Pos(sys.intern(e.source), e.lineno, rec["seq"],
+                                             sys.intern(str(rec["instance"])))
+
+    # -- what went wrong --------------------------------------------------------------
+
+    def _classify(self, e: _Entry, p: _Entry, st: _InstanceState, rest) -> Problem:
+        """Record ``e`` does not chain to ``p``, the record before it: say what happened."""
+        rec = e.rec
+        where = "" if e.source == p.source else \
+            f" (the previous file {p.source} ends at seq {p.rec['seq']})"
+        if rec["prev"] == p.rec["prev"]:
+            return Problem("inserted", p.source, p.lineno, p.rec["seq"],
+                           f"this record was inserted: the next record ({e.source}:{e.lineno}) chains "
+                           f"to the record before it")
+        earlier = self.index.get(_key(rec["prev"]))
+        if earlier is not None:
+            # chains to something before p: what lies between does not belong here
+            src, line, seq = earlier.successor or (p.source, p.lineno, p.rec["seq"])
+            return Problem("inserted", src, line, seq,
+                           f"does not belong here: {e.source}:{e.lineno} chains directly to "
+                           f"{earlier.source}:{earlier.lineno}")
+        later = _find_later(rest, rec["prev"])
+        if later is not None:
+            return Problem("reordered", e.source, e.lineno, rec["seq"],
+                           f"out of order: its predecessor (seq {later[2]}) comes later, at "
+                           f"{later[0]}:{later[1]}")
+        if rec["type"] == CHECKPOINT and self.public_key is not None \
+                and signature_valid(rec, self.public_key):
+            c = st.last_checkpoint
+            start = "the start of the trail" if c is None else f"the checkpoint at {c.source}:{c.lineno}"
+            first = st.first if c is None else (st.after_checkpoint or p)
+            return Problem("altered", first.source, first.lineno, first.rec.get("seq"),
+                           f"the signed checkpoint at {e.source}:{e.lineno} does not match the chain "
+                           f"before it: records between {start} and it were rewritten and their hashes "
+                           f"recomputed (this is the first record of that range)")
+        if rec["seq"] > p.rec["seq"] + 1:
+            n = rec["seq"] - p.rec["seq"] - 1
+            return Problem("deleted", e.source, e.lineno, rec["seq"],
+                           f"{n} record(s) missing before this one (seq {p.rec['seq'] + 1}.."
+                           f"{rec['seq'] - 1}){where}" + (": a rotated file is missing?"
+                                                           if e.source != p.source else ""))
+        if rec["seq"] == p.rec["seq"] + 1:
+            return Problem("altered", p.source, p.lineno, p.rec["seq"],
+                           f"the next record ({e.source}:{e.lineno}) chains to a different hash: this "
+                           f"record was rewritten and its hash recomputed (or the next one's prev was)")
+        return Problem("reordered", e.source, e.lineno, rec["seq"],
+                       f"seq {rec['seq']} after seq {p.rec['seq']}: out of order or replayed")
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finish(self) -> Problem | None:
+        for (inst, seq), a in self.anchors.items():
+            st = self.state.get(inst)
+            if st is None:
+                continue          # an anchor for an instance this trail does not contain
+            last = st.last
+            if seq > last.rec["seq"]:
+                return Problem("truncated", last.source, last.lineno, last.rec["seq"],
+                               f"the trail of instance {inst} ends at seq {last.rec['seq']} here, "
+                               f"but a checkpoint at seq {seq} is known: {seq - last.rec['seq']} "
+                               f"or more record(s) were cut from the end")
+        return None
+
+    def result(self, problem: Problem | None) -> VerifyResult:
         heads = {inst: {"seq": s.last.rec["seq"], "hash": s.last.rec["hash"],
-                        "source": s.last.source, "line": s.last.lineno} for inst, s in state.items()}
+                        "source": s.last.source, "line": s.last.lineno} for inst, s in self.state.items()}
+        warnings = list(self.warnings)
         if problem is None:
-            for inst, s in state.items():
+            for inst, s in self.state.items():
                 after = s.records if s.last_checkpoint is None else \
                     s.last.rec["seq"] - s.last_checkpoint.rec["seq"]
                 if after and s.last.rec.get("type") != CHECKPOINT:
                     warnings.append(
                         f"instance {inst}: {after} record(s) after the last checkpoint "
                         f"are protected by the hash chain only (a cut there needs an anchor to detect)")
-        return VerifyResult(problem is None, verified, problem, tuple(warnings), heads,
-                            checkpoints, public_key is not None)
-
-    for i, e in enumerate(entries):
-        if e.rec is None:
-            if e.line is not None and e.line.last_in_source and not e.line.terminated:
-                warnings.append(f"{e.source}:{e.lineno}: incomplete last record ({len(e.line.raw)} bytes, "
-                                f"no newline): cut by a crash or a truncation; not counted")
-                continue
-            return result(Problem("corrupt", e.source, e.lineno, None,
-                                  "not a JSON audit record (edited or damaged)"))
-        rec = e.rec
-        missing = [k for k in _REQUIRED if k not in rec]
-        if missing:
-            return result(Problem("corrupt", e.source, e.lineno, rec.get("seq"),
-                                  f"missing field(s) {', '.join(missing)}"))
-        if record_hash(rec) != rec["hash"]:
-            return result(Problem("altered", e.source, e.lineno, rec["seq"],
-                                  "the record's content does not match its hash"))
-        first = by_hash[rec["hash"]]
-        if first != i:
-            return result(Problem("duplicate", e.source, e.lineno, rec["seq"],
-                                  f"same record as {entries[first].source}:{entries[first].lineno} (replayed)"))
-        inst = rec["instance"]
-        st = state.get(inst)
-        if st is None:
-            if rec["prev"] != GENESIS and rec["type"] != SEGMENT_START and not partial:
-                return result(Problem("missing_start", e.source, e.lineno, rec["seq"],
-                                      "the trail does not begin with a segment.start record: "
-                                      "records before this one are missing or were moved"))
-            if rec["prev"] == GENESIS and rec["seq"] != 1:
-                return result(Problem("altered", e.source, e.lineno, rec["seq"],
-                                      "a chain start (prev = genesis) with seq other than 1"))
-            if rec["prev"] != GENESIS:
-                warnings.append(f"instance {inst}: chain starts mid-way at seq {rec['seq']} "
-                                f"({e.source}:{e.lineno}); earlier files were not given, so they "
-                                f"are not verified")
-            st = state[inst] = _InstanceState(last=e)
-        else:
-            p = st.last
-            if rec["prev"] != p.rec["hash"]:
-                gap = _declared_gap(rec, p)
-                if gap is None:
-                    return result(_classify(entries, by_hash, i, p, st, public_key))
-                warnings.append(gap)
-            elif rec["seq"] <= p.rec["seq"]:
-                return result(Problem("inserted", e.source, e.lineno, rec["seq"],
-                                      f"seq {rec['seq']} again after seq {p.rec['seq']} "
-                                      f"({p.source}:{p.lineno}): a record was inserted and the "
-                                      f"chain recomputed from there"))
-            elif rec["seq"] != p.rec["seq"] + 1:
-                return result(Problem("deleted", e.source, e.lineno, rec["seq"],
-                                      f"seq {rec['seq']} follows seq {p.rec['seq']}: records were "
-                                      f"removed and the chain recomputed from there"))
-        if rec["type"] == CHECKPOINT:
-            if rec.get("head") != rec["prev"] or rec.get("count") != rec["seq"] - 1:
-                return result(Problem("bad_checkpoint", e.source, e.lineno, rec["seq"],
-                                      "checkpoint head/count do not match its place in the chain"))
-            if public_key is not None and not signature_valid(rec, public_key):
-                c = st.last_checkpoint
-                since = "the start" if c is None else f"the previous checkpoint ({c.source}:{c.lineno})"
-                return result(Problem("forged_signature", e.source, e.lineno, rec["seq"],
-                                      f"checkpoint signature does not verify with the given public "
-                                      f"key: this checkpoint was forged, or records since {since} "
-                                      f"were rewritten and the chain recomputed"))
-            st.last_checkpoint = e
-            checkpoints += 1
-        st.last = e
-        st.records += 1
-        by_seq[(inst, rec["seq"])] = i
-        verified += 1
-
-    for a in anchors:
-        problem = _check_anchor(a, entries, by_seq, state, public_key)
-        if problem is not None:
-            return result(problem)
-    return result(None)
+        return VerifyResult(problem is None, self.verified, problem, tuple(warnings), heads,
+                            self.checkpoints, self.public_key is not None)
 
 
 def _entry(i: int, x: Line | Mapping[str, Any]) -> _Entry:
@@ -379,11 +508,30 @@ def _entry(i: int, x: Line | Mapping[str, Any]) -> _Entry:
     return _Entry("<records>", i + 1, dict(x), None)
 
 
+def _key(h: Any) -> bytes:
+    """The index key of a hash: its first 16 bytes (memory: ~50 bytes, not ~110)."""
+    try:
+        return bytes.fromhex(h[:32])
+    except (TypeError, ValueError):
+        return str(h).encode()
+
+
+def _find_later(rest, wanted: str) -> tuple[str, int, int] | None:
+    """Read on (only after a break) to see whether the missing predecessor comes later."""
+    i = 0
+    for x in rest:
+        e = _entry(i, x)
+        i += 1
+        if e.rec is not None and e.rec.get("hash") == wanted:
+            return e.source, e.lineno, e.rec.get("seq")
+    return None
+
+
 def _declared_gap(rec: Mapping[str, Any], p: _Entry) -> str | None:
     """A segment.start that says which records its file lacks (a sink failure) and
     matches the previous file's last complete record is a gap, not tampering."""
     gap = rec.get("gap")
-    if rec["type"] != SEGMENT_START or not isinstance(gap, dict) or p.source == "":
+    if rec["type"] != SEGMENT_START or not isinstance(gap, dict):
         return None
     if gap.get("after_hash") != p.rec["hash"] or gap.get("after_seq") != p.rec["seq"]:
         return None
@@ -392,84 +540,3 @@ def _declared_gap(rec: Mapping[str, Any], p: _Entry) -> str | None:
     return (f"{p.source} ends at seq {p.rec['seq']}; the next file starts at seq {rec['seq']}: "
             f"{gap['count']} record(s) were not written to the file because the sink failed "
             f"({gap.get('error', 'unknown error')}); declared by the writer, chain continues")
-
-
-def _classify(entries: list[_Entry], by_hash: dict[str, int], i: int, p: _Entry,
-              st: _InstanceState, public_key: Ed25519PublicKey | None) -> Problem:
-    """Record ``i`` does not chain to ``p``, the record before it: say what happened."""
-    e = entries[i]
-    rec = e.rec
-    where = "" if e.source == p.source else f" (the previous file {p.source} ends at seq {p.rec['seq']})"
-    if rec["prev"] == p.rec["prev"]:
-        return Problem("inserted", p.source, p.lineno, p.rec["seq"],
-                       f"this record was inserted: the next record ({e.source}:{e.lineno}) chains "
-                       f"to the record before it")
-    pos = by_hash.get(rec["prev"])
-    if pos is not None and pos > i:
-        q = entries[pos]
-        return Problem("reordered", e.source, e.lineno, rec["seq"],
-                       f"out of order: its predecessor (seq {q.rec['seq']}) comes later, at "
-                       f"{q.source}:{q.lineno}")
-    if pos is not None:
-        # chains to something earlier than p: what lies between does not belong here
-        nxt = next((k for k in range(pos + 1, i) if entries[k].rec is not None
-                    and entries[k].rec.get("instance") == rec["instance"]), i)
-        q = entries[nxt]
-        return Problem("inserted", q.source, q.lineno, q.rec.get("seq"),
-                       f"does not belong here: {e.source}:{e.lineno} chains directly to "
-                       f"{entries[pos].source}:{entries[pos].lineno}")
-    if rec["type"] == CHECKPOINT and public_key is not None and signature_valid(rec, public_key):
-        c = st.last_checkpoint
-        start = "the start of the trail" if c is None else f"the checkpoint at {c.source}:{c.lineno}"
-        first = _first_after(entries, c, rec["instance"]) if c is not None else _first_of(entries, rec["instance"])
-        return Problem("altered", first.source, first.lineno, first.rec.get("seq"),
-                       f"the signed checkpoint at {e.source}:{e.lineno} does not match the chain "
-                       f"before it: records between {start} and it were rewritten and their hashes "
-                       f"recomputed (this is the first record of that range)")
-    if rec["seq"] > p.rec["seq"] + 1:
-        n = rec["seq"] - p.rec["seq"] - 1
-        return Problem("deleted", e.source, e.lineno, rec["seq"],
-                       f"{n} record(s) missing before this one (seq {p.rec['seq'] + 1}.."
-                       f"{rec['seq'] - 1}){where}" + (" : a rotated file is missing?"
-                                                       if e.source != p.source else ""))
-    if rec["seq"] == p.rec["seq"] + 1:
-        return Problem("altered", p.source, p.lineno, p.rec["seq"],
-                       f"the next record ({e.source}:{e.lineno}) chains to a different hash: this "
-                       f"record was rewritten and its hash recomputed (or the next one's prev was)")
-    return Problem("reordered", e.source, e.lineno, rec["seq"],
-                   f"seq {rec['seq']} after seq {p.rec['seq']}: out of order or replayed")
-
-
-def _first_after(entries: list[_Entry], c: _Entry, instance: str) -> _Entry:
-    start = entries.index(c)
-    for e in entries[start + 1:]:
-        if e.rec is not None and e.rec.get("instance") == instance:
-            return e
-    return c
-
-
-def _first_of(entries: list[_Entry], instance: str) -> _Entry:
-    return next(e for e in entries if e.rec is not None and e.rec.get("instance") == instance)
-
-
-def _check_anchor(a: Mapping[str, Any], entries: list[_Entry], by_seq: dict, state: dict,
-                  public_key: Ed25519PublicKey | None) -> Problem | None:
-    inst, seq, h = a.get("instance"), a.get("seq"), a.get("hash")
-    if public_key is not None and a.get("type") == CHECKPOINT and not signature_valid(a, public_key):
-        return Problem("forged_signature", "<anchor>", 0, seq,
-                       f"anchor checkpoint for instance {inst} seq {seq} has an invalid signature")
-    st = state.get(inst)
-    if st is None:
-        return None      # an anchor for an instance this trail does not contain
-    last = st.last
-    if seq > last.rec["seq"]:
-        return Problem("truncated", last.source, last.lineno, last.rec["seq"],
-                       f"the trail of instance {inst} ends at seq {last.rec['seq']} here, but a "
-                       f"checkpoint at seq {seq} is known: {seq - last.rec['seq']} or more record(s) "
-                       f"were cut from the end")
-    pos = by_seq.get((inst, seq))
-    if pos is not None and entries[pos].rec["hash"] != h:
-        e = entries[pos]
-        return Problem("altered", e.source, e.lineno, seq,
-                       "differs from the anchored checkpoint with the same seq")
-    return None

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 
-from gateway.audit.chain import Line, split_lines
+from gateway.audit.chain import Line
 from gateway.audit.records import STATEMENT_DECISION, parse_timestamp, utc_timestamp
 
 
@@ -33,25 +33,43 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_trail(paths: Iterable[str | Path]) -> list[Line]:
-    """The lines of the given files, files ordered by chain position: grouped by
-    instance, then by the seq of their first record (so a shell glob in any order
-    verifies the same). Raises OSError naming a file that cannot be read."""
+def read_trail(paths: Iterable[str | Path]) -> Iterator[Line]:
+    """The lines of the given files, as a stream, files ordered by chain position:
+    grouped by instance, then by the seq of their first record (so a shell glob in
+    any order verifies the same). Every file is opened here, so a missing or
+    unreadable one raises OSError (naming it) before anything is yielded."""
     files = []
     for i, p in enumerate(expand_paths(paths)):
-        data = p.read_bytes()
-        lines = split_lines(str(p), data)
-        inst, seq = "", 0
-        for ln in lines:
+        inst, seq = _first_key(p)
+        files.append(((inst, seq, i), p))
+    files.sort(key=lambda x: x[0])
+    return _stream([p for _, p in files])
+
+
+def _first_key(path: Path) -> tuple[str, int]:
+    with open(path, "rb") as f:
+        for raw in f:
             try:
-                rec = orjson.loads(ln.raw)
-                inst, seq = str(rec.get("instance", "")), int(rec.get("seq", 0))
-                break
+                rec = orjson.loads(raw)
+                return str(rec.get("instance", "")), int(rec.get("seq", 0))
             except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
                 continue
-        files.append(((inst, seq, i), lines))
-    files.sort(key=lambda x: x[0])
-    return [ln for _, lines in files for ln in lines]
+    return "", 0
+
+
+def _stream(paths: list[Path]) -> Iterator[Line]:
+    for p in paths:
+        with open(p, "rb") as f:
+            pending: bytes | None = None
+            n = 0
+            for raw in f:
+                if pending is not None:
+                    yield Line(str(p), n, pending[:-1], False, True)
+                n += 1
+                pending = raw
+            if pending is not None:
+                terminated = pending.endswith(b"\n")
+                yield Line(str(p), n, pending[:-1] if terminated else pending, True, terminated)
 
 
 def iter_records(lines: Iterable[Line]) -> Iterator[dict]:
