@@ -857,3 +857,24 @@ def test_client_gone_before_the_upstream_answered_leaks_no_session(gateway_facto
             await conn.close()
     from ..conftest import run_async
     wait_for(lambda: run_async(upstream_left) == 0, timeout=10, what="their upstream backends to end")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Gateway._sweep_idle counts only client->gateway bytes as "
+                   "activity and tx_status stays 'I' during an autocommit statement, so a session "
+                   "waiting for a slow query is closed with 57P05 as 'idle' in the middle of it")
+def test_idle_timeout_does_not_close_a_session_waiting_for_its_query(gateway_factory):
+    gw = gateway_factory(server_extra="idle_timeout = 1")
+    c = RawClient(gw.port)
+    c.login()
+    msgs = c.query("SELECT pg_sleep(3)")
+    assert not errors(msgs), errors(msgs)
+
+
+def test_plaintext_injected_after_ssl_request_is_refused(tls_gateway):
+    """CVE-2021-23214 class: bytes sent together with the SSLRequest, before the TLS
+    handshake, must not be taken as the (then unencrypted) startup."""
+    c = RawClient(tls_gateway.port)
+    c.send(codec.encode_ssl_request() + codec.encode_startup({"user": "alice", "database": "postgres"}))
+    msgs = c.until_eof()
+    err = one_fatal(msgs, "08P01")
+    assert "after SSLRequest" in err.message

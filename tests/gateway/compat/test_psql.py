@@ -218,3 +218,21 @@ def test_ctrl_c_under_a_pty_in_interactive_psql(psql_bin, gateway):
             pass
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_large_objects_use_function_call(psql_bin, pg_server, gateway, fresh_db, tmp_path):
+    """\\lo_import and \\lo_export go through libpq's fast-path FunctionCall messages."""
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(300_000))
+    exported = {}
+    for name, conninfo in (("direct", direct(pg_server, fresh_db.dbname)), ("gateway", gateway.libpq(fresh_db.dbname))):
+        done = run(psql_bin, conninfo, "-c", f"\\lo_import {blob}")
+        assert done.returncode == 0 and done.stdout.startswith("lo_import "), done.stderr
+        oid = done.stdout.split()[1]
+        out = tmp_path / f"out-{name}.bin"
+        done = run(psql_bin, conninfo, "-c", f"\\lo_export {oid} {out}")
+        assert done.returncode == 0, done.stderr
+        exported[name] = out.read_bytes()
+        done = run(psql_bin, conninfo, "-c", f"\\lo_unlink {oid}")
+        assert done.stdout.strip() == f"lo_unlink {oid}", done.stderr
+    assert exported["direct"] == exported["gateway"] == blob.read_bytes()
