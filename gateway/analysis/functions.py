@@ -27,7 +27,12 @@ _OPAQUE_NAMES = frozenset({
     "get_raw_page", "heap_page_items", "heap_page_item_attrs", "tuple_data_split",
     "bt_page_items", "bt_multi_page_stats", "brin_page_items", "gin_leafpage_items",
     "gist_page_items", "gist_page_items_bytea", "hash_page_items",
+    # extensions whose functions run SQL text: tablefunc, xml2, pg_background
+    "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby", "xpath_table",
+    "pg_background_launch",
 })
+#: extension schemas whose every function schedules or runs SQL text (pg_cron)
+_OPAQUE_SCHEMAS = frozenset({"cron"})
 _OPAQUE_PREFIXES = ("pg_read_", "pg_ls_", "pg_file_", "lo_", "dblink", "pg_get_wal_",
                     "pg_logical_slot_", "pg_replication_slot_", "loread", "lowrite", "pg_logdir_")
 
@@ -68,7 +73,7 @@ def candidates(schema: LiveSchema, names: list[str],
 def opaque_reason(fn: Function) -> str | None:
     """Why a call to ``fn`` cannot be attributed, or None when it can."""
     qual = f"{fn.schema}.{fn.name}"
-    if fn.name in _OPAQUE_NAMES or fn.name.startswith(_OPAQUE_PREFIXES):
+    if fn.name in _OPAQUE_NAMES or fn.name.startswith(_OPAQUE_PREFIXES) or fn.schema in _OPAQUE_SCHEMAS:
         return f"calls {qual}, which reads data the analyzer cannot attribute (SQL text, files, other servers)"
     if fn.security_definer:
         return f"calls {qual}, a SECURITY DEFINER function whose body the analyzer cannot see"

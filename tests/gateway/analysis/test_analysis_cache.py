@@ -162,3 +162,15 @@ def test_parse_errors_do_not_repeat_literals(schema):
         facts = analyze(sql, schema)
         assert facts[0].unknown.startswith("parse error") and "000-00" not in facts[0].unknown, facts[0].unknown
         assert "000-00" not in facts[0].redacted_sql
+
+
+@pytest.mark.parametrize("schema_name,name", [("public", "crosstab"), ("public", "connectby"),
+                                              ("cron", "schedule"), ("public", "xpath_table")])
+def test_extension_functions_that_run_sql_text_are_unknown(schema, schema_name, name):
+    from gateway.schema import Function
+    fn = Function(schema_name, name, ("text",), "SETOF record", "v", False, True, "f", "c")
+    extended = LiveSchema.of(list(schema.relations.values()),
+                             [f for fs in schema.functions.values() for f in fs] + [fn],
+                             ("public", "cron"))
+    facts = analyze(f"SELECT * FROM {schema_name}.{name}('SELECT ssn FROM customers') AS t(x text)", extended)[0]
+    assert facts.is_unknown and name in facts.unknown
