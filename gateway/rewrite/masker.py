@@ -35,6 +35,7 @@ one statement. The gateway then denies: fail closed.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Iterator, Mapping
@@ -66,6 +67,7 @@ class Splice:
     end: int
     text: str
     relation: RelationRef
+    body: str = ""   # the masking subquery inside ``text``
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,6 @@ class _Rewriter:
         self.splices: list[Splice] = []
         self.notes: list[str] = []
         self._tokens: list | None = None
-        self.verify_ranges: list[tuple[int, int]] | None = None
         self._ascii = sql.isascii()
         self._utf8 = b"" if self._ascii else sql.encode("utf-8")
 
@@ -124,11 +125,7 @@ class _Rewriter:
         out = self.sql
         for s in sorted(self.splices, key=lambda s: s.start, reverse=True):
             out = out[:s.start] + s.text + out[s.end:]
-        ranges, delta = [], 0
-        for s in sorted(self.splices, key=lambda s: s.start):
-            ranges.append((s.start + delta, s.start + delta + len(s.text)))
-            delta += len(s.text) - (s.end - s.start)
-        self._verify(out, ranges)
+        self._verify(out)
         return RewriteResult(out, tuple(s.relation for s in sorted(self.splices, key=lambda s: s.start)),
                              tuple(self.notes))
 
@@ -144,13 +141,34 @@ class _Rewriter:
         ((kind, body),) = node.items()
         return {"@": kind, **body}
 
-    def _verify(self, out: str, ranges: list[tuple[int, int]]) -> None:
-        """Re-read the result with PostgreSQL's parser: exactly one statement, and every
-        reference to a relation with masked columns lies inside one of our wrappers
-        (what is forwarded is what was analysed, masked)."""
-        checker = _Rewriter(out, self.plan, self.schema, self.search_path, self.pseudonym)
-        checker.verify_ranges = ranges
-        checker.walk(checker._parse_one(out, "the rewritten statement"), None, None, frozenset())
+    def _verify(self, out: str) -> None:
+        """Re-read the result with PostgreSQL's parser. It must be exactly one
+        statement; and with every masking subquery replaced by ``(SELECT NULL)``, no
+        reference to a relation with masked columns may remain anywhere in it. The
+        second check finds relation references in the parser's JSON text with a
+        pattern (every RangeVar has a "relname"), independently of the tree walk that
+        chose the splices: no positions, no scoping but CTE names."""
+        # Each masking subquery was checked to parse on its own when it was built
+        # (_subquery); the skeleton proves the statement around it parses as one.
+        skeleton = self.sql
+        for s in sorted(self.splices, key=lambda s: s.start, reverse=True):
+            skeleton = skeleton[:s.start] + s.text.replace(s.body, "(SELECT NULL)", 1) + skeleton[s.end:]
+        try:
+            text = parser.parse_sql_json(skeleton)
+        except Exception as e:
+            raise RewriteError(f"the rewritten statement does not parse: {e}") from None
+        if text.count('{"stmt":') != 1:
+            raise RewriteError("the rewritten statement must be exactly one statement")
+        cte_names = set(_CTE_NAME.findall(text)) if '"ctename"' in text else set()
+        for m in _RANGE_VAR.finditer(text):
+            schema_name, relname = _json_str(m["sch"]), _json_str(m["rel"])
+            if schema_name is None and relname in {_json_str(c) for c in cte_names}:
+                continue
+            if m["cat"] is not None:
+                raise RewriteError("the rewritten statement holds a cross-database reference")
+            rel = self.schema.resolve(relname, schema_name, self.search_path)
+            if rel is not None and self.strategies_for(rel, inh=m["inh"] == "true"):
+                raise RewriteError(f"the rewritten statement still reads {rel.ref} outside a masking subquery")
 
     # --- tree walk with CTE scoping --------------------------------------------
     # JSON nodes: a field declared as a generic Node* holds {"Type": {...}}; a field
@@ -165,6 +183,8 @@ class _Rewriter:
         if typed is None:
             return
         kind, body = typed
+        if kind in _LEAVES:
+            return
         if kind == "RangeVar":
             self.range_var(body, parent, fname, ctes)
             return
@@ -215,11 +235,6 @@ class _Rewriter:
         if position not in _READ_POSITIONS:
             raise RewriteError(f"{rel.ref} holds masked columns in a position the rewriter does not "
                                f"model ({position[0]}.{position[1]})")
-        if self.verify_ranges is not None:
-            loc = self.char_offset(rv.get("location", -1))
-            if not any(a <= loc < b for a, b in self.verify_ranges):
-                raise RewriteError(f"the rewritten statement still reads {rel.ref} outside a masking subquery")
-            return
         start, end = self.span(rv, inh)
         body = self.subquery(rel, strategies, only=not inh)
         text = body if rv.get("alias") is not None else f"{body} AS {quote_ident(rel.ref.name)}"
@@ -227,7 +242,7 @@ class _Rewriter:
         if table_kw is not None:
             # `TABLE customers` is `SELECT * FROM customers`: say it that way around the wrapper
             start, text = table_kw, f"SELECT * FROM {text}"
-        self.splices.append(Splice(start, end, text, rel.ref))
+        self.splices.append(Splice(start, end, text, rel.ref, body))
 
     def strategies_for(self, rel: Relation, inh: bool) -> dict[str, MaskStrategy]:
         """Column name -> strategy for the relation's columns that must be masked."""
@@ -340,7 +355,15 @@ class _Rewriter:
                 notes.append(f"{rel.ref}.{col.name}: {m.note}")
             items.append(f"{m.sql} AS {q}")
         target = f"{quote_ident(rel.ref.schema)}.{quote_ident(rel.ref.name)}"
-        return f"(SELECT {', '.join(items) or 'NULL'} FROM {'ONLY ' if only else ''}{target})", tuple(notes)
+        body = f"(SELECT {', '.join(items) or 'NULL'} FROM {'ONLY ' if only else ''}{target})"
+        try:
+            ok = len(parser.split(f"SELECT * FROM {body} AS x", with_parser=True)) == 1
+        except Exception:
+            ok = False
+        if not ok:
+            raise RewriteError(f"the masking subquery for {rel.ref} does not parse (column types: "
+                               + ", ".join(c.type_name for c in rel.columns) + ")")
+        return body, tuple(notes)
 
     def char_offset(self, byte_offset: int) -> int:
         if byte_offset < 0:
@@ -421,6 +444,23 @@ def _display(rv: dict) -> str:
     return ".".join(p for p in (rv.get("catalogname"), rv.get("schemaname"), rv.get("relname")) if p)
 
 
+# libpg_query writes RangeVar fields in struct order: catalogname, schemaname, relname, inh
+_Q = r'"(?:[^"\\]|\\.)*"'     # a JSON string token
+_RANGE_VAR = re.compile(f'(?:"catalogname":(?P<cat>{_Q}),)?(?:"schemaname":(?P<sch>{_Q}),)?'
+                        f'"relname":(?P<rel>{_Q})(?:,"inh":(?P<inh>true|false))?')
+_CTE_NAME = re.compile(f'"ctename":({_Q})')
+
+
+def _json_str(token: str | None) -> str | None:
+    return None if token is None else json.loads(token)
+
+
+_AST_NAMES = frozenset(n for n in dir(ast) if n[:1].isupper())
+#: node types that can never contain a relation reference: not walked into
+_LEAVES = frozenset({"A_Const", "ColumnRef", "TypeName", "String", "Integer", "Float", "Boolean",
+                     "BitString", "ParamRef", "A_Star", "Alias"})
+
+
 @lru_cache(maxsize=None)
 def _slot_type(parent: str, field: str) -> str | None:
     """The declared node type of ``parent.field`` when it is specific (``RangeVar*``)."""
@@ -440,7 +480,7 @@ def _typed(node: object, parent: str | None, field: str | None) -> tuple[str, di
         return node["@"], node
     if len(node) == 1:
         ((k, v),) = node.items()
-        if isinstance(v, dict) and k[:1].isupper() and hasattr(ast, k):
+        if k in _AST_NAMES and isinstance(v, dict):
             return k, v
     declared = _slot_type(parent, field) if parent and field else None
     if declared is not None:
@@ -448,6 +488,19 @@ def _typed(node: object, parent: str | None, field: str | None) -> tuple[str, di
     if "relname" in node:
         return "RangeVar", node   # fail closed: anything shaped like a relation reference is one
     return "?", node    # a plain structure (e.g. an enum holder): walk its fields
+
+
+def _cte_names(node: object) -> Iterator[str]:
+    if isinstance(node, list):
+        for x in node:
+            yield from _cte_names(x)
+    elif isinstance(node, dict):
+        name = node.get("ctename")
+        if isinstance(name, str):
+            yield name
+        for v in node.values():
+            if isinstance(v, (dict, list)):
+                yield from _cte_names(v)
 
 
 def _range_vars(node: object, parent: str | None, field: str | None) -> Iterator[dict]:
@@ -459,6 +512,8 @@ def _range_vars(node: object, parent: str | None, field: str | None) -> Iterator
     if typed is None:
         return
     kind, body = typed
+    if kind in _LEAVES:
+        return
     if kind == "RangeVar":
         yield body
         return
