@@ -322,6 +322,8 @@ def _dispatch(kind_name: str, b: dict, walk: Walk, text: str, schema, search_pat
         vs = b.get("setstmt", {})
         extra["setting"] = (vs.get("name", ""), _set_value(vs))
         return K.DDL, "ALTER ROLE SET"
+    if kind_name == "DefineStmt":     # CREATE AGGREGATE / OPERATOR / TYPE / COLLATION / TEXT SEARCH ...
+        return K.DDL, "CREATE " + b.get("kind", "OBJECT_").replace("OBJECT_", "").replace("_", " ")
     if kind_name in _DDL_NAMES:
         return K.DDL, _DDL_NAMES[kind_name]
     if kind_name.startswith(_DDL_PREFIXES):

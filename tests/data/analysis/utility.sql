@@ -272,3 +272,15 @@ ALTER TABLE customers ADD CONSTRAINT c CHECK (ssn <> '000-00-0007')
 -- kind: explain
 -- prepared: p1
 EXPLAIN ANALYZE EXECUTE p1(1)
+
+-- kind: ddl
+-- command: CREATE AGGREGATE
+CREATE AGGREGATE scratch.leak(text) (sfunc = textcat, stype = text)
+
+-- kind: ddl
+-- command: CREATE OPERATOR
+CREATE OPERATOR public.=== (leftarg = text, rightarg = text, function = texteq)
+
+-- kind: ddl
+-- command: ALTER DEFAULT PRIVILEGES
+ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO gw_user
