@@ -90,7 +90,18 @@ def rewrite(sql: str, plan: MaskPlan, schema: LiveSchema, search_path: Iterable[
     """Like ``mask_statement`` but also says what was wrapped and any strategy fallbacks."""
     if pseudonym_installed is None:
         pseudonym_installed = pseudonym_available(schema)
-    return _Rewriter(sql, plan, schema, tuple(search_path), pseudonym_installed).run()
+    path = tuple(search_path)
+    # The result is a pure function of these: repeated statements (prepared by
+    # drivers, ORMs, pools) are rewritten once.
+    key = (sql, _plan_key(plan), schema.version, path, pseudonym_installed)
+    hit = _RESULTS.get(key)
+    if hit is not None and schema.version != "empty":
+        return hit
+    result = _Rewriter(sql, plan, schema, path, pseudonym_installed).run()
+    if len(_RESULTS) >= 2048:
+        _RESULTS.clear()
+    _RESULTS[key] = result
+    return result
 
 
 def pseudonym_available(schema: LiveSchema) -> bool:
@@ -421,6 +432,35 @@ class _Rewriter:
 _SUBQUERIES: dict[tuple, tuple[str, tuple[str, ...]]] = {}
 #: plan index by id(plan), dropped when the plan is garbage-collected
 _PLAN_INDEX: dict[int, tuple[object, dict[RelationRef, dict[str, MaskStrategy]]]] = {}
+
+
+_RESULTS: dict[tuple, RewriteResult] = {}
+
+
+def _plan_key(plan: MaskPlan) -> tuple:
+    """A hashable value equal for equal plans (cached per plan object)."""
+    hit = _PLAN_KEYS.get(id(plan))
+    if hit is not None and hit[0]() is plan:
+        return hit[1]
+    try:
+        key = frozenset((c, s.name, tuple(sorted(s.params.items()))) for c, s in plan.columns.items())
+        hash(key)
+    except TypeError:   # a parameter value that is not hashable
+        key = frozenset((c, s.name, repr(sorted(s.params.items()))) for c, s in plan.columns.items())
+    _remember(_PLAN_KEYS, plan, key)
+    return key
+
+
+_PLAN_KEYS: dict[int, tuple[object, tuple]] = {}
+
+
+def _remember(table: dict, obj: object, value: object) -> None:
+    import weakref
+    k = id(obj)
+    try:
+        table[k] = (weakref.ref(obj, lambda _r, k=k: table.pop(k, None)), value)
+    except TypeError:
+        pass
 
 
 def _plan_index(plan: MaskPlan) -> dict[RelationRef, dict[str, MaskStrategy]]:

@@ -211,3 +211,12 @@ def test_verification_pass_catches_a_reference_left_outside_the_wrappers():
     r.splices.pop()                  # simulate a splice the walk forgot
     with pytest.raises(RewriteError, match="still reads public.customers outside a masking subquery"):
         r._verify("SELECT 1")
+
+
+def test_results_are_cached_only_for_equal_inputs():
+    a = rewrite("SELECT ssn FROM customers", PLAN, SCHEMA, PATH)
+    assert rewrite("SELECT ssn FROM customers", MaskPlan(dict(PLAN.columns)), SCHEMA, PATH) is a
+    other = MaskPlan({ref: MaskStrategy("null") for ref in CATALOG.entries})
+    b = rewrite("SELECT ssn FROM customers", other, SCHEMA, PATH)
+    assert b is not a and "CAST(NULL AS text) AS \"ssn\"" in b.sql
+    assert rewrite("SELECT ssn FROM customers", PLAN, SCHEMA, ("public", "scratch")) is not a
