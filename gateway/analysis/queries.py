@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import orjson
+
 from catalog.model import ColumnRef, RelationRef
 from gateway.analysis import functions as fnres
 from gateway.analysis.facts import Usage
@@ -136,18 +138,17 @@ class Walk:
     def __init__(self, schema: LiveSchema, search_path: tuple[str, ...], depth: int = 0):
         self.schema = schema
         self.search_path = tuple(search_path)
-        if "$user" in self.search_path:
-            # PostgreSQL substitutes the session user's name; a schema of that
-            # name would shadow public without the analysis knowing
-            self.reasons = ["search_path contains $user: substitute the session user's name before analysing"]
         self.depth = depth
         self.uses: dict[ColumnRef, set] = {}
         self.read: set[RelationRef] = set()
         self.written: set[RelationRef] = set()
         self.functions: set[str] = set()
         self.dynamic: list[str] = []
-        if not hasattr(self, "reasons"):
-            self.reasons: list[str] = []
+        self.reasons: list[str] = []
+        if "$user" in self.search_path:
+            # PostgreSQL substitutes the session user's name; a schema of that
+            # name would shadow public without the analysis knowing
+            self.reasons.append("search_path contains $user: substitute the session user's name before analysing")
         self.param_max = 0
         self.literal_dependent = False    # the analysis read a literal's value: no literal-insensitive caching
         self.names_seen: set[str] = set()  # relation/CTE names as PostgreSQL read them (cross-check)
@@ -305,8 +306,7 @@ class Walk:
         except Exception as e:  # noqa: BLE001 - any parser error is an unknown
             sub.fail(f"view {rel.ref}: definition does not parse ({e})")
             return None, sub
-        import json
-        stmts = json.loads(tree).get("stmts", [])
+        stmts = orjson.loads(tree).get("stmts", [])
         if len(stmts) != 1 or "SelectStmt" not in stmts[0].get("stmt", {}):
             sub.fail(f"view {rel.ref}: definition is not a single SELECT")
             return None, sub
