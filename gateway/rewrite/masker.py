@@ -170,6 +170,8 @@ class _Rewriter:
             raise RewriteError(f"the rewritten statement does not parse: {e}") from None
         if text.count('{"stmt":') != 1:
             raise RewriteError("the rewritten statement must be exactly one statement")
+        if '"lockedRels"' in text:
+            text = _strip_locked_rels(text)
         cte_names = set(_CTE_NAME.findall(text)) if '"ctename"' in text else set()
         for m in _RANGE_VAR.finditer(text):
             schema_name, relname = _json_str(m["sch"]), _json_str(m["rel"])
@@ -228,6 +230,8 @@ class _Rewriter:
         if schemaname is None and catalogname is None and relname in ctes:
             return  # a CTE reference: its body was walked (and masked) on its own
         position = (parent or "", fname or "")
+        if position == ("LockingClause", "lockedRels"):
+            return  # FOR UPDATE OF <name> names a FROM item (our wrapper keeps its name)
         if catalogname is not None:
             raise RewriteError(f"cross-database reference {catalogname}.{schemaname}.{relname}")
         rel = self.schema.resolve(relname, schemaname, self.search_path)
@@ -489,6 +493,34 @@ _Q = r'"(?:[^"\\]|\\.)*"'     # a JSON string token
 _RANGE_VAR = re.compile(f'(?:"catalogname":(?P<cat>{_Q}),)?(?:"schemaname":(?P<sch>{_Q}),)?'
                         f'"relname":(?P<rel>{_Q})(?:,"inh":(?P<inh>true|false))?')
 _CTE_NAME = re.compile(f'"ctename":({_Q})')
+
+
+def _strip_locked_rels(text: str) -> str:
+    """Drop the ``"lockedRels":[...]`` arrays (FOR UPDATE OF names FROM items, it reads nothing)."""
+    out, i = [], 0
+    while True:
+        j = text.find('"lockedRels":[', i)
+        if j < 0:
+            out.append(text[i:])
+            return "".join(out)
+        out.append(text[i:j])
+        k, depth, in_str = j + len('"lockedRels":['), 1, False
+        while depth:
+            ch = text[k]
+            if in_str:
+                if ch == "\\":
+                    k += 1
+                elif ch == '"':
+                    in_str = False
+            elif ch == '"':
+                in_str = True
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}":
+                depth -= 1
+            k += 1
+        out.append('"lockedRels":[]')
+        i = k
 
 
 def _json_str(token: str | None) -> str | None:

@@ -220,3 +220,10 @@ def test_results_are_cached_only_for_equal_inputs():
     b = rewrite("SELECT ssn FROM customers", other, SCHEMA, PATH)
     assert b is not a and "CAST(NULL AS text) AS \"ssn\"" in b.sql
     assert rewrite("SELECT ssn FROM customers", PLAN, SCHEMA, ("public", "scratch")) is not a
+
+
+def test_for_update_of_names_the_wrapper():
+    out = masked("SELECT id FROM customers c JOIN orders o ON o.customer_id = c.id FOR UPDATE OF c, o")
+    assert out.endswith(") c JOIN orders o ON o.customer_id = c.id FOR UPDATE OF c, o")
+    out = masked("SELECT id FROM customers WHERE ssn = 'x' FOR SHARE OF customers")
+    assert out.endswith("AS \"customers\" WHERE ssn = 'x' FOR SHARE OF customers")
