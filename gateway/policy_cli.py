@@ -126,11 +126,13 @@ def _catalog_and_schema(args):
         import asyncpg
 
         from gateway.introspect import load_catalog_and_schema
+        from gateway.lineage import with_view_lineage
 
         async def load():
             conn = await asyncpg.connect(args.dsn)
             try:
-                catalog, schema, warnings = await load_catalog_and_schema(conn, args.catalog)
+                catalog, schema, warnings = await load_catalog_and_schema(conn, args.catalog,
+                                                                          annotate=with_view_lineage)
             finally:
                 await conn.close()
             for w in warnings:
@@ -139,7 +141,8 @@ def _catalog_and_schema(args):
         return asyncio.run(load())
     if args.schema_json:
         from catalog.loader import build_catalog, load_catalog_file
-        schema = schema_from_json(Path(args.schema_json).read_text(encoding="utf-8"))
+        from gateway.lineage import with_view_lineage
+        schema = with_view_lineage(schema_from_json(Path(args.schema_json).read_text(encoding="utf-8")))
         entries = load_catalog_file(args.catalog).entries if args.catalog else ()
         return build_catalog(entries, (), schema), schema
     raise ValueError("policy explain needs the live schema: give --dsn DSN (introspects the database) "

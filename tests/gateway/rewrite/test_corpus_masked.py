@@ -17,6 +17,7 @@ import pglast
 import pytest
 
 from gateway.introspect import load_catalog_and_schema
+from gateway.lineage import with_view_lineage
 from gateway.rewrite import RewriteError, install_statements, rewrite
 from policies.loader import parse_policy
 from policies.model import MaskPlan, MaskStrategy
@@ -44,7 +45,7 @@ def sample(sample_db):
     async def load():
         conn = await asyncpg.connect(sample_db)
         try:
-            catalog, schema, _ = await load_catalog_and_schema(conn, str(CATALOG_FILE))
+            catalog, schema, _ = await load_catalog_and_schema(conn, str(CATALOG_FILE), annotate=with_view_lineage)
             return catalog, schema, await _secrets(conn)
         finally:
             await conn.close()
@@ -113,7 +114,7 @@ async def test_corpus_with_pseudonyms_and_partial_masks(sample_db_fresh):
     try:
         for stmt in install_statements(b"corpus-test-key-" + b"k" * 32):
             await conn.execute(stmt)
-        catalog, schema, _ = await load_catalog_and_schema(conn)
+        catalog, schema, _ = await load_catalog_and_schema(conn, str(CATALOG_FILE), annotate=with_view_lineage)
         secrets = await _secrets(conn)
     finally:
         await conn.close()
