@@ -96,10 +96,9 @@ def test_corpus_through_the_gateway_leaves_an_intact_pii_free_trail(audited_gate
     gw.stop()                                   # closes the trail: final checkpoint
     files = sorted(gw.audit_dir.glob("*.jsonl"))
     assert files, "the gateway wrote no audit file"
-    lines = read_trail(files)
-    res = verify(lines)
+    res = verify(read_trail(files))
     assert res.ok, res.summary()
-    recs = list(iter_records(lines))
+    recs = list(iter_records(read_trail(files)))
     decisions = [r for r in recs if r["type"] == "statement.decision"]
     assert len([r for r in decisions if r.get("user") == "ann"]) >= len(CORPUS)
     assert len([r for r in decisions if r.get("user") == "dba"]) >= len(VALUE_STATEMENTS)

@@ -175,7 +175,7 @@ async def test_required_stream_failure_fails_closed_then_recovers(own_redis):
         t0 = time.perf_counter()
         with pytest.raises(AuditUnavailable):
             await trail.record(decision(2))                 # fails fast: no stall per statement
-        assert time.perf_counter() - t0 < 0.15
+        assert time.perf_counter() - t0 < 0.25          # < the 300 ms timeout: not tried
         own_redis.thaw()
         await asyncio.sleep(0.25)
         await trail.record(decision(3))
@@ -212,7 +212,7 @@ async def test_optional_slow_stream_never_delays_records(tmp_path, own_redis):
         t0 = time.perf_counter()
         for i in range(20):
             await trail.record(decision(i))
-        assert time.perf_counter() - t0 < 0.2            # the hung stream is behind the acks
+        assert time.perf_counter() - t0 < 0.25           # < the 300 ms timeout: not waited for
         await asyncio.sleep(0.4)
         h = trail.health()
         assert h["healthy"] and h["degraded"]
