@@ -24,7 +24,7 @@ from gateway.audit.records import CHECKPOINT
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("audit", help="verify, search and report on the audit trail",
                               description="Verify, search and report on the audit trail.")
-    sub = p.add_subparsers(dest="audit_command", metavar="{verify,search,report}")
+    sub = p.add_subparsers(dest="audit_command", metavar="{verify,search,report,keygen}")
     sub.required = True
 
     v = sub.add_parser("verify", help="prove a trail intact or name the first bad record")
@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int)
     s.add_argument("--json", action="store_true", help="one JSON record a line")
     s.set_defaults(func=_guarded(cmd_search))
+
+    k = sub.add_parser("keygen", help="make an Ed25519 signing key for checkpoints")
+    k.add_argument("--out", required=True, metavar="FILE",
+                   help="where to write the private key (PEM, mode 0600; never overwritten)")
+    k.set_defaults(func=_guarded(cmd_keygen))
 
     r = sub.add_parser("report", help="who accessed which PII categories over a period")
     _files_args(r)
@@ -208,6 +213,29 @@ def cmd_report(args) -> int:
         period = f"{args.since or 'the beginning'} .. {args.until or 'now'}"
         print(f"PII access, {period}:")
         print(format_report(rows) if rows else "(no statement touched catalogued PII)")
+    return 0
+
+
+def cmd_keygen(args) -> int:
+    """Write a new private key; print the public key to give auditors (verify --public-key)."""
+    import os
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from gateway.audit.chain import key_id, public_key_b64
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _UsageError(f"{args.out} exists; not overwriting a signing key") from None
+    except OSError as e:
+        raise _UsageError(f"cannot create {args.out}: {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    print(f"private key: {args.out}  (set [audit] signing_key_file to it)")
+    print(f"public key:  {public_key_b64(key.public_key())}  (key id {key_id(key.public_key())};"
+          f" give it to auditors: piigate audit verify --public-key FILE)")
     return 0
 
 

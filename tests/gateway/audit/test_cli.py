@@ -144,3 +144,25 @@ def test_report(written, capsys):
     assert code == 0 and "user" in out.splitlines()[1] and "bob" in out and "g-77" in out
     code, out = run(capsys, "audit", "report", str(path.parent), "--until", "2000-01-01")
     assert "no statement touched catalogued PII" in out
+
+
+def test_keygen_writes_a_key_the_trail_and_verify_accept(capsys, tmp_path):
+    key = tmp_path / "audit.key"
+    code, out = run(capsys, "audit", "keygen", "--out", str(key))
+    assert code == 0 and (key.stat().st_mode & 0o777) == 0o600
+    pub_b64 = out.split("public key:")[1].split()[0]
+    (tmp_path / "audit.pub").write_text(pub_b64)
+    code, out = run(capsys, "audit", "keygen", "--out", str(key))
+    assert code == 2 and "not overwriting" in out
+    from gateway.audit import AuditConfig
+    cfg = AuditConfig.from_table({"signing_key_file": str(key), "checkpoint_every": 5,
+                                  "file": {"path": str(tmp_path / "t" / "a.jsonl"), "fsync": "none"}}, "<t>")
+    (tmp_path / "t").mkdir()
+
+    async def go():
+        async with AuditTrail(cfg) as trail:
+            for i in range(12):
+                await trail.record(decision(i))
+    asyncio.run(go())
+    code, out = run(capsys, "audit", "verify", str(tmp_path / "t"), "--public-key", str(tmp_path / "audit.pub"))
+    assert code == 0 and "signatures verified" in out and "3 checkpoints" in out
