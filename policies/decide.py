@@ -31,6 +31,7 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass
+
 from catalog.model import ColumnRef
 from policies.model import (ANY, Action, ApprovalRequirement, AutoApproveRule, Conditions,
                             Decision, DecisionRequest, Effect, MaskPlan, MaskStrategy, Policy,

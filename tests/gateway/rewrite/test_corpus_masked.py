@@ -20,7 +20,7 @@ from gateway.introspect import load_catalog_and_schema
 from gateway.lineage import with_view_lineage
 from gateway.rewrite import RewriteError, install_statements, rewrite
 from policies.loader import parse_policy
-from policies.model import MaskPlan, MaskStrategy
+from policies.model import MaskPlan
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "security"
 CORPUS = [json.loads(line) for line in (DATA / "attack-corpus.jsonl").read_text().splitlines() if line.strip()]

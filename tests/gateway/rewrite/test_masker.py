@@ -202,7 +202,7 @@ def test_pseudonym_is_detected_from_the_live_schema():
 
 
 def test_verification_pass_catches_a_reference_left_outside_the_wrappers():
-    from gateway.rewrite.masker import Splice, _Rewriter
+    from gateway.rewrite.masker import _Rewriter
     sql = "SELECT ssn FROM customers c, customers d"
     r = _Rewriter(sql, PLAN, SCHEMA, PATH, False)
     r.walk(r._parse_one(sql, "x"), None, None, frozenset())
