@@ -359,7 +359,13 @@ async def test_gateway_logs_in_to_a_scram_upstream(auth_pg, gateway_factory, mon
         assert await conn.fetchval("SELECT current_user") == "piigate_scram"
     finally:
         await conn.close()
-    bad = gateway_factory(config_text=_config(auth_pg, 'password = "not-it"'))
+    # the full runtime refuses to start with wrong upstream credentials (it reads the schema)...
+    from gateway.config import ConfigError
+    with pytest.raises(ConfigError, match="password authentication failed"):
+        gateway_factory(config_text=_config(auth_pg, 'password = "not-it"'))
+    # ...and the bare server, should the password change under it, tells clients 08001
+    from gateway.server import Gate
+    bad = gateway_factory(config_text=_config(auth_pg, 'password = "not-it"'), gate_factory=lambda cfg: Gate())
     with pytest.raises(asyncpg.PostgresError) as exc:
         await asyncpg.connect(bad.dsn("postgres"), ssl=False)
     text = str(exc.value) + str(getattr(exc.value, "hint", ""))
