@@ -52,6 +52,14 @@ def sample(sample_db):
     return (sample_db, *run_async(load))
 
 
+async def _as_gw_user(dsn: str) -> asyncpg.Connection:
+    """A session with gw_user's privileges (the role the gateway runs statements as).
+    SET ROLE from the superuser DSN works whatever the server's authentication."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("SET ROLE gw_user")
+    return conn
+
+
 def _plan(catalog, masking) -> MaskPlan:
     return MaskPlan({ref: masking.for_category(e.category) for ref, e in catalog.entries.items()})
 
@@ -60,7 +68,7 @@ async def _run_case(dsn: str, case: dict, plan: MaskPlan, schema, pseudonym: boo
     """Rewrite and run one case; returns (texts the client would see, refused, rows)."""
     seen: list[str] = []
     refused, row_count = [], 0
-    conn = await asyncpg.connect(dsn, user="gw_user")
+    conn = await _as_gw_user(dsn)
     conn.add_log_listener(lambda _c, msg: seen.append(str(msg)))
     try:
         statements = list(case.get("pre", [])) + list(pglast.split(case["sql"]))
@@ -131,7 +139,7 @@ async def test_corpus_with_pseudonyms_and_partial_masks(sample_db_fresh):
 async def test_masked_select_star_keeps_names_and_types(sample):
     dsn, catalog, schema, _ = sample
     plan = _plan(catalog, parse_policy("").masking)
-    conn = await asyncpg.connect(dsn, user="gw_user")
+    conn = await _as_gw_user(dsn)
     try:
         for sql in ("SELECT * FROM customers", "SELECT * FROM customer_contacts",
                     "SELECT c.*, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id",
@@ -149,7 +157,7 @@ async def test_non_pii_statements_are_forwarded_unchanged_and_answer_the_same(sa
     dsn, catalog, schema, _ = sample
     plan = MaskPlan({ref: s for ref, s in _plan(catalog, parse_policy("").masking).columns.items()
                      if ref.table != "orders"})
-    conn = await asyncpg.connect(dsn, user="gw_user")
+    conn = await _as_gw_user(dsn)
     try:
         for sql in ("SELECT id, amount FROM orders ORDER BY id", "SELECT 1",
                     "SELECT o.amount FROM orders o WHERE o.id < 5"):
@@ -192,7 +200,7 @@ async def _pipeline(sample, roles, cases):
     now = datetime.fromisoformat("2026-11-25T12:00:00+00:00").timestamp()
     outcomes: dict[str, list[str]] = {}
     for case in cases:
-        conn = await asyncpg.connect(dsn, user="gw_user")
+        conn = await _as_gw_user(dsn)
         seen: list[str] = []
         typed = json.dumps(case)
         conn.add_log_listener(lambda _c, msg: seen.append(str(msg)))
@@ -247,7 +255,7 @@ async def test_extended_protocol_parameters_keep_their_meaning(sample):
     plan = _plan(catalog, parse_policy("").masking)
     sql = "SELECT id, email, ssn, dob FROM customers WHERE id = $1 AND city = $2"
     masked = rewrite(sql, plan, schema, schema.search_path).sql
-    conn = await asyncpg.connect(dsn, user="gw_user")
+    conn = await _as_gw_user(dsn)
     try:
         plain_stmt, masked_stmt = await conn.prepare(sql), await conn.prepare(masked)
         assert [t.name for t in plain_stmt.get_parameters()] == [t.name for t in masked_stmt.get_parameters()]
