@@ -122,6 +122,11 @@ class FileSink:
     # -- writing ----------------------------------------------------------------------
 
     async def write(self, records: Sequence[dict], lines: Sequence[bytes]) -> None:
+        if self.cfg.fsync == "none" and not self.busy:
+            # no fsync to wait for: a page-cache write is microseconds, and a hop to
+            # the sink's thread would cost more than the write (a GIL hand-off)
+            self._write_sync(records, lines)
+            return
         loop = asyncio.get_running_loop()
         self._busy = loop.run_in_executor(self._executor, self._write_sync, records, lines)
         await asyncio.shield(self._busy)
