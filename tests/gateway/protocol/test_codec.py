@@ -429,3 +429,22 @@ def test_backend_parser_rejects_bad_lengths():
 def test_encode_message_refuses_unknown_values():
     with pytest.raises(TypeError):
         encode_message(object())
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: codec.decode_backend does not guard short bodies: "
+                   "'Z' with no status byte raises IndexError, 'R'/'K' shorter than 4 bytes raise "
+                   "struct.error, so a broken upstream becomes 'piigate internal error' (XX000) in "
+                   "server._on_connect instead of an 08006 ProtocolViolation")
+@pytest.mark.parametrize("mtype,body", [(b"Z", b""), (b"R", b"\0\0"), (b"K", b"\0")])
+def test_malformed_backend_messages_are_protocol_violations(mtype, body):
+    p = BackendParser()
+    p.feed(codec.frame(mtype, body))
+    with pytest.raises(ProtocolViolation):
+        p.next_message()
+
+
+def test_backend_parameter_status_without_nul_is_a_violation():
+    p = BackendParser()
+    p.feed(codec.frame(b"S", b"name-without-terminator"))
+    with pytest.raises(ProtocolViolation):
+        p.next_message()
