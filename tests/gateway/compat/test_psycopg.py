@@ -239,3 +239,21 @@ def test_big_values_with_a_raised_message_limit(pg_server, gateway_factory, fres
         with connect(dsn) as conn:
             out[name] = run(conn)
     assert out["direct"] == out["gateway"] == (True, 3_000_000)
+
+
+def test_huge_errors_and_many_notices(pg_server, gateway, fresh_db):
+    """Error and notice messages far bigger than a socket read, and thousands of them,
+    arrive whole and in order."""
+    def run(conn):
+        conn.autocommit = True
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
+        conn.execute("DO $$ BEGIN FOR i IN 1..3000 LOOP RAISE NOTICE 'n%', i; END LOOP; END $$")
+        try:
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION '%', repeat('é', 400000) "
+                         "USING DETAIL = repeat('d', 300000); END $$")
+        except psycopg.errors.RaiseException as e:
+            err = (e.sqlstate, len(e.diag.message_primary), len(e.diag.message_detail))
+        return len(notices), notices[0], notices[-1], err, conn.execute("SELECT 'ok'").fetchone()
+    got = on_both(pg_server, gateway, fresh_db.dbname, run)
+    assert got == (3000, ("NOTICE", "n1"), ("NOTICE", "n3000"), ("P0001", 400000, 300000), ("ok",))
