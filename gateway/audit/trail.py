@@ -48,6 +48,11 @@ _STOP = object()
 MAX_QUEUED = 100_000       # records waiting for the writer before emit() refuses more
 
 
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def build_sinks(config: AuditConfig) -> list:
     sinks: list = []
     if config.file is not None:
@@ -158,10 +163,13 @@ class AuditTrail:
         if self._queue.qsize() >= MAX_QUEUED:
             raise AuditUnavailable(f"audit trail is {MAX_QUEUED} records behind (sinks too slow); "
                                    f"refusing more until it catches up")
-        fut = asyncio.get_running_loop().create_future()
-        req = self.fail_closed if required is None else required
-        self._queue.put_nowait(_Pending(sanitize(plain(event)), req, fut))
-        return fut
+        pending = _Pending(sanitize(plain(event)), self.fail_closed if required is None else required,
+                           asyncio.get_running_loop().create_future())
+        # a fire-and-forget caller must not get "exception never retrieved" noise;
+        # the failure is in health() and the log already
+        pending.future.add_done_callback(_consume)
+        self._queue.put_nowait(pending)
+        return pending.future
 
     async def flush(self, required: bool = True) -> None:
         """Wait until everything queued before this call is written (or failed)."""
