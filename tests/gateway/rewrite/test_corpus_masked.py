@@ -102,7 +102,7 @@ async def test_masked_corpus_case_leaks_nothing(sample, case):
             assert secret not in text, f"{case['id']}: {secret!r} leaked in {text[:200]!r}"
 
 
-async def test_masked_corpus_still_answers(sample):
+async def test_masked_corpus_still_answers(sample, pg_info):
     """Masking is not denial in disguise: most mask cases run and return rows."""
     dsn, catalog, schema, _ = sample
     plan = _plan(catalog, parse_policy("").masking)
@@ -111,8 +111,11 @@ async def test_masked_corpus_still_answers(sample):
         _, refused, rows = await _run_case(dsn, case, plan, schema, False)
         if rows and not refused:
             answered.append(case["id"])
-    for must in ("WR01", "WR04", "WR16", "AC04", "AC07", "FN13", "IN01", "IO01", "IP01",
-                 "CU01", "CU04", "MP01", "TX01", "ID04"):
+    musts = ["WR01", "WR04", "WR16", "AC04", "AC07", "FN13", "IN01", "IO01", "IP01",
+             "CU01", "CU04", "MP01", "TX01", "ID04"]
+    if not pg_info.has_libxml:      # e.g. the embedded PostgreSQL: no XML functions at all
+        musts.remove("FN13")
+    for must in musts:
         assert must in answered, f"{must} should run masked, answered: {answered}"
 
 

@@ -1,0 +1,240 @@
+"""Just-in-time approval end to end: real gateway, real Redis, real clients.
+
+A statement that needs approval waits inside the user's own session; an approver
+approves through the admin API; the same statement runs, without a reconnect.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+
+import aiohttp
+import psycopg
+import pytest
+
+from .conftest import PASSWORD, gateway_toml
+
+APPROVER_TOKEN = "approver-token-for-tests"
+POLICY = """
+[defaults]
+pii_read = "mask"
+[masking]
+default = "redact"
+[[rule]]
+name = "support-needs-approval"
+roles = ["support"]
+actions = ["read"]
+categories = ["*"]
+effect = "approve"
+[rule.approval]
+approver_groups = ["leads"]
+max_duration = "30m"
+reason_required = true
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(pg, db, tmp_path, redis_url, prefix, *, hold=20, admin_port=0) -> str:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    extra = f"""
+[policy]
+file = "{tmp_path / 'policy.toml'}"
+[redis]
+url = "{redis_url}"
+prefix = "{prefix}"
+[jit]
+hold_timeout_s = {hold}
+[admin]
+listen = "127.0.0.1:{admin_port or _free_port()}"
+[[admin.approvers]]
+name = "lee"
+token_sha256 = "{hashlib.sha256(APPROVER_TOKEN.encode()).hexdigest()}"
+groups = ["leads"]
+"""
+    return gateway_toml(pg, users={"sam": ["support"], "lee": ["leads"]}, extra=extra, database=db)
+
+
+@pytest.fixture
+def jit_gateway(gateway_factory, pg_server, sample_db, tmp_path, redis_url, redis_prefix):
+    def make(**kw):
+        gw = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, redis_url,
+                                                 redis_prefix, **kw))
+        gw.dbname = sample_db.dbname
+        gw.admin = f"http://127.0.0.1:{gw.runtime.admin_port}"
+        return gw
+    return make
+
+
+async def _pending(admin: str, timeout: float = 10.0) -> dict:
+    headers = {"Authorization": f"Bearer {APPROVER_TOKEN}"}
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(headers=headers) as http:
+        while time.monotonic() < deadline:
+            async with http.get(f"{admin}/api/v1/requests", params={"state": "pending"}) as r:
+                body = await r.json()
+                items = body.get("requests", body) if isinstance(body, dict) else body
+                if items:
+                    return items[0]
+            await asyncio.sleep(0.05)
+    raise AssertionError("no pending request appeared")
+
+
+async def _post(admin: str, path: str, body: dict) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {APPROVER_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(f"{admin}{path}", json=body) as r:
+            return r.status, await r.json()
+
+
+def _run_in_thread(fn):
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+    t = threading.Thread(target=run)
+    t.start()
+    return t, box
+
+
+async def test_hold_then_approve_releases_the_same_session(jit_gateway):
+    gw = jit_gateway()
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    conn.execute("SET piigate.reason = 'TICKET-7 refund'")
+    released = {}
+
+    def held_query():
+        row = conn.execute("SELECT email FROM customers WHERE id = 7").fetchone()
+        released["at"] = time.perf_counter()
+        return row
+
+    t, box = _run_in_thread(held_query)
+    try:
+        req = await _pending(gw.admin)
+        assert req["principal"] == "sam" if "principal" in req else True
+        await asyncio.sleep(0.2)
+        assert t.is_alive(), "the statement should be held"
+        approved_at = time.perf_counter()
+        status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/approve",
+                                   {"duration": "5m", "scope": "columns"})
+        assert status in (200, 201), body
+        t.join(10)
+        assert box.get("value") == ("user07@example.invalid",), box
+        latency_ms = (released["at"] - approved_at) * 1000
+        print(f"hold-to-release after approval: {latency_ms:.1f} ms")
+        assert latency_ms < 1000
+        assert any(req["id"] in n for n in notices), notices
+        # the grant now covers the same columns without a new request
+        assert conn.execute("SELECT email FROM customers WHERE id = 8").fetchone() == ("user08@example.invalid",)
+    finally:
+        t.join(10)
+        conn.close()
+
+
+async def test_denied_request_ends_the_hold_with_the_reason(jit_gateway):
+    gw = jit_gateway()
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    conn.execute("SET piigate.reason = 'TICKET-8 curiosity'")
+    t, box = _run_in_thread(lambda: conn.execute("SELECT ssn FROM customers WHERE id = 1").fetchone())
+    try:
+        req = await _pending(gw.admin)
+        status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/deny",
+                                   {"reason": "not for curiosity"})
+        assert status in (200, 201), body
+        t.join(10)
+        err = box.get("error")
+        assert isinstance(err, psycopg.errors.InsufficientPrivilege), box
+        assert "not for curiosity" in str(err)
+        # the session goes on
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (30,)
+    finally:
+        t.join(10)
+        conn.close()
+
+
+def test_hold_times_out_with_the_request_id(jit_gateway):
+    gw = jit_gateway(hold=1)
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        conn.execute("SET piigate.reason = 'TICKET-9'")
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute("SELECT phone FROM customers WHERE id = 2")
+        assert time.monotonic() - t0 < 10
+        assert "req-" in str(exc.value) and "not approved" in str(exc.value)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reason_required_before_a_request(jit_gateway):
+    gw = jit_gateway()
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute("SELECT phone FROM customers WHERE id = 2")
+        assert "reason" in str(exc.value)
+        # a leading comment is a reason too
+        t0 = time.monotonic()
+
+
+async def test_cancel_while_held_abandons_the_request(jit_gateway):
+    gw = jit_gateway()
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    conn.execute("SET piigate.reason = 'TICKET-10'")
+    t, box = _run_in_thread(lambda: conn.execute("SELECT email FROM customers WHERE id = 3").fetchone())
+    try:
+        req = await _pending(gw.admin)
+        conn.cancel()
+        t.join(10)
+        assert isinstance(box.get("error"), psycopg.errors.QueryCanceled), box
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        headers = {"Authorization": f"Bearer {APPROVER_TOKEN}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{gw.admin}/api/v1/requests/{req['id']}") as r:
+                body = await r.json()
+        state = body.get("state") or body.get("request", {}).get("state")
+        assert state == "abandoned", body
+    finally:
+        t.join(10)
+        conn.close()
+
+
+def test_redis_unreachable_fails_closed_only_for_statements_that_need_a_grant(
+        gateway_factory, pg_server, sample_db, tmp_path, redis_prefix):
+    closed = f"redis://127.0.0.1:{_free_port()}/0"
+    gw = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, closed, redis_prefix))
+    with psycopg.connect(gw.dsn(sample_db.dbname, user="sam"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (30,)
+        conn.execute("SET piigate.reason = 'TICKET-11'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute("SELECT email FROM customers WHERE id = 4")
+        assert "unavailable" in str(exc.value)
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (30,)
+
+
+async def test_two_instances_share_one_redis(gateway_factory, pg_server, sample_db, tmp_path,
+                                             redis_url, redis_prefix):
+    a = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, redis_url, redis_prefix))
+    b = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, redis_url, redis_prefix))
+    admin_b = f"http://127.0.0.1:{b.runtime.admin_port}"
+    conn = psycopg.connect(a.dsn(sample_db.dbname, user="sam"), autocommit=True)
+    conn.execute("SET piigate.reason = 'TICKET-12'")
+    t, box = _run_in_thread(lambda: conn.execute("SELECT email FROM customers WHERE id = 5").fetchone())
+    try:
+        req = await _pending(admin_b)
+        status, body = await _post(admin_b, f"/api/v1/requests/{req['id']}/approve", {"duration": "5m"})
+        assert status in (200, 201), body
+        t.join(10)
+        assert box.get("value") == ("user05@example.invalid",), box
+    finally:
+        t.join(10)
+        conn.close()
