@@ -448,3 +448,37 @@ def test_backend_parameter_status_without_nul_is_a_violation():
     p.feed(codec.frame(b"S", b"name-without-terminator"))
     with pytest.raises(ProtocolViolation):
         p.next_message()
+
+
+# --- real clients' bytes (tests/data/protocol/clients.json, made by make_corpus.py) ---------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+CORPUS = json.loads((Path(__file__).resolve().parents[2] / "data" / "protocol" / "clients.json").read_text())
+
+
+@pytest.mark.parametrize("session", CORPUS, ids=[s["client"] for s in CORPUS])
+def test_real_client_streams_decode_and_reencode_exactly(session):
+    front, back = bytes.fromhex(session["frontend"]), bytes.fromhex(session["backend"])
+    fmsgs = parse_all(FrontendParser(), [front])
+    assert isinstance(fmsgs[0], StartupMessage) and isinstance(fmsgs[-1], Terminate)
+    assert b"".join(encode_message(m) for m in fmsgs) == front
+    bmsgs = parse_all(BackendParser(), [back])
+    assert b"".join(encode_message(m) for m in bmsgs) == back
+    assert isinstance(bmsgs[-1], ReadyForQuery)
+    assert any(isinstance(m, BackendKeyData) for m in bmsgs)
+    # every split of either stream gives the same messages
+    for i in range(len(front) + 1):
+        assert parse_all(FrontendParser(), [front[:i], front[i:]]) == fmsgs, i
+    for i in range(len(back) + 1):
+        assert parse_all(BackendParser(), [back[:i], back[i:]]) == bmsgs, i
+
+
+def test_corpus_covers_the_interesting_messages():
+    kinds = set()
+    for s in CORPUS:
+        for m in parse_all(FrontendParser(), [bytes.fromhex(s["frontend"])]):
+            kinds.add(m.type if isinstance(m, Opaque) else type(m).__name__)
+    assert {"StartupMessage", "Query", "Parse", "Bind", "Describe", "Execute", "Sync", "Terminate",
+            b"d", b"c"} <= kinds, kinds
