@@ -90,6 +90,10 @@ BACKEND = [
 ]
 
 
+TYPE_BYTES = {Query: b"Q", Parse: b"P", Bind: b"B", Describe: b"D", Execute: b"E", Close: b"C",
+              Sync: b"S", Flush: b"H", Terminate: b"X", PasswordMessage: b"p"}
+
+
 def parse_all(parser, chunks) -> list:
     """Feed chunks one by one, collecting every message; switch to typed after startup."""
     out = []
@@ -116,7 +120,8 @@ def typed_parser() -> FrontendParser:
 @pytest.mark.parametrize("msg", TYPED_FRONTEND, ids=repr)
 def test_typed_frontend_roundtrip(msg):
     data = encode_message(msg)
-    assert data[0:1] == (msg.type if isinstance(msg, Opaque) else data[0:1])
+    expected_type = msg.type if isinstance(msg, Opaque) else TYPE_BYTES[type(msg)]
+    assert data[0:1] == expected_type
     assert I32.unpack_from(data, 1)[0] == len(data) - 1
     assert parse_all(typed_parser(), [data]) == [msg]
 
