@@ -1028,3 +1028,85 @@ password_verifier = "{_VERIFIER}"
         timer.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(30)")
+
+
+# --- the real command: piigate serve (uvloop, signals) ------------------------------------------
+
+def test_piigate_serve_subprocess(pg_server, tmp_path):
+    """`piigate serve` as users run it (uvloop when installed): plain and TLS clients,
+    cancel, COPY; SIGTERM stops it promptly with exit code 0."""
+    import signal
+    import sys
+    from .conftest import gateway_toml
+    cert, key = make_cert(tmp_path)
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(gateway_toml(pg_server, server_extra=f'tls_cert = "{cert}"\ntls_key = "{key}"'))
+    ready = tmp_path / "ready"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
+                             "--ready-file", str(ready)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, timeout=60, what="piigate serve to listen")
+        assert proc.poll() is None, proc.communicate()
+        port = int(ready.read_text().split()[0])          # "<port> [<admin port>]"
+        dsn = f"postgresql://alice:{PASSWORD}@127.0.0.1:{port}/postgres"
+        with psycopg.connect(dsn, sslmode="disable") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with psycopg.connect(dsn, sslmode="require") as conn:
+            assert conn.pgconn.ssl_in_use
+            with conn.cursor().copy("COPY (SELECT generate_series(1, 5000)) TO STDOUT") as copy:
+                assert sum(1 for _ in copy.rows()) == 5000
+            timer = threading.Timer(1.0, conn.cancel_safe)
+            timer.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(30)")
+
+        async def apg():
+            c = await asyncpg.connect(dsn, ssl="require")
+            try:
+                return await c.fetchval("SELECT $1::int * 2", 21)
+            finally:
+                await c.close()
+        from ..conftest import run_async
+        assert run_async(apg) == 42
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        assert time.monotonic() - t0 < 10
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_client_flooding_queries_without_reading_is_held_back(gateway):
+    """Backpressure the other way: a client that writes 30 MB of queries and reads
+    nothing makes the gateway stop reading it, rather than buffering."""
+    c = RawClient(gateway.port, timeout=120)
+    c.login()
+    query = codec.encode_query("SELECT 1 /*" + "x" * 2000 + "*/")
+    n = 30 * 1024 * 1024 // len(query)
+    payload = query * n
+    before = _rss_kib()                                  # the payload is allocated already
+    sent = threading.Event()
+
+    def send():
+        c.sock.sendall(payload)
+        sent.set()
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    time.sleep(3)
+    grown = _rss_kib() - before
+    assert grown < 40_000, f"the gateway buffered {grown} KiB"
+    ready = 0
+    while ready < n:
+        msg = c.recv_msg()
+        assert msg is not None
+        if isinstance(msg, ReadyForQuery):
+            ready += 1
+        elif isinstance(msg, ErrorResponse) and not msg.notice:
+            raise AssertionError(msg.fields)
+    assert sent.wait(30)
