@@ -37,8 +37,7 @@ approval = { approver_groups = ["dba"], max_duration = "1h" }
 """
 
 
-@pytest.fixture
-def jit_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url, redis_prefix):
+def start_jit_gateway(gateway_factory, pg_server, db, tmp_path, redis_url, redis_prefix):
     (tmp_path / "policy.toml").write_text(POLICY)
     shutil.copy(ROOT / "examples" / "catalog.toml", tmp_path / "catalog.toml")
     extra = f"""
@@ -58,12 +57,17 @@ name = "bob"
 token_sha256 = "{hash_token(APPROVER_TOKEN)}"
 groups = ["dba"]
 """
-    text = gateway_toml(pg_server, users={"ann": ["analyst"]}, extra=extra,
-                        database=sample_db_fresh.dbname)
+    text = gateway_toml(pg_server, users={"ann": ["analyst"]}, extra=extra, database=db.dbname)
     gw = gateway_factory(config_text=text)
-    gw.dbname = sample_db_fresh.dbname
+    gw.dbname = db.dbname
     gw.admin = f"http://127.0.0.1:{gw.runtime.admin_port}/api/v1"
     return gw
+
+
+@pytest.fixture
+def jit_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url, redis_prefix):
+    return start_jit_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url,
+                             redis_prefix)
 
 
 def api(gw, method: str, path: str, body=None):
@@ -160,5 +164,24 @@ async def test_cancel_while_held_abandons_the_request(jit_gateway):
             await asyncio.sleep(0.02)
         assert state == "abandoned"
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        conn.close()
+
+
+async def test_held_on_one_instance_approved_through_the_other(
+        gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url, redis_prefix):
+    gw1 = start_jit_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url, redis_prefix)
+    gw2 = start_jit_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, redis_url, redis_prefix)
+    assert gw1.admin != gw2.admin
+    conn = connect(gw1)
+    try:
+        held = asyncio.get_running_loop().run_in_executor(
+            None, lambda: conn.execute("SELECT ssn FROM customers WHERE id = 4").fetchall())
+        req = await asyncio.to_thread(pending_request, gw2)      # visible through gw2's API
+        t0 = time.perf_counter()
+        await asyncio.to_thread(api, gw2, "POST", f"requests/{req['id']}/approve", {"duration": 60})
+        rows = await asyncio.wait_for(held, 10)
+        print(f"\napproved on instance 2 -> released on instance 1: {(time.perf_counter() - t0) * 1000:.1f} ms")
+        assert len(rows) == 1 and rows[0][0]
     finally:
         conn.close()
