@@ -1110,3 +1110,32 @@ def test_client_flooding_queries_without_reading_is_held_back(gateway):
         elif isinstance(msg, ErrorResponse) and not msg.notice:
             raise AssertionError(msg.fields)
     assert sent.wait(30)
+
+
+def test_client_vanishing_mid_copy_or_transaction_commits_nothing(gateway, fresh_db, pg_server):
+    table = f"vanish_{uuid.uuid4().hex[:8]}"
+    c = RawClient(gateway.port)
+    c.login(database=fresh_db.dbname)
+    assert not errors(c.query(f"CREATE TABLE {table}(x int)"))
+    c.send(codec.encode_query(f"COPY {table} FROM STDIN"))
+    msg = c.recv_msg()
+    assert isinstance(msg, Opaque) and msg.type == b"G"          # CopyInResponse
+    c.send(b"".join(codec.frame(b"d", f"{i}\n".encode()) for i in range(1000)))
+    time.sleep(0.3)
+    c.abort()
+    t = RawClient(gateway.port)
+    t.login(database=fresh_db.dbname)
+    assert not errors(t.query("BEGIN"))
+    assert not errors(t.query(f"INSERT INTO {table} SELECT generate_series(1, 10)"))
+    t.abort()
+    wait_for(lambda: sessions(gateway) == [], what="both sessions to end")
+
+    async def count():
+        conn = await asyncpg.connect(pg_server.dsn(fresh_db.dbname))
+        try:
+            return await conn.fetchval(f"SELECT count(*) FROM {table}")
+        finally:
+            await conn.close()
+    from ..conftest import run_async
+    time.sleep(0.5)
+    assert run_async(count) == 0
