@@ -146,7 +146,7 @@ BAD = [
     ("[server]\nlisten = \"127.0.0.1:99999\"\n", "server.listen", "listen", ["HOST:PORT"]),
     ("[server]\nlisten = 6432\n", "server.listen", "listen", ["expected a string"]),
     ("[server]\ntls_cert = \"c.pem\"\n", "server.tls_cert", "tls_cert", ["tls_key", "together"]),
-    ("[server]\ntls_key = \"k.pem\"\n", "server.tls_cert", None, ["together"]),
+    ("# tls\n[server]\ntls_key = \"k.pem\"\n", "server.tls_cert", "[server]", ["together"]),
     ("[server]\nrequire_tls = true\n", "server.require_tls", "require_tls", ["tls_cert"]),
     ("# bob\n[users.bob]\nroles = [\"app\"]\n", "users.bob.password_verifier", "[users.bob]",
      ["missing", "piigate passwd"]),
