@@ -129,7 +129,7 @@ class Runtime:
         from .session import Engine, PolicyGate
         catalog, schema = await self._load_catalog_and_schema()
         self.engine = Engine(schema=schema, catalog=catalog, policy=policy, cache=AnalysisCache(),
-                             audit=_AuditAdapter(self.audit) if self.audit else None, jit=self.jit,
+                             audit=self.audit, jit=self.jit,
                              metrics=self.metrics, instance=cfg.server.instance_id,
                              hold_timeout_s=getattr(comps.jit_config, "hold_timeout_s", 300.0),
                              admin_url=self._admin_url(), on_ddl=self._refresh_now.set,
@@ -250,20 +250,6 @@ class Runtime:
             await self.jit.close()
         if self.audit:
             await self.audit.close()
-
-
-class _AuditAdapter:
-    """The session's view of the audit trail: ``record_nowait`` queues a record
-    that the trail seals and writes in order."""
-
-    def __init__(self, trail):
-        self.trail = trail
-
-    def record_nowait(self, event: dict) -> None:
-        if not self.trail.healthy and self.trail.fail_closed:
-            from .audit.trail import AuditUnavailable
-            raise AuditUnavailable(self.trail.last_error or "audit sink failing")
-        self.trail.emit(event)
 
 
 def _pseudonym_installed(schema) -> bool:

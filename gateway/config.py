@@ -94,24 +94,26 @@ class _Where:
         self.lines = text.splitlines()
 
     def line_of(self, key: str) -> int | None:
-        """Best-effort line of a dotted key: find the section header, then the key."""
+        """Best-effort line of a dotted key: find the deepest section header that the
+        key lives under (or is), then the key's own line after it."""
         parts = key.split(".")
-        start = 0
-        for depth in range(len(parts) - 1, 0, -1):
+        start = None
+        for depth in range(len(parts), 0, -1):
             header = ".".join(parts[:depth])
             pat = re.compile(r"^\s*\[+\s*" + re.escape(header).replace(r"\.", r"\s*\.\s*") + r"\s*\]+")
             for i, line in enumerate(self.lines):
                 if pat.match(line):
                     start = i
                     break
-            else:
-                continue
-            break
+            if start is not None:
+                if depth == len(parts):
+                    return start + 1          # the key is a section itself
+                break
         leaf = re.compile(r"^\s*\"?" + re.escape(parts[-1]) + r"\"?\s*=")
-        for i in range(start, len(self.lines)):
+        for i in range(start or 0, len(self.lines)):
             if leaf.match(self.lines[i]):
                 return i + 1
-        return start + 1 if start else None
+        return start + 1 if start is not None else None
 
     def error(self, key: str, problem: str) -> ConfigError:
         line = self.line_of(key)
@@ -186,11 +188,17 @@ def _server(t: Mapping, w: _Where) -> ServerConfig:
     if size < 1024:
         raise w.error("server.max_message_size", f"expected at least 1024 bytes, got {size}")
     import socket
+    startup = _get(t, "startup_timeout", float, 15.0, w, "server")
+    if startup <= 0:
+        raise w.error("server.startup_timeout", f"expected a number of seconds above 0, got {startup:g}")
+    idle = _get(t, "idle_timeout", float, 0.0, w, "server")
+    if idle < 0:
+        raise w.error("server.idle_timeout", f"expected 0 (never) or a number of seconds, got {idle:g}")
     return ServerConfig(
         host=host, port=port, tls_cert=cert, tls_key=key, require_tls=require,
         max_message_size=size,
-        startup_timeout_s=_get(t, "startup_timeout", float, 15.0, w, "server"),
-        idle_timeout_s=_get(t, "idle_timeout", float, 0.0, w, "server"),
+        startup_timeout_s=startup,
+        idle_timeout_s=idle,
         tcp_keepalive=_get(t, "tcp_keepalive", bool, True, w, "server"),
         instance_id=_get(t, "instance_id", str, "", w, "server") or f"{socket.gethostname()}:{port}",
         server_version=_get(t, "server_version", str, "", w, "server"),
@@ -207,13 +215,16 @@ def _upstream(t: Mapping, w: _Where) -> UpstreamConfig:
     modes = ("disable", "prefer", "require", "verify-ca", "verify-full")
     if sslmode not in modes:
         raise w.error("upstream.sslmode", f"expected one of {', '.join(modes)}, got {sslmode!r}")
+    connect_timeout = _get(t, "connect_timeout", float, 10.0, w, "upstream")
+    if connect_timeout <= 0:
+        raise w.error("upstream.connect_timeout", f"expected a number of seconds above 0, got {connect_timeout:g}")
     return UpstreamConfig(
         host=_get(t, "host", str, "127.0.0.1", w, "upstream"), port=port,
         user=_get(t, "user", str, "postgres", w, "upstream"),
         password=_secret(t, "password", w, "upstream"),
         database=_get(t, "database", str, "postgres", w, "upstream"),
         sslmode=sslmode, sslrootcert=_get(t, "sslrootcert", str, None, w, "upstream"),
-        connect_timeout_s=_get(t, "connect_timeout", float, 10.0, w, "upstream"),
+        connect_timeout_s=connect_timeout,
     )
 
 
@@ -275,7 +286,32 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         rel = cfg.catalog_file if key == "catalog.file" else cfg.policy_file
         if rel and path != "<config>" and not os.path.exists(cfg.resolve_path(rel)):
             raise w.error(key, f"file {cfg.resolve_path(rel)} does not exist")
-    return cfg
+    return _resolve_tls(cfg, w)
+
+
+def _resolve_tls(cfg: Config, w: _Where) -> Config:
+    """TLS files are relative to the config file, and must be readable now (not at the
+    first client's handshake)."""
+    from dataclasses import replace
+    s, u = cfg.server, cfg.upstream
+    base = cfg.path != "<config>"
+    cert = cfg.resolve_path(s.tls_cert) if s.tls_cert and base else s.tls_cert
+    key = cfg.resolve_path(s.tls_key) if s.tls_key and base else s.tls_key
+    root = cfg.resolve_path(u.sslrootcert) if u.sslrootcert and base else u.sslrootcert
+    if cert:
+        import ssl
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+        except FileNotFoundError as e:
+            which = "server.tls_key" if e.filename == key or (e.filename is None and os.path.exists(cert)) \
+                else "server.tls_cert"
+            raise w.error(which, f"cannot read {e.filename or cert}: no such file") from None
+        except (ssl.SSLError, OSError) as e:
+            raise w.error("server.tls_cert", f"cannot load the certificate/key pair {cert} / {key}: {e}") from None
+    if root and not os.path.exists(root):
+        raise w.error("upstream.sslrootcert", f"file {root} does not exist")
+    return replace(cfg, server=replace(s, tls_cert=cert, tls_key=key), upstream=replace(u, sslrootcert=root))
 
 
 def load_config(path: str) -> Config:

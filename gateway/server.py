@@ -31,7 +31,7 @@ from .protocol.codec import FrontendParser, ProtocolViolation
 from .protocol.messages import (
     CancelRequest, GSSENCRequest, PasswordMessage, SSLRequest, StartupMessage,
 )
-from .protocol.scram import MECHANISM, ScramError, ScramServer
+from .protocol.scram import MECHANISM, ScramError, ScramServer, mock_salt
 from .upstream import UpstreamConnection, UpstreamError, connect_upstream, send_cancel
 
 log = logging.getLogger("piigate.server")
@@ -192,6 +192,13 @@ class Relay:
         self._scrub = False
         self._verdict_task: asyncio.Task | None = None
         self.done = asyncio.get_running_loop().create_future()
+        self.set_client_encoding(upstream.parameters.get("client_encoding", "UTF8"))
+        self.inflight = 0                   # Query/Sync/FunctionCall forwarded, not yet answered
+        #: outcome tracking for completion records (set by the Gate when auditing)
+        self.track = False
+        self._out_error: str | None = None
+        self._out_rows = 0
+        self._out_bytes = 0
 
     # -- wiring -------------------------------------------------------------------------
     def start(self, leftover_client: bytes, leftover_upstream: bytes) -> None:
@@ -278,12 +285,14 @@ class Relay:
                 if t == 0x51 or t == 0x50 or t == 0x46:      # Q, P, F
                     frame = bytes(buf[pos:end])
                     if t == 0x51:
-                        msg = codec.decode_frontend(b"Q", frame[5:])
+                        self.inflight += 1
+                        msg = codec.decode_frontend(b"Q", frame[5:], self.encoding)
                         verdict = gate.on_query(self, frame, msg.sql)
                     elif t == 0x50:
-                        msg = codec.decode_frontend(b"P", frame[5:])
+                        msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
                         verdict = gate.on_parse(self, frame, msg.name, msg.sql)
                     else:
+                        self.inflight += 1
                         verdict = gate.on_function_call(self, frame)
                     pos = end
                     if isinstance(verdict, Verdict):
@@ -310,6 +319,8 @@ class Relay:
                     self.close("client terminated")
                     return
                 else:
+                    if t == 0x53:                            # Sync: a ReadyForQuery will answer
+                        self.inflight += 1
                     out.append(bytes(buf[pos:end]))
                     pos = end
         except ProtocolViolation as e:
@@ -359,12 +370,30 @@ class Relay:
         if not self._busy and not self.closed:
             self.client_transport.resume_reading()
 
+    def set_client_encoding(self, name: str) -> None:
+        """The client's encoding decides how Query/Parse bytes are read. Encodings that
+        can hide ASCII quotes inside multibyte characters are read as Latin-1 and
+        flagged (the Gate refuses statements of sessions under policy then)."""
+        self.client_encoding = name
+        codec_name = codec.CLIENT_ENCODINGS.get(name.upper().replace("-", "_"))
+        self.encoding_supported = codec_name is not None
+        self.encoding = codec_name or "latin-1"
+
+    def take_outcome(self) -> tuple[str | None, int, int]:
+        """(first SQLSTATE or None, rows, bytes) since the last call."""
+        out = (self._out_error, self._out_rows, self._out_bytes)
+        self._out_error, self._out_rows, self._out_bytes = None, 0, 0
+        return out
+
     # -- upstream -> client -------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
         if self._up_pending:
             data = self._up_pending + data
             self._up_pending = b""
         n = len(data)
+        track = self.track
+        if track:
+            self._out_bytes += n
         pos = self._up_skip
         if pos >= n:
             self._up_skip = pos - n
@@ -389,6 +418,9 @@ class Relay:
                     self._up_skip = 0
                     break
                 self.tx_status = chr(data[pos + 5])
+                self.last_activity = time.monotonic()
+                if self.inflight > 0:
+                    self.inflight -= 1
                 if self._rewrites:
                     self._rewrites.clear()                  # unanswered rewrites never outlive a sync point
                     watch_errors = self._scrub
@@ -399,6 +431,8 @@ class Relay:
                     cut = pos
                     self._up_skip = 0
                     break
+                if track and t == 0x45 and self._out_error is None:
+                    self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
                 replacement = self._rewrite_error(t, data[pos + 5:end])
                 if replacement is not None:
                     if pieces is None:
@@ -406,6 +440,43 @@ class Relay:
                     pieces.append(data[last:pos])
                     pieces.append(replacement)
                     last = end
+            elif track and (t == 0x43 or t == 0x45):        # CommandComplete / ErrorResponse
+                if end > n:
+                    self._up_pending = data[pos:]
+                    cut = pos
+                    self._up_skip = 0
+                    self._out_bytes -= n - pos              # counted again when it arrives whole
+                    break
+                if t == 0x43:
+                    tag = data[pos + 5:end - 1]
+                    sp = tag.rfind(b" ")
+                    if sp > 0 and tag[sp + 1:].isdigit():
+                        self._out_rows += int(tag[sp + 1:])
+                elif self._out_error is None:
+                    self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
+            elif t == 0x53 or t == 0x41:                    # ParameterStatus / NotificationResponse
+                if end > n:
+                    self._up_pending = data[pos:]
+                    cut = pos
+                    self._up_skip = 0
+                    if track:
+                        self._out_bytes -= n - pos
+                    break
+                if t == 0x53:
+                    name, _, rest = data[pos + 5:end].partition(b"\x00")
+                    if name == b"client_encoding":
+                        self.set_client_encoding(rest.rstrip(b"\x00").decode("ascii", "replace"))
+                else:
+                    # clients know the gateway's pids, not the upstream backends': translate
+                    # the notifying backend's pid when it is one of our sessions
+                    (upid,) = _I32.unpack_from(data, pos + 5)
+                    ours = self.gateway.client_pid_of(upid)
+                    if ours is not None:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(data[last:pos + 5])
+                        pieces.append(_I32.pack(ours))
+                        last = pos + 9
             elif t == 0x57:                                 # CopyBothResponse: replication only
                 self.fatal("0A000", "COPY BOTH (replication) is not supported through piigate")
                 return
@@ -449,6 +520,10 @@ class Gateway:
         self.auth_failures = 0
         self.on_auth_failure: Callable[[str, str], None] | None = None
         self.on_session: Callable[[str, ClientInfo], None] | None = None
+        counts: dict[int, int] = {}
+        for u in config.users.values():
+            counts[u.verifier.iterations] = counts.get(u.verifier.iterations, 0) + 1
+        self._mock_iterations = max(counts, key=counts.get) if counts else 4096
 
     def _make_ssl(self) -> ssl.SSLContext | None:
         s = self.config.server
@@ -463,6 +538,12 @@ class Gateway:
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
+
+    def client_pid_of(self, upstream_pid: int) -> int | None:
+        for relay in self.sessions.values():
+            if relay.upstream_conn.backend_pid == upstream_pid:
+                return relay.key[0]
+        return None
 
     def track(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
@@ -499,7 +580,8 @@ class Gateway:
             await asyncio.sleep(min(idle / 2, 5))
             now = time.monotonic()
             for relay in list(self.sessions.values()):
-                if now - relay.last_activity > idle and relay.tx_status == "I" and not relay._busy:
+                if (now - relay.last_activity > idle and relay.tx_status == "I" and not relay._busy
+                        and relay.inflight == 0):
                     relay.fatal("57P05", f"closed after {idle:g} s idle (server.idle_timeout)",
                                 "reconnect when you need the connection again")
 
@@ -633,12 +715,18 @@ class Gateway:
             self.on_session("open", info)
         writer.write(codec.encode_ready(upstream.tx_status))
         leftover = parser.take_buffer() + _take_stream_buffer(reader)
+        # the client may have gone while we connected upstream: its EOF went to the
+        # StreamReader, which the relay replaces, so look now
+        client_gone = writer.transport.is_closing() or reader.at_eof() or reader.exception() is not None
         relay.start(leftover, upstream.leftover + _take_stream_buffer(upstream.reader))
+        if client_gone:
+            relay.close("client disconnected during startup")
         return relay
 
     async def _authenticate(self, reader, writer, parser, user_name: str, client_addr: str) -> GatewayUser:
         user = self.config.users.get(user_name)
-        scram = ScramServer(user.verifier if user else None)
+        scram = ScramServer(user.verifier if user else None, mock_salt=mock_salt(user_name),
+                            mock_iterations=self._mock_iterations)
         writer.write(codec.encode_auth(10, MECHANISM.encode() + b"\x00\x00"))
         try:
             first = await _read_message(reader, parser)

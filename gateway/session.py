@@ -40,6 +40,10 @@ log = logging.getLogger("piigate.session")
 
 
 
+_CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
+                              StatementKind.DELETE, StatementKind.MERGE})
+_UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
+                         action=Action.UNKNOWN)
 _REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
 _SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
 _SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
@@ -87,6 +91,11 @@ class Engine:
         self.pseudonym_installed = pseudonym_installed
         self.on_ddl = on_ddl
         self._unrestricted_cache: dict = {}
+        self.decisions: dict = {}
+        #: rules with a time window or weekdays make decisions depend on the clock
+        self.policy_static = not any(
+            r.when is not None and (r.when.time_window is not None or r.when.weekdays)
+            for r in (*policy.rules, *policy.auto_approve))
 
     def under_policy(self, principal: Principal) -> bool:
         key = (principal.name, principal.roles, self.policy.version)
@@ -156,7 +165,7 @@ class PolicyGate(Gate):
         s: SessionState = relay.state["s"]
         if not s.under_policy:
             return Verdict(frame)
-        return self._refuse_simple(Refusal(
+        return self._refuse_simple(relay, Refusal(
             "42501", "piigate: the FunctionCall protocol message is not allowed for users under PII policy",
             "call the function with SELECT so the gateway can check it"))
 
@@ -168,17 +177,24 @@ class PolicyGate(Gate):
         s.statements_total += len(facts_list)
         if not s.under_policy:
             return self._unrestricted(relay, s, frame, facts_list, extended, name, t0)
+        if not relay.encoding_supported:
+            refusal = Refusal("22021", f"piigate: client_encoding {relay.client_encoding} is not supported for "
+                              "users under PII policy (a multibyte encoding can hide quotes from analysis)",
+                              "SET client_encoding = 'UTF8' (or a single-byte encoding such as LATIN1)")
+            return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
         reason = _comment_reason(sql) or s.reason
         plans = []
-        needs_async = False
+        needs_async = eng.audit is not None and not eng.audit.inline
+        multi = len(facts_list) > 1
         for facts in facts_list:
             intercepted = self._intercept_setting(s, facts)
+            if intercepted is None:
+                intercepted = self._session_statement(relay, s, facts, multi or extended)
             if intercepted is not None:
                 plans.append(intercepted)
                 continue
-            decision = self._decide(s, facts, reason, grants=s.grants)
-            if decision.effect is Effect.APPROVE or (facts.kind is StatementKind.SET and
-                                                     (facts.setting or ("", ""))[0] == "piigate.grant_token"):
+            decision = self._cached_decision(relay, s, facts, sql, reason)
+            if decision.effect is Effect.APPROVE:
                 needs_async = True
             plans.append((facts, decision))
         if needs_async:
@@ -187,19 +203,99 @@ class PolicyGate(Gate):
 
     def _unrestricted(self, relay, s: SessionState, frame, facts_list, extended, name, t0):
         # Unrestricted principals (DBAs, applications without PII policy) pass; their
-        # statements are still decided (for the rule name) and audited.
+        # statements are still analysed (for the record) and audited.
         plans = []
         for facts in facts_list:
-            if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] == "search_path":
-                s.search_path = _parse_search_path(facts.setting[1]) or s.search_path
-            decision = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
-                                action=Action.UNKNOWN)
-            plans.append((facts, decision))
+            if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
+                s.search_path = _parse_search_path(facts.setting[1]) or self.engine_default_path(s)
+            elif facts.kind is StatementKind.DDL and self.engine.on_ddl:
+                self.engine.on_ddl()
+            plans.append((facts, _UNRESTRICTED))
+        if self.engine.audit is not None and not self.engine.audit.inline:
+            return self._audit_then(relay, s, plans, None, lambda: self._pass(relay, s, frame, plans, t0))
         refusal = self._audit_decisions(relay, s, plans, None, fail_closed=False)
         if refusal is not None:
-            return self._refuse_simple(refusal) if not extended else self._refuse_parse(name, refusal)
+            return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
+        return self._pass(relay, s, frame, plans, t0)
+
+    def _pass(self, relay, s, frame, plans, t0) -> Verdict:
         self._observe(plans, t0)
+        self._inflight(relay, plans)
         return Verdict(frame)
+
+    async def _audit_then(self, relay, s, plans, reason, then):
+        """A trail that fsyncs every record (fsync="always"): wait for it, then go on."""
+        refusal = await self._audit_decisions_async(relay, s, plans, reason)
+        if refusal is not None:
+            return self._refuse_simple(relay, refusal)
+        return then()
+
+    def engine_default_path(self, s: SessionState) -> tuple[str, ...]:
+        return _default_search_path(self.engine.schema, s.principal)
+
+    def _session_statement(self, relay, s: SessionState, facts: StatementFacts, batched: bool):
+        """Session statements that poolers and drivers send, handled by the gateway so
+        that what it analyses stays what PostgreSQL resolves:
+
+        - ``SET search_path`` / ``RESET search_path``: allowed alone in a simple Query
+          outside a transaction block (where it cannot be rolled back behind our back);
+          the gateway then analyses with the new path.
+        - ``RESET ALL`` / ``DISCARD ALL``: the path goes back to the default (and DISCARD
+          ALL forgets the session's cursors and prepared statements).
+        - ``UNLISTEN``, ``CLOSE ALL``, ``DEALLOCATE ALL``: harmless.
+        Everything else (SET ROLE, SESSION AUTHORIZATION, standard_conforming_strings,
+        LISTEN ...) goes to the policy, which denies it by default."""
+        kind = facts.kind
+        if kind is StatementKind.LISTEN and facts.command.upper().startswith("UNLISTEN"):
+            return (facts, Decision(Effect.ALLOW, "session:unlisten", action=Action.SESSION))
+        if kind is not StatementKind.SESSION:
+            return None
+        command = facts.command.upper()
+        name = (facts.setting or ("", None))[0]
+        if command == "DISCARD ALL" or name == "all":
+            if relay.tx_status != "I" or batched:
+                return (facts, _deny("session:in-transaction", f"piigate: {command} is only allowed on its own, "
+                                     "outside a transaction block, for users under PII policy"))
+            s.search_path = self.engine_default_path(s)
+            if command == "DISCARD ALL":
+                s.cursors.clear()
+                s.prepared.clear()
+            return (facts, Decision(Effect.ALLOW, "session:reset", action=Action.SESSION))
+        if command.startswith("DISCARD"):
+            return (facts, Decision(Effect.ALLOW, "session:discard", action=Action.SESSION))
+        if name == "search_path":
+            if command.startswith("SET LOCAL") or relay.tx_status != "I" or batched:
+                return (facts, _deny("session:search-path", "piigate: search_path may only be changed by a "
+                                     "statement of its own outside a transaction block",
+                                     hint="send SET search_path = ... as a separate statement, not in BEGIN ... "
+                                          "COMMIT, not with SET LOCAL"))
+            value = facts.setting[1]
+            new = None if value is None or value.upper() == "DEFAULT" else _parse_search_path(value)
+            s.search_path = new or self.engine_default_path(s)
+            return (facts, Decision(Effect.ALLOW, "session:search-path", (f"search_path is now {s.search_path}",),
+                                    action=Action.SESSION))
+        if name == "client_encoding" and (facts.setting[1] or "").replace("-", "").upper() in ("UTF8", "UNICODE"):
+            return (facts, Decision(Effect.ALLOW, "session:client-encoding", action=Action.SESSION))
+        return None
+
+    def _cached_decision(self, relay, s: SessionState, facts: StatementFacts, sql: str, reason) -> Decision:
+        """decide() is pure; for statements whose facts depend on nothing but their
+        literal-free shape, the decision is kept per (shape, principal, versions)."""
+        eng = self.engine
+        cacheable = (facts.kind in _CACHEABLE_KINDS and facts.inner is None and not facts.dynamic
+                     and not s.grants and eng.policy_static and facts.redacted_sql)
+        if cacheable:
+            key = (facts.redacted_sql, sql.count("$"), s.principal, s.search_path, s.context.client_addr,
+                   s.context.application_name, eng.schema.version, eng.catalog.version, eng.policy.version)
+            hit = eng.decisions.get(key)
+            if hit is not None:
+                return hit
+        decision = self._decide(s, facts, reason, grants=s.grants)
+        if cacheable and decision.effect is not Effect.APPROVE:
+            if len(eng.decisions) >= 20000:
+                eng.decisions.clear()
+            eng.decisions[key] = decision
+        return decision
 
     # -- deciding ----------------------------------------------------------------------------
     def _decide(self, s: SessionState, facts: StatementFacts, reason: str | None, grants=()) -> Decision:
@@ -263,7 +359,13 @@ class PolicyGate(Gate):
                 continue
             decision = await self._obtain_grant(relay, s, facts, decision, reason)
             final.append((facts, decision))
-        return self._finish(relay, s, frame, final, extended, name, reason, t0)
+        audited = False
+        if eng.audit is not None and not eng.audit.inline:
+            refusal = await self._audit_decisions_async(relay, s, final, reason)
+            if refusal is not None:
+                return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
+            audited = True
+        return self._finish(relay, s, frame, final, extended, name, reason, t0, audited)
 
     async def _redeem_token(self, relay, s: SessionState, facts: StatementFacts):
         eng = self.engine
@@ -329,6 +431,7 @@ class PolicyGate(Gate):
         if eng.metrics:
             eng.metrics.hold_started()
         relay.state["holding"] = req.id
+        relay.state["last_request"] = req.id
         cancel = relay.state["cancel"] = asyncio.Event()
         try:
             outcome, value = await _first_of(eng.jit.wait_for_decision(req.id, eng.hold_timeout_s), cancel)
@@ -382,7 +485,8 @@ class PolicyGate(Gate):
         return decision
 
     # -- building the verdict ------------------------------------------------------------------
-    def _finish(self, relay, s: SessionState, frame, plans, extended, name, reason, t0) -> Verdict:
+    def _finish(self, relay, s: SessionState, frame, plans, extended, name, reason, t0,
+                audited: bool = False) -> Verdict:
         eng = self.engine
         texts: list[str] = []
         changed = False
@@ -413,65 +517,142 @@ class PolicyGate(Gate):
             else:
                 texts.append(facts.sql)
             self._remember(s, facts, decision)
-        audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
-        if audit_refusal is not None:
-            refusal = audit_refusal
-            texts = []
-            changed = True
+        if not audited:
+            audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
+        relay.state.pop("last_request", None)
+        if not audited:
+            if audit_refusal is not None:
+                refusal = audit_refusal
+                texts = []
+                changed = True
         self._observe(plans, t0)
+        if refusal is None:
+            self._inflight(relay, plans)
         if refusal is not None:
             if extended:
-                return self._refuse_parse(name, refusal)
-            return self._refuse_simple(refusal, prefix=texts)
+                return self._refuse_parse(relay, name, refusal)
+            return self._refuse_simple(relay, refusal, prefix=texts)
         if not changed:
             return Verdict(frame)
         if extended:
-            return Verdict(_reencode_parse(frame, texts[0]))
-        return Verdict(codec.encode_query(";\n".join(texts)))
+            return Verdict(_reencode_parse(frame, texts[0], relay.encoding))
+        return Verdict(codec.encode_query(";\n".join(texts), relay.encoding))
 
     def _remember(self, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
+        if facts.kind is StatementKind.DDL and self.engine.on_ddl:
+            self.engine.on_ddl()          # re-read the schema once it has run
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
             s.prepared[facts.prepared_name] = decision.grant_id
 
-    def _refuse_simple(self, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
+    def _refuse_simple(self, relay, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
         marker = f"piigate_refused_{secrets.token_hex(6)}"
         failing = f"SELECT pg_catalog.{marker}()"
         sql = ";\n".join([*(prefix or []), failing])
         err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
-        return Verdict(codec.encode_query(sql), rewrites=((marker, err),))
+        return Verdict(codec.encode_query(sql, relay.encoding), rewrites=((marker, err),))
 
-    def _refuse_parse(self, name: str, refusal: Refusal) -> Verdict:
+    def _refuse_parse(self, relay, name: str, refusal: Refusal) -> Verdict:
         marker = f"piigate_refused_{secrets.token_hex(6)}"
         err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
-        return Verdict(codec.encode_parse(name, f"SELECT pg_catalog.{marker}()"), rewrites=((marker, err),))
+        return Verdict(codec.encode_parse(name, f"SELECT pg_catalog.{marker}()", (), relay.encoding),
+                       rewrites=((marker, err),))
 
     # -- audit and metrics --------------------------------------------------------------------
     def _audit_decisions(self, relay, s: SessionState, plans, reason, *, fail_closed: bool) -> Refusal | None:
+        """Write the decision records *now* (before anything is forwarded)."""
         audit = self.engine.audit
         if audit is None:
             return None
-        info = relay.info
         try:
             for item in plans:
-                facts, decision = item[0], item[1]
-                audit.record_nowait(_decision_event(info, s, facts, decision, reason))
+                audit.append(self._decision_event(relay, s, item[0], item[1], reason),
+                             required=fail_closed or s.under_policy)
         except Exception as e:
-            log.error("audit trail unavailable: %s", e)
-            if fail_closed or s.under_policy:
-                return Refusal("58030", "piigate: the audit trail cannot be written, so statements under PII "
-                               "policy are refused", "an administrator must check the audit sinks (see /health)")
+            return self._audit_refusal(e, fail_closed or s.under_policy)
         return None
+
+    async def _audit_decisions_async(self, relay, s: SessionState, plans, reason) -> Refusal | None:
+        audit = self.engine.audit
+        try:
+            for item in plans:
+                await audit.record(self._decision_event(relay, s, item[0], item[1], reason),
+                                   required=s.under_policy)
+        except Exception as e:
+            return self._audit_refusal(e, s.under_policy)
+        return None
+
+    def _audit_refusal(self, e: Exception, required: bool) -> Refusal | None:
+        log.error("audit trail unavailable: %s", e)
+        if not required:
+            return None
+        return Refusal("58030", "piigate: the audit trail cannot be written, so this statement was not run",
+                       "an administrator must check the audit sinks (see the admin API's /health); "
+                       "statements resume by themselves once the trail recovers")
 
     def _audit_nowait(self, relay, event: dict) -> None:
         audit = self.engine.audit
         if audit is None:
             return
         try:
-            audit.record_nowait(event)
+            if audit.inline:
+                audit.append(event, required=False)
+            else:
+                audit.emit(event)
         except Exception as e:
             log.error("audit trail unavailable: %s", e)
+
+    def _decision_event(self, relay, s: SessionState, facts: StatementFacts, decision: Decision, reason) -> dict:
+        info = relay.info
+        catalog = self.engine.catalog
+        cols = []
+        for u in facts.columns:
+            entry = catalog.get(u.column)
+            cols.append({"column": str(u.column), "category": entry.category if entry else None,
+                         "how": sorted(x.value for x in u.usages)})
+        return {
+            "type": "statement.decision", "session": info.session_id, "user": info.user.name,
+            "roles": sorted(info.user.roles), "client_addr": info.client_addr,
+            "application_name": info.application_name, "database": info.database,
+            "fingerprint": facts.fingerprint, "sql": facts.redacted_sql or "<unparsed statement>",
+            "kind": facts.kind.value, "action": decision.action.value,
+            "relations": sorted(str(r) for r in facts.relations_read | facts.relations_written),
+            "columns": cols, "effect": decision.effect.value, "rule": decision.rule,
+            "reasons": list(decision.reasons[:3]),
+            "masked": sorted(str(c) for c in decision.mask.columns) if decision.mask else [],
+            "grant_id": decision.grant_id, "request_id": relay.state.get("last_request"),
+            "reason": reason, "unknown": facts.unknown, "params": facts.param_count,
+        }
+
+    def _inflight(self, relay, plans) -> None:
+        """Remember what was forwarded; on_ready writes its completion record."""
+        if self.engine.audit is None:
+            return
+        inflight = relay.state.setdefault("inflight", [])
+        inflight.append(([p[0].fingerprint for p in plans], time.perf_counter()))
+        relay.track = True
+
+    def on_ready(self, relay: Relay, status: str) -> None:
+        inflight = relay.state.get("inflight")
+        if not inflight:
+            return
+        audit = self.engine.audit
+        now = time.perf_counter()
+        outcome = relay.take_outcome()
+        for fingerprints, t0 in inflight:
+            for fp in fingerprints:
+                event = {"type": "statement.complete", "session": relay.info.session_id, "fingerprint": fp,
+                         "status": outcome[0] or "ok", "rows": outcome[1], "bytes": outcome[2],
+                         "duration_ms": round((now - t0) * 1000, 3), "tx_status": status}
+                try:
+                    if audit.inline:
+                        audit.append(event, required=False)
+                    else:
+                        audit.emit(event)
+                except Exception as e:
+                    log.error("audit: completion record lost: %s", e)
+        inflight.clear()
 
     def _observe(self, plans, t0: float) -> None:
         m = self.engine.metrics
@@ -532,9 +713,9 @@ def _parse_search_path(value: str | None) -> tuple[str, ...] | None:
     return tuple(p for p in parts if p and p != "$user") or None
 
 
-def _reencode_parse(frame: bytes, sql: str) -> bytes:
-    msg = codec.decode_frontend(b"P", frame[5:])
-    return codec.encode_parse(msg.name, sql, msg.param_types)
+def _reencode_parse(frame: bytes, sql: str, encoding: str) -> bytes:
+    msg = codec.decode_frontend(b"P", frame[5:], encoding)
+    return codec.encode_parse(msg.name, sql, msg.param_types, encoding)
 
 
 async def _first_of(waiting: Awaitable, cancel: asyncio.Event):

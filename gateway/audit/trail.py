@@ -82,6 +82,8 @@ class AuditTrail:
         self._last_checkpoint = 0.0
         self._optional_tail: dict[int, asyncio.Task] = {}
         self._optional_pending: dict[int, int] = {}
+        self._sync_wake: asyncio.Event | None = None
+        self._syncer: asyncio.Task | None = None
         self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -103,6 +105,9 @@ class AuditTrail:
         self._last_checkpoint = self.clock()
         self._running = True
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
+        if self.file is not None and self.file.cfg.fsync == "group":
+            self._sync_wake = asyncio.Event()
+            self._syncer = asyncio.create_task(self._group_syncer(), name="audit-fsync")
         try:
             await self.flush(required=True)
         except AuditUnavailable:
@@ -171,6 +176,77 @@ class AuditTrail:
         self._queue.put_nowait(pending)
         return pending.future
 
+    @property
+    def inline(self) -> bool:
+        """True when ``append`` can write synchronously: the only required sink is a
+        file with fsync group/none (other sinks are written behind)."""
+        f = self.file
+        return (self._running and f is not None and f.writes_inline
+                and all(s is f or not s.required for s in self.sinks))
+
+    def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> dict | None:
+        """Seal and write one event *now*, on the caller's thread: when this returns,
+        the record is in the file (the OS has it; a kill -9 of the gateway loses
+        nothing), fsynced within ``group_ms`` by the background syncer. The gateway
+        calls it right before forwarding a statement. Raises AuditUnavailable when the
+        file cannot take it (and a required record was asked for).
+
+        Falls back to the queued path (returns None after queueing) when the trail is
+        not ``inline``; callers that must wait then use ``record``."""
+        if not self.inline:
+            raise RuntimeError("AuditTrail.append needs an inline file sink; use record()")
+        req = self.fail_closed if required is None else required
+        f = self.file
+        now = self.clock()
+        if id(f) in self._failed and now < self._retry_at[id(f)]:
+            if req:
+                raise AuditUnavailable(f"audit trail unavailable: file sink: {self._failed[id(f)]}")
+            self.stats["failed_records"] += 1
+            return None
+        out = _Batch(self, now)
+        for rec in self._segment_records(now):
+            out.add_sealed(rec)
+        rec = out.add(sanitize(event))
+        errors = self._write_inline(out.records, out.lines, now)
+        self.stats["records"] += len(out.records)
+        if errors and req:
+            raise AuditUnavailable("audit trail unavailable: " + "; ".join(errors))
+        return rec
+
+    def _write_inline(self, records: list[dict], lines: list[bytes], now: float) -> list[str]:
+        errors = []
+        f = self.file
+        try:
+            f.append_now(records, lines)
+        except OSError as e:
+            self._mark_failed(f, f"{type(e).__name__}: {e}", now)
+            errors.append(f"file sink: {type(e).__name__}: {e}")
+        else:
+            if id(f) in self._failed:
+                log.warning("audit: file sink recovered")
+                del self._failed[id(f)]
+        for s in self.sinks:
+            if s is not f:
+                self._write_optional(s, records, lines, now)
+        if self._sync_wake is not None and not self._sync_wake.is_set():
+            self._sync_wake.set()
+        return errors
+
+    async def _group_syncer(self) -> None:
+        """fsync appended records once per ``group_ms`` window (group commit)."""
+        f = self.file
+        window = f.cfg.group_ms / 1000.0
+        while self._running:
+            await self._sync_wake.wait()
+            self._sync_wake.clear()
+            await asyncio.sleep(window)
+            try:
+                await f.group_sync()
+            except OSError as e:
+                self._mark_failed(f, f"fsync: {e}", self.clock())
+            except RuntimeError:          # the sink's thread is gone: the trail is closing
+                return
+
     async def flush(self, required: bool = True) -> None:
         """Wait until everything queued before this call is written (or failed)."""
         fut = asyncio.get_running_loop().create_future()
@@ -209,7 +285,8 @@ class AuditTrail:
                 continue
             if first is _STOP:
                 break
-            window = max((s.batch_window_s for s in self.sinks), default=0.0)
+            window = max((s.batch_window_s for s in self.sinks
+                          if not (s is self.file and s.writes_inline)), default=0.0)
             if window:
                 # group commit: gather what arrives until one window after the last sync
                 wait = self._last_sync + window - loop.time()
@@ -327,6 +404,20 @@ class AuditTrail:
             elif s.busy:
                 self._mark_failed(s, "still busy with an earlier write (slow sink)", now)
                 errors.append((s, f"{s.kind} sink: still busy with an earlier write (slow sink)"))
+                continue
+            if s is self.file and s.writes_inline:
+                # sealed and appended without an await in between: file order = chain order
+                try:
+                    s.append_now(records, lines)
+                except OSError as e:
+                    self._mark_failed(s, f"{type(e).__name__}: {e}", now)
+                    errors.append((s, f"{s.kind} sink: {type(e).__name__}: {e}"))
+                else:
+                    if id(s) in self._failed:
+                        log.warning("audit: %s sink recovered", s.kind)
+                        del self._failed[id(s)]
+                    if self._sync_wake is not None:
+                        self._sync_wake.set()
                 continue
             attempts.append(s)
         results = await asyncio.gather(

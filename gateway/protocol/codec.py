@@ -22,6 +22,21 @@ _HDR = struct.Struct("!ci")     # type byte + length (length counts itself, not 
 _I16 = struct.Struct("!h")
 
 DEFAULT_MAX_MESSAGE = 1 << 20   # 1 MiB; COPY data and big queries may need more (configurable)
+
+#: PostgreSQL client encodings the gateway reads SQL in, as Python codecs. Only
+#: encodings where every byte below 0x80 is ASCII (so quotes and backslashes cannot
+#: hide inside a multibyte character): SJIS, BIG5, GBK, UHC, GB18030 and JOHAB are not.
+CLIENT_ENCODINGS = {
+    "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "latin-1", "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2", "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10", "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16", "ISO_8859_5": "iso8859-5", "ISO_8859_6": "iso8859-6",
+    "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8", "WIN866": "cp866", "WIN874": "cp874",
+    "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
+    "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
+    "WIN1258": "cp1258", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "EUC_JP": "euc_jp",
+    "EUC_KR": "euc_kr", "EUC_CN": "gb2312",
+}
 MAX_STARTUP = 10_000            # PostgreSQL's own limit for a startup packet
 
 #: message types a client may send once started (protocol 3.0)
@@ -139,26 +154,26 @@ def _decode_params(body: bytes) -> dict:
         raise ProtocolViolation("malformed startup packet: parameters are not UTF-8") from None
 
 
-def _cstr(body: bytes, pos: int) -> tuple[str, int]:
+def _cstr(body: bytes, pos: int, encoding: str = "utf-8") -> tuple[str, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
         raise ProtocolViolation("malformed message: string is not NUL-terminated")
     try:
-        return body[pos:end].decode(), end + 1
+        return body[pos:end].decode(encoding), end + 1
     except UnicodeDecodeError:
         raise ProtocolViolation("malformed message: invalid UTF-8 in string", "22021") from None
 
 
-def decode_frontend(mtype: bytes, body: bytes):
-    """Decode one typed frontend message body."""
+def decode_frontend(mtype: bytes, body: bytes, encoding: str = "utf-8"):
+    """Decode one typed frontend message body (text in the client's encoding)."""
     try:
         if mtype == b"Q":
-            sql, pos = _cstr(body, 0)
+            sql, pos = _cstr(body, 0, encoding)
             _expect_end(body, pos, "Query")
             return Query(sql)
         if mtype == b"P":
-            name, pos = _cstr(body, 0)
-            sql, pos = _cstr(body, pos)
+            name, pos = _cstr(body, 0, encoding)
+            sql, pos = _cstr(body, pos, encoding)
             (n,) = _I16.unpack_from(body, pos)
             if n < 0:
                 raise ProtocolViolation("malformed Parse: negative parameter count")
@@ -234,6 +249,14 @@ class BackendParser:
 
 
 def decode_backend(mtype: bytes, body: bytes):
+    try:
+        return _decode_backend(mtype, body)
+    except (struct.error, IndexError):
+        raise ProtocolViolation(f"upstream sent a malformed {mtype.decode(errors='replace')!r} message "
+                                f"({len(body)} bytes)", "08006") from None
+
+
+def _decode_backend(mtype: bytes, body: bytes):
     if mtype == b"R":
         (code,) = _I32.unpack_from(body, 0)
         return Authentication(code, body[4:])
@@ -324,12 +347,12 @@ def encode_cancel(pid: int, secret: bytes) -> bytes:
     return _I32.pack(len(body) + 4) + body
 
 
-def encode_query(sql: str) -> bytes:
-    return frame(b"Q", sql.encode() + b"\x00")
+def encode_query(sql: str, encoding: str = "utf-8") -> bytes:
+    return frame(b"Q", sql.encode(encoding) + b"\x00")
 
 
-def encode_parse(name: str, sql: str, param_types: tuple[int, ...] = ()) -> bytes:
-    return frame(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00"
+def encode_parse(name: str, sql: str, param_types: tuple[int, ...] = (), encoding: str = "utf-8") -> bytes:
+    return frame(b"P", name.encode(encoding) + b"\x00" + sql.encode(encoding) + b"\x00"
                  + struct.pack(f"!h{len(param_types)}I", len(param_types), *param_types))
 
 

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+import stringprep
 import unicodedata
 from dataclasses import dataclass
 
@@ -31,13 +32,28 @@ def _hmac(key: bytes, msg: bytes) -> bytes:
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
+_PROHIBITED = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
+               stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
+               stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+               stringprep.in_table_a1)
+
+
 def _normalize(password: str) -> bytes:
-    # SASLprep, approximately as PostgreSQL does: NFKC; PostgreSQL falls back to the
-    # raw bytes when the password is not valid for SASLprep.
-    try:
-        return unicodedata.normalize("NFKC", password).encode()
-    except Exception:
+    """SASLprep (RFC 4013) the way PostgreSQL's pg_saslprep applies it: map
+    (commonly-mapped-to-nothing removed, non-ASCII spaces to space), NFKC, check
+    prohibited and bidi rules; when any step fails, the raw UTF-8 bytes are used."""
+    if password.isascii():
         return password.encode()
+    mapped = "".join(" " if stringprep.in_table_c12(c) else c
+                     for c in password if not stringprep.in_table_b1(c))
+    norm = unicodedata.normalize("NFKC", mapped)
+    if not norm or any(f(c) for c in norm for f in _PROHIBITED):
+        return password.encode()
+    if any(stringprep.in_table_d1(c) for c in norm):
+        if any(stringprep.in_table_d2(c) for c in norm) or not (
+                stringprep.in_table_d1(norm[0]) and stringprep.in_table_d1(norm[-1])):
+            return password.encode()
+    return norm.encode()
 
 
 def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
@@ -101,10 +117,14 @@ class ScramServer:
     user from a wrong password (and timing stays alike).
     """
 
-    def __init__(self, verifier: Verifier | None, nonce: bytes | None = None):
+    def __init__(self, verifier: Verifier | None, nonce: bytes | None = None, *,
+                 mock_salt: bytes | None = None, mock_iterations: int = DEFAULT_ITERATIONS):
         self._known = verifier is not None
+        # Unknown user: like PostgreSQL's mock authentication, the salt is stable per
+        # user name (the caller derives it from a secret) and the iteration count is
+        # the one real verifiers use, so two handshakes reveal nothing.
         self.verifier = verifier or Verifier(
-            DEFAULT_ITERATIONS, os.urandom(16), os.urandom(32), os.urandom(32))
+            mock_iterations, mock_salt or os.urandom(16), os.urandom(32), os.urandom(32))
         self._server_nonce = _b64(nonce or os.urandom(18))
         self._client_first_bare = ""
         self._server_first = ""
@@ -194,6 +214,14 @@ class ScramClient:
         expected = _hmac(_hmac(self._salted, b"Server Key"), self._auth_message)
         if attrs.get("v") != _b64(expected):
             raise ScramError("upstream server signature is wrong: not the server we meant to reach")
+
+
+_MOCK_SECRET = os.urandom(32)
+
+
+def mock_salt(user: str) -> bytes:
+    """A stable, secret-derived salt for a user that does not exist."""
+    return hmac.new(_MOCK_SECRET, user.encode(), hashlib.sha256).digest()[:16]
 
 
 def md5_password(user: str, password: str, salt: bytes) -> bytes:

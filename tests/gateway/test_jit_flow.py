@@ -193,7 +193,7 @@ async def test_cancel_while_held_abandons_the_request(jit_gateway):
     t, box = _run_in_thread(lambda: conn.execute("SELECT email FROM customers WHERE id = 3").fetchone())
     try:
         req = await _pending(gw.admin)
-        conn.cancel()
+        conn.cancel_safe(timeout=5)
         t.join(10)
         assert isinstance(box.get("error"), psycopg.errors.QueryCanceled), box
         assert conn.execute("SELECT 1").fetchone() == (1,)

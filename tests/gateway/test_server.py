@@ -209,9 +209,6 @@ def test_wrong_password_and_unknown_user_same_error_raw(gateway):
     assert gateway.gateway.auth_failures == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ScramServer(None) draws a fresh random salt (and "
-                   "always 4096 iterations) for an unknown user, while a known user always gets the "
-                   "same salt: two handshakes tell which users exist")
 def test_unknown_user_cannot_be_told_from_a_known_one_by_the_salt(gateway):
     def server_first(user: str) -> dict:
         c = RawClient(gateway.port)
@@ -693,9 +690,6 @@ def test_startup_timeout_closes_a_silent_client(gateway_factory):
 
 # --- client encodings ------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: Relay decodes every Query/Parse as UTF-8 "
-                   "(codec._cstr), so a client with client_encoding LATIN1 sending a non-ASCII "
-                   "query is disconnected with FATAL 22021 instead of getting its result")
 def test_latin1_client_encoding_works_as_directly(gateway, pg_server):
     def run(dsn):
         with psycopg.connect(dsn, sslmode="disable", autocommit=True) as conn:
@@ -823,10 +817,6 @@ def test_shutdown_tells_connected_clients(gateway_factory):
     assert "shutting down" in err.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: server._handshake: a client that disconnects while "
-                   "connect_upstream() runs is never noticed (its EOF/connection_lost went to the "
-                   "StreamReaderProtocol before Relay.start() swapped protocols): the Relay stays in "
-                   "Gateway.sessions and its upstream backend stays open forever")
 @pytest.mark.parametrize("bare", [False, True], ids=["policy-gate", "bare-gate"])
 @pytest.mark.parametrize("how", ["reset", "half-close"])
 def test_client_gone_before_the_upstream_answered_leaks_no_session(gateway_factory, pg_server, how, bare):
@@ -859,9 +849,6 @@ def test_client_gone_before_the_upstream_answered_leaks_no_session(gateway_facto
     wait_for(lambda: run_async(upstream_left) == 0, timeout=10, what="their upstream backends to end")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Gateway._sweep_idle counts only client->gateway bytes as "
-                   "activity and tx_status stays 'I' during an autocommit statement, so a session "
-                   "waiting for a slow query is closed with 57P05 as 'idle' in the middle of it")
 def test_idle_timeout_does_not_close_a_session_waiting_for_its_query(gateway_factory):
     gw = gateway_factory(server_extra="idle_timeout = 1")
     c = RawClient(gw.port)
@@ -880,9 +867,6 @@ def test_plaintext_injected_after_ssl_request_is_refused(tls_gateway):
     assert "after SSLRequest" in err.message
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: server.tls_cert/tls_key (and upstream.sslrootcert) are "
-                   "opened as given, relative to the process's working directory, not to the config "
-                   "file's folder as Config.resolve_path documents")
 def test_tls_files_relative_to_the_config_file(gateway_factory, tmp_path):
     cert, key = make_cert(tmp_path)                     # in tmp_path, where the config file goes
     gw = gateway_factory(server_extra=f'tls_cert = "{Path(cert).name}"\ntls_key = "{Path(key).name}"')

@@ -436,10 +436,6 @@ def test_encode_message_refuses_unknown_values():
         encode_message(object())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: codec.decode_backend does not guard short bodies: "
-                   "'Z' with no status byte raises IndexError, 'R'/'K' shorter than 4 bytes raise "
-                   "struct.error, so a broken upstream becomes 'piigate internal error' (XX000) in "
-                   "server._on_connect instead of an 08006 ProtocolViolation")
 @pytest.mark.parametrize("mtype,body", [(b"Z", b""), (b"R", b"\0\0"), (b"K", b"\0")])
 def test_malformed_backend_messages_are_protocol_violations(mtype, body):
     p = BackendParser()
