@@ -32,6 +32,7 @@ from policies.model import (
 )
 
 from .analysis.facts import StatementFacts, StatementKind
+from .audit.records import TrustedEvent
 from .protocol import codec
 from .schema import LiveSchema
 from .server import Gate, Relay, Verdict
@@ -92,6 +93,7 @@ class Engine:
         self.on_ddl = on_ddl
         self._unrestricted_cache: dict = {}
         self.decisions: dict = {}
+        self.event_parts: dict = {}
         #: rules with a time window or weekdays make decisions depend on the clock
         self.policy_static = not any(
             r.when is not None and (r.when.time_window is not None or r.when.weekdays)
@@ -604,26 +606,51 @@ class PolicyGate(Gate):
             log.error("audit trail unavailable: %s", e)
 
     def _decision_event(self, relay, s: SessionState, facts: StatementFacts, decision: Decision, reason) -> dict:
+        """The decision record, already in the audit trail's canonical shape (the
+        trail still sanitises it: ``sql`` is PostgreSQL's normalized text, literals
+        replaced by $n; parameters are only counted)."""
         info = relay.info
-        catalog = self.engine.catalog
-        cols = []
-        for u in facts.columns:
-            entry = catalog.get(u.column)
-            cols.append({"column": str(u.column), "category": entry.category if entry else None,
-                         "how": sorted(x.value for x in u.usages)})
-        return {
+        static = self._event_static(facts, decision)
+        event = TrustedEvent({
             "type": "statement.decision", "session": info.session_id, "user": info.user.name,
             "roles": sorted(info.user.roles), "client_addr": info.client_addr,
             "application_name": info.application_name, "database": info.database,
             "fingerprint": facts.fingerprint, "sql": facts.redacted_sql or "<unparsed statement>",
             "kind": facts.kind.value, "action": decision.action.value,
-            "relations": sorted(str(r) for r in facts.relations_read | facts.relations_written),
-            "columns": cols, "effect": decision.effect.value, "rule": decision.rule,
-            "reasons": list(decision.reasons[:3]),
-            "masked": sorted(str(c) for c in decision.mask.columns) if decision.mask else [],
+            "relations": static[0], "columns": static[1], "effect": decision.effect.value,
+            "rule": decision.rule, "masked_columns": static[2],
             "grant_id": decision.grant_id, "request_id": relay.state.get("last_request"),
-            "reason": reason, "unknown": facts.unknown, "params": facts.param_count,
-        }
+            "param_count": facts.param_count,
+        })
+        if decision.effect is not Effect.ALLOW:
+            event["reasons"] = list(decision.reasons[:3])
+        if reason:
+            event["reason"] = reason
+        if facts.unknown:
+            event["unknown"] = facts.unknown
+        return event
+
+    def _event_static(self, facts: StatementFacts, decision: Decision):
+        """relations, columns (with categories) and masked columns of a record: the same
+        for every statement of one shape, so computed once per shape and decision."""
+        eng = self.engine
+        key = (facts.redacted_sql, facts.kind, facts.fingerprint, decision.effect, decision.rule,
+               eng.catalog.version, eng.policy.version)
+        hit = eng.event_parts.get(key) if facts.redacted_sql else None
+        if hit is not None:
+            return hit
+        cols = []
+        for u in facts.columns:
+            entry = eng.catalog.get(u.column)
+            cols.append({"column": str(u.column), "category": entry.category if entry else None,
+                         "usages": sorted(x.value for x in u.usages)})
+        parts = (sorted(str(r) for r in facts.relations_read | facts.relations_written), cols,
+                 sorted(str(c) for c in decision.mask.columns) if decision.mask else [])
+        if facts.redacted_sql:
+            if len(eng.event_parts) >= 20000:
+                eng.event_parts.clear()
+            eng.event_parts[key] = parts
+        return parts
 
     def _inflight(self, relay, plans) -> None:
         """Remember what was forwarded; on_ready writes its completion record."""

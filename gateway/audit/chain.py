@@ -37,6 +37,8 @@ GENESIS = "0" * 64
 
 def canonical(record: Mapping[str, Any], exclude: tuple[str, ...] = ("hash",)) -> bytes:
     """The bytes that are hashed (and, for checkpoints, signed): sorted keys, no ``hash``."""
+    if not any(k in record for k in exclude):      # the common case while sealing
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     return orjson.dumps({k: v for k, v in record.items() if k not in exclude},
                         option=orjson.OPT_SORT_KEYS)
 

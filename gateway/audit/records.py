@@ -38,11 +38,19 @@ CHECKPOINT = "checkpoint"
 COMMON_FIELDS = ("ts", "instance", "type", "seq")
 
 
-@lru_cache(maxsize=8)
+_TS_SECOND = [-1, ""]
+
+
 def utc_timestamp(unix_time: float) -> str:
-    """ISO-8601 UTC with microseconds: ``2026-11-29T00:35:18.123456Z``. (Cached: every
-    record of one write batch carries the same time.)"""
-    return datetime.fromtimestamp(unix_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO-8601 UTC with microseconds: ``2026-11-29T00:35:18.123456Z``. The part up to
+    the second is formatted once per second: this runs for every record on the
+    statement hot path."""
+    sec = int(unix_time)
+    if _TS_SECOND[0] != sec:
+        _TS_SECOND[1] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _TS_SECOND[0] = sec
+    micros = int((unix_time - sec) * 1_000_000)
+    return f"{_TS_SECOND[1]}.{micros:06d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:
@@ -510,6 +518,11 @@ _ERROR_TEXT = ("message", "error", "detail", "hint")
 _PARAM_KEYS = ("params", "parameters", "bind_params")
 
 
+class TrustedEvent(dict):
+    """An event the gateway built itself in canonical shape (see the session's
+    decision records): sanitize() only reduces its free-text ``reason``."""
+
+
 def sanitize(event: Mapping[str, Any]) -> dict:
     """An event from any producer in the canonical shape, with nothing that could be
     PII: ``sql`` redacted, error text scrubbed, free text (reason, comment) reduced,
@@ -521,6 +534,15 @@ def sanitize(event: Mapping[str, Any]) -> dict:
     lists ``[schema, table, column]`` become ``"schema.table.column"``, ``how``
     becomes ``usages`` and ``masked`` becomes ``masked_columns``.
     """
+    if type(event) is TrustedEvent:
+        # built by the gateway in canonical shape: no error text, no parameters; sql is
+        # PostgreSQL's normalized text, whose comments still go (cached per shape)
+        out = dict(event)
+        if isinstance(out.get("sql"), str) and out["sql"]:
+            out["sql"] = redact_sql(out["sql"])
+        if isinstance(out.get("reason"), str):
+            out["reason"] = _redact_reason(out["reason"])
+        return out
     out = dict(event)
     t = out.get("type")
     if isinstance(t, str) and t.startswith("jit."):

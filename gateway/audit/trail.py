@@ -124,6 +124,14 @@ class AuditTrail:
         self._running = False
         self._queue.put_nowait(_STOP)
         await self._writer
+        if self._syncer is not None:
+            self._syncer.cancel()
+            await asyncio.gather(self._syncer, return_exceptions=True)
+        if self.file is not None and self.file.cfg.fsync != "none":
+            try:
+                await self.file.group_sync() if self.file.cfg.fsync == "group" else None
+            except (OSError, RuntimeError):
+                pass
         tails = [t for t in self._optional_tail.values() if not t.done()]
         if tails:
             await asyncio.wait(tails, timeout=self.config.sink_timeout_ms / 1000.0)
