@@ -48,11 +48,12 @@ class PolicyError(ValueError):
 ACTIONS = frozenset(a.value for a in Action) | {ANY}
 WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
-#: category defaults when the file's [masking] does not say (safe by default:
+#: category defaults when the file's [masking] does not say (safe by default: dates of birth
+#: are redacted, since "year" maps a 1 January birthday onto itself;
 #: identifiers that are short or low-entropy are redacted, never partially shown)
 DEFAULT_CATEGORY_STRATEGIES = {
     "email": "partial_email", "ssn": "redact", "national_id": "redact",
-    "card_number": "redact", "iban": "redact", "dob": "year", "name": "hash",
+    "card_number": "redact", "iban": "redact", "dob": "redact", "name": "hash",
     "phone": "redact", "address": "redact", "ip_address": "redact", "free_text": "redact",
 }
 

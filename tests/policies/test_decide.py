@@ -74,7 +74,7 @@ def test_mask_plan_covers_every_catalogued_column_of_touched_relations():
     assert customers == {"full_name", "email", "phone", "ssn", "dob", "card_number"}
     assert plan[ColumnRef("public", "customers", "email")] == MaskStrategy("hash")      # rule override
     assert plan[ColumnRef("public", "customers", "ssn")] == MaskStrategy("redact")     # approve column: hidden
-    assert plan[ColumnRef("public", "customers", "dob")] == MaskStrategy("year")       # category default
+    assert plan[ColumnRef("public", "customers", "dob")] == MaskStrategy("year")       # the policy's category default
     assert d.columns == (ColumnRef("public", "customers", "email"),)
 
 

@@ -111,4 +111,4 @@ def test_default_policy_has_the_category_strategies():
     from policies import default_policy
     p = default_policy()
     assert p.rules == () and p.masking.for_category("email") == MaskStrategy("partial", {"email": True})
-    assert p.masking.for_category("dob") == MaskStrategy("year") and p.defaults.unknown is Effect.DENY
+    assert p.masking.for_category("dob") == MaskStrategy("redact") and p.defaults.unknown is Effect.DENY

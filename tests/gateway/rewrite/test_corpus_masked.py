@@ -255,7 +255,7 @@ async def test_extended_protocol_parameters_keep_their_meaning(sample):
     """A Parse with $n parameters is rewritten once; the parameters and the result
     columns describe the same as unmasked, and Bind values still select rows."""
     dsn, catalog, schema, secrets = sample
-    plan = _plan(catalog, parse_policy("").masking)
+    plan = _plan(catalog, parse_policy("[masking]\ndob = \"year\"\n").masking)
     sql = "SELECT id, email, ssn, dob FROM customers WHERE id = $1 AND city = $2"
     masked = rewrite(sql, plan, schema, schema.search_path).sql
     conn = await _as_gw_user(dsn)
