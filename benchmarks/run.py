@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, help="pgbench scale factor (default 10; 1 with --quick)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the .json and .md results")
     p.add_argument("--no-save", action="store_true", help="print the table only, write no results file")
+    p.add_argument("--gateway-mode", choices=["transparent", "full"], default="full",
+                   help="full (default): the bench user is under PII policy, every statement analysed, "
+                        "decided and audited (file, group fsync); transparent: no policy")
     args = p.parse_args(argv)
     args.seconds = args.seconds or (5 if args.quick else 20)
     args.reps = args.reps or (1 if args.quick else 2)
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                     target = start_pgbouncer(upstream, work_dir)
                 else:
                     log("starting the gateway ...")
-                    target = start_gateway(upstream, work_dir)
+                    target = start_gateway(upstream, work_dir, args.gateway_mode)
                 if target.service is not None:
                     stack.callback(target.service.stop)
                 if target.unavailable is None:
@@ -377,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "settings": {
             "seconds": args.seconds, "reps": args.reps, "scale": args.scale,
-            "clients": args.clients, "modes": args.modes, "quick": args.quick,
+            "clients": args.clients, "modes": args.modes, "quick": args.quick, "gateway_mode": args.gateway_mode,
             "pgbench": "-S -n -T seconds -c C -j min(C,2) -M mode",
         },
         "postgres_source": source,
@@ -401,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
         host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-        stem = f"{started:%Y-%m-%d}-{host}{'-quick' if args.quick else ''}"
+        stem = f"{started:%Y-%m-%d}-{host}-{args.gateway_mode}{'-quick' if args.quick else ''}"
         (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.out / f"{stem}.md").write_text(markdown_report(results))
         print(f"\nresults: {args.out / stem}.json and .md")

@@ -118,8 +118,27 @@ def start_pgbouncer(upstream: Upstream, work_dir: Path) -> Target:
     )
 
 
-def gateway_config(upstream: Upstream, port: int, verifier: str) -> str:
-    """The gateway's TOML config: listen on loopback, one SCRAM user for pgbench."""
+#: --gateway-mode full: the bench user is under PII policy (every statement is
+#: analysed, decided and audited before it is forwarded); pgbench's tables hold no
+#: catalogued column, so the decision is "allow" by the non-PII default.
+FULL_POLICY = """
+[defaults]
+pii_read = "mask"
+unknown = "deny"
+[[rule]]
+name = "dba-unrestricted"
+roles = ["dba"]
+actions = ["*"]
+categories = ["*"]
+effect = "allow"
+"""
+
+
+def gateway_config(upstream: Upstream, port: int, verifier: str, mode: str = "transparent",
+                   work_dir: Path | None = None) -> str:
+    """The gateway's TOML config: listen on loopback, one SCRAM user for pgbench.
+    ``transparent``: no policy (the relay with analysis); ``full``: policy, decision
+    and audit trail (file sink, group fsync) for every statement."""
 
     def q(text: str) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -140,13 +159,27 @@ def gateway_config(upstream: Upstream, port: int, verifier: str) -> str:
         "",
         f"[users.{BENCH_USER}]",
         f"password_verifier = {q(verifier)}",
-        'roles = ["app"]',
+        'roles = ["app"]' if mode == "transparent" else 'roles = ["analyst"]',
         "",
     ]
+    if mode == "full":
+        assert work_dir is not None
+        (work_dir / "policy.toml").write_text(FULL_POLICY)
+        (work_dir / "audit").mkdir(exist_ok=True)
+        lines += [
+            "[policy]",
+            f"file = {q(str(work_dir / 'policy.toml'))}",
+            "",
+            "[audit]",
+            'sinks = ["file"]',
+            f"file = {q(str(work_dir / 'audit' / 'audit.jsonl'))}",
+            'fsync = "group"',
+            "",
+        ]
     return "\n".join(lines)
 
 
-def start_gateway(upstream: Upstream, work_dir: Path) -> Target:
+def start_gateway(upstream: Upstream, work_dir: Path, mode: str = "transparent") -> Target:
     """``python -m gateway.cli serve --config <generated toml>`` as a subprocess."""
     try:
         from gateway.protocol.scram import make_verifier
@@ -154,7 +187,7 @@ def start_gateway(upstream: Upstream, work_dir: Path) -> Target:
         return Target("gateway", None, unavailable=f"the gateway cannot be configured: {exc}")
     port = free_port()
     config = work_dir / "piigate.toml"
-    config.write_text(gateway_config(upstream, port, make_verifier(BENCH_PASSWORD)))
+    config.write_text(gateway_config(upstream, port, make_verifier(BENCH_PASSWORD), mode, work_dir))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     try:

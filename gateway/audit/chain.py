@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.audit.records import CHECKPOINT, SEGMENT_START, stamp
+from gateway.audit.records import utc_timestamp, CHECKPOINT, SEGMENT_START, stamp
 
 GENESIS = "0" * 64
 
@@ -156,6 +156,24 @@ class Chain:
         record["hash"] = record_hash(record)
         self.head = ChainHead(record["seq"], record["hash"])
         return record
+
+    def seal_line(self, event: dict, unix_time: float) -> tuple[dict, bytes]:
+        """The fast path for ordinary records (not checkpoints): ``event`` (a fresh dict
+        the caller owns) becomes the record, and the line written is the canonical
+        bytes themselves (sorted keys) with the hash appended: one serialisation, and
+        ``verify`` reads it like any other line."""
+        record = event
+        record["ts"] = utc_timestamp(unix_time)
+        record["instance"] = self.instance
+        record["seq"] = seq = self.head.seq + 1
+        record["prev"] = self.head.hash
+        record.pop("hash", None)
+        canon = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(canon).hexdigest()
+        record["hash"] = digest
+        self.since_checkpoint += 1
+        self.head = ChainHead(seq, digest)
+        return record, canon[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
     def checkpoint_event(self, reason: str = "periodic") -> dict:
         return {"type": CHECKPOINT, "reason": reason}

@@ -211,6 +211,10 @@ class AuditTrail:
                 raise AuditUnavailable(f"audit trail unavailable: file sink: {self._failed[id(f)]}")
             self.stats["failed_records"] += 1
             return None
+        if (f.fd is not None and id(f) not in self._failed and not f.should_rotate(now)
+                and self.chain.since_checkpoint + 1 < self.config.checkpoint_every
+                and event.get("type") not in (CHECKPOINT, "segment.start")):
+            return self._append_one(sanitize(event), now, req)
         out = _Batch(self, now)
         for rec in self._segment_records(now):
             out.add_sealed(rec)
@@ -219,6 +223,29 @@ class AuditTrail:
         self.stats["records"] += len(out.records)
         if errors and req:
             raise AuditUnavailable("audit trail unavailable: " + "; ".join(errors))
+        return rec
+
+    def _append_one(self, clean: dict, now: float, required: bool) -> dict | None:
+        """The common case of ``append``: no segment to open, no checkpoint due."""
+        f = self.file
+        rec, line = self.chain.seal_line(clean, now)
+        try:
+            f._append(line)
+        except OSError as e:
+            f._close_quietly()
+            self._mark_failed(f, f"{type(e).__name__}: {e}", now)
+            if required:
+                raise AuditUnavailable(f"audit trail unavailable: file sink: {type(e).__name__}: {e}") from None
+            return None
+        f.last_written = ChainHead(rec["seq"], rec["hash"])
+        f.records_written += 1
+        f.dirty = True
+        for s in self.sinks:
+            if s is not f:
+                self._write_optional(s, [rec], [line], now)
+        if self._sync_wake is not None and not self._sync_wake.is_set():
+            self._sync_wake.set()
+        self.stats["records"] += 1
         return rec
 
     def _write_inline(self, records: list[dict], lines: list[bytes], now: float) -> list[str]:
