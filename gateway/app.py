@@ -140,6 +140,9 @@ class Runtime:
             self.gateway.on_auth_failure = self._on_auth_failure
         await self.gateway.start()
         self._refresher = asyncio.ensure_future(self._refresh_loop())
+        if self.jit is not None:
+            end = bool(getattr(comps.jit_config, "end_sessions_on_revoke", False))
+            await self.jit.on_revocation(lambda grant_id: self._revoked(grant_id, end))
         await self._start_admin()
         return self.gateway
 
@@ -215,6 +218,13 @@ class Runtime:
         await site.start()
         self.admin_port = site._server.sockets[0].getsockname()[1]
         log.info("admin API on http://%s:%d", host, self.admin_port)
+
+    def _revoked(self, grant_id: str, end_sessions: bool) -> None:
+        gate = self.gateway.gate if self.gateway else None
+        if gate is None or not hasattr(gate, "revoked"):
+            return
+        for relay in list(self.gateway.sessions.values()):
+            gate.revoked(relay, grant_id, end_sessions)
 
     async def _health(self) -> dict:
         out = {"gateway": "ok", "sessions": len(self.gateway.sessions) if self.gateway else 0}

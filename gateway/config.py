@@ -34,7 +34,7 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     require_tls: bool = False
-    max_message_size: int = 1 << 20
+    max_message_size: int = 64 << 20      # PostgreSQL allows 1 GiB; big Binds/COPY rows are normal
     startup_timeout_s: float = 15.0       # whole handshake must finish within this
     idle_timeout_s: float = 0.0           # 0 = never close idle sessions
     tcp_keepalive: bool = True            # detects half-open peers
@@ -184,7 +184,7 @@ def _server(t: Mapping, w: _Where) -> ServerConfig:
     require = _get(t, "require_tls", bool, False, w, "server")
     if require and not cert:
         raise w.error("server.require_tls", "require_tls needs tls_cert and tls_key")
-    size = _get(t, "max_message_size", int, 1 << 20, w, "server")
+    size = _get(t, "max_message_size", int, 64 << 20, w, "server")
     if size < 1024:
         raise w.error("server.max_message_size", f"expected at least 1024 bytes, got {size}")
     import socket

@@ -44,8 +44,15 @@ _HDR = struct.Struct("!i")
 PASSED_PARAMS = {
     "database", "application_name", "client_encoding", "datestyle", "timezone",
     "extra_float_digits", "intervalstyle", "bytea_output", "statement_timeout",
-    "lock_timeout", "idle_in_transaction_session_timeout", "geqo",
+    "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout", "geqo",
+    "default_transaction_isolation", "default_transaction_read_only",
+    "default_transaction_deferrable", "synchronous_commit", "work_mem", "maintenance_work_mem",
+    "temp_buffers", "jit", "plan_cache_mode", "random_page_cost", "effective_cache_size",
+    "xmloption", "xmlbinary", "default_text_search_config", "array_nulls", "timezone_abbreviations",
+    "gin_fuzzy_search_limit", "cursor_tuple_fraction", "from_collapse_limit", "join_collapse_limit",
 }
+#: prefixes of harmless planner and locale settings drivers and BI tools send
+PASSED_PREFIXES = ("enable_", "lc_", "parallel_", "geqo_")
 REFUSED_PARAMS = {
     "options": "it can set any server setting, including ones that change how SQL is read",
     "replication": "replication connections bypass SQL analysis",
@@ -85,6 +92,13 @@ class Gate:
 
     def on_function_call(self, relay: "Relay", frame: bytes) -> Verdict | Awaitable[Verdict]:
         return Verdict(frame)
+
+    #: set by gates that audit or re-check each execution of a prepared statement
+    watches_binds = False
+
+    def on_bind(self, relay: "Relay", frame: bytes) -> "Verdict | None":
+        """A Bind (one execution of a prepared statement): None forwards it as is."""
+        return None
 
     def on_upstream_error(self, relay: "Relay", body: bytes) -> bytes | None:
         """Return replacement ErrorResponse/Notice bytes, or None to pass it as is."""
@@ -282,7 +296,15 @@ class Relay:
                     raise ProtocolViolation(f"unknown frontend message type {chr(t)!r} (0x{t:02x})")
                 if end > n:
                     break
-                if t == 0x51 or t == 0x50 or t == 0x46:      # Q, P, F
+                if t == 0x42 and gate.watches_binds:         # B: one execution of a prepared statement
+                    frame = bytes(buf[pos:end])
+                    verdict = gate.on_bind(self, frame)
+                    if verdict is None:
+                        out.append(frame)
+                    else:
+                        self._apply(verdict, out)
+                    pos = end
+                elif t == 0x51 or t == 0x50 or t == 0x46:    # Q, P, F
                     frame = bytes(buf[pos:end])
                     if t == 0x51:
                         self.inflight += 1
@@ -678,7 +700,8 @@ class Gateway:
                 raise _refuse("42501", f"startup parameter \"{key}\" is not allowed through piigate: "
                               f"{REFUSED_PARAMS[lk]}",
                               "remove it from the connection string (PGOPTIONS, options=...)")
-            if lk != "user" and lk not in PASSED_PARAMS and not lk.startswith("_pq_."):
+            if (lk != "user" and lk not in PASSED_PARAMS and not lk.startswith(PASSED_PREFIXES)
+                    and not lk.startswith("_pq_.")):
                 raise _refuse("42501", f"startup parameter \"{key}\" is not allowed through piigate",
                               "set it with SET after connecting, if policy allows")
         parser.started()       # from here on every client message is typed
@@ -687,7 +710,8 @@ class Gateway:
         if user.databases and database not in user.databases:
             raise _refuse("42501", f"gateway user \"{user.name}\" may not connect to database \"{database}\"")
         upstream_params = {k: v for k, v in params.items()
-                           if k.lower() in PASSED_PARAMS and k != "database"}
+                           if (k.lower() in PASSED_PARAMS or k.lower().startswith(PASSED_PREFIXES))
+                           and k != "database"}
         upstream_params["database"] = database
         try:
             upstream = await connect_upstream(self.config.upstream, upstream_params)

@@ -41,6 +41,12 @@ log = logging.getLogger("piigate.session")
 
 
 
+#: unrestricted users' statements longer than this are passed without analysis (it is
+#: only for the audit record then, and a multi-megabyte INSERT would stall the session)
+_UNRESTRICTED_ANALYSIS_LIMIT = 256 * 1024
+#: statements that may change the schema (a cheap check for unrestricted relaying)
+_DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|grant|revoke|"
+                        r"truncate|refresh|security|import|reindex|cluster)\b|.*;\s*(?:create|alter|drop|comment)\b")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -60,6 +66,11 @@ class SessionState:
     grants: list = field(default_factory=list)          # Grant objects redeemed from tokens
     cursors: dict = field(default_factory=dict)         # SQL cursor name -> grant id or None
     prepared: dict = field(default_factory=dict)        # SQL-level PREPARE name -> grant id or None
+    #: protocol-level prepared statements: name -> (facts, decision, executions seen)
+    statements: dict = field(default_factory=dict)
+    grant_expiry: dict = field(default_factory=dict)    # grant id -> expires_at (unix time)
+    #: grants used since the session was last idle (inside the open transaction)
+    open_grants: set = field(default_factory=set)
     statements_total: int = 0
 
 
@@ -114,6 +125,8 @@ class Engine:
 class PolicyGate(Gate):
     def __init__(self, engine: Engine):
         self.engine = engine
+        # every execution of a prepared statement is audited (and its grant re-checked)
+        self.watches_binds = engine.audit is not None or engine.jit is not None
 
     # -- session lifecycle ------------------------------------------------------------------
     def session_started(self, relay: Relay) -> None:
@@ -161,7 +174,43 @@ class PolicyGate(Gate):
         return self._handle(relay, frame, sql, extended=False, name="")
 
     def on_parse(self, relay: Relay, frame: bytes, name: str, sql: str):
+        relay.state["parse_name"] = name
         return self._handle(relay, frame, sql, extended=True, name=name)
+
+    def on_bind(self, relay: Relay, frame: bytes):
+        """Each execution of a protocol-level prepared statement: the Parse was decided
+        (and audited) once; later executions get their own record, and one made under
+        a grant that has since expired or been used up is refused."""
+        s: SessionState = relay.state["s"]
+        body = frame[5:]
+        p = body.find(b"\x00")
+        q = body.find(b"\x00", p + 1)
+        name = body[p + 1:q].decode(relay.encoding, "replace")
+        entry = s.statements.get(name)
+        if entry is None:
+            return None
+        facts, decision, first_pending = entry
+        if first_pending:
+            s.statements[name] = (facts, decision, False)   # the Parse's own record covers it
+            return None
+        if decision.grant_id is not None:
+            expires = s.grant_expiry.get(decision.grant_id)
+            if expires is not None and time.time() >= expires:
+                refusal = Refusal("42501", f"piigate: grant {decision.grant_id} has expired; this prepared "
+                                  "statement needs approval again", "run the statement again to request access")
+                return self._refuse_bind(relay, refusal)
+        if self.engine.audit is not None:
+            refusal = self._audit_decisions(relay, s, [(facts, decision)], s.reason, fail_closed=False)
+            if refusal is not None:
+                return self._refuse_bind(relay, refusal)
+            self._inflight(relay, [(facts, decision)])
+        return None
+
+    def _refuse_bind(self, relay, refusal: Refusal) -> Verdict:
+        marker = f"piigate_refused_{secrets.token_hex(6)}"
+        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
+        body = b"\x00" + marker.encode() + b"\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
+        return Verdict(codec.frame(b"B", body), rewrites=((marker, err),))
 
     def on_function_call(self, relay: Relay, frame: bytes):
         s: SessionState = relay.state["s"]
@@ -175,7 +224,20 @@ class PolicyGate(Gate):
         eng = self.engine
         s: SessionState = relay.state["s"]
         t0 = time.perf_counter()
-        facts_list = eng.cache.analyze(sql, eng.schema, s.search_path, extended=extended)
+        if not s.under_policy and eng.audit is None:
+            # nothing to enforce and nothing to record: a plain relay (DDL still
+            # triggers a schema refresh for the sessions that are under policy)
+            if eng.on_ddl is not None and _DDL_START.match(sql):
+                eng.on_ddl()
+            if extended:
+                relay.state["parse_name"] = name
+            return Verdict(frame)
+        if not s.under_policy and len(sql) > _UNRESTRICTED_ANALYSIS_LIMIT:
+            # a bulk load by an unrestricted user: passed as is, recorded without its text
+            facts_list = (StatementFacts(StatementKind.UNKNOWN, sql, unknown="not analysed: statement of "
+                                         f"{len(sql)} characters from an unrestricted user"),)
+        else:
+            facts_list = eng.cache.analyze(sql, eng.schema, s.search_path, extended=extended)
         s.statements_total += len(facts_list)
         if not s.under_policy:
             return self._unrestricted(relay, s, frame, facts_list, extended, name, t0)
@@ -223,6 +285,8 @@ class PolicyGate(Gate):
     def _pass(self, relay, s, frame, plans, t0) -> Verdict:
         self._observe(plans, t0)
         self._inflight(relay, plans)
+        if frame[:1] == b"P" and plans and self.watches_binds:
+            s.statements[relay.state.get("parse_name", "")] = (plans[0][0], plans[0][1], True)
         return Verdict(frame)
 
     async def _audit_then(self, relay, s, plans, reason, then):
@@ -293,6 +357,12 @@ class PolicyGate(Gate):
             if hit is not None:
                 return hit
         decision = self._decide(s, facts, reason, grants=s.grants)
+        if facts.kind is StatementKind.EXPLAIN and decision.effect is Effect.MASK:
+            # a plan shows the statement's literals, row counts and the masking itself:
+            # nothing in it can be masked, so EXPLAIN of statements that read PII is refused
+            decision = _deny("explain-pii", "piigate: EXPLAIN of a statement that reads catalogued PII is "
+                             "not allowed for users under PII policy",
+                             hint="EXPLAIN the statement without the PII columns, or ask an administrator")
         if cacheable and decision.effect is not Effect.APPROVE:
             if len(eng.decisions) >= 20000:
                 eng.decisions.clear()
@@ -477,6 +547,8 @@ class PolicyGate(Gate):
         return None
 
     def _redecide_with(self, s, facts, reason, grant, first: Decision) -> Decision:
+        if getattr(grant, "expires_at", None):
+            s.grant_expiry[grant.id] = grant.expires_at
         decision = self._decide(s, facts, reason, grants=[grant, *s.grants])
         if decision.effect is Effect.APPROVE:
             return _deny("grant-not-covering", f"piigate: grant {grant.id} does not cover this statement")
@@ -530,6 +602,9 @@ class PolicyGate(Gate):
         self._observe(plans, t0)
         if refusal is None:
             self._inflight(relay, plans)
+            if extended and plans and self.watches_binds:
+                name = relay.state.get("parse_name", "")
+                s.statements[name] = (plans[0][0], plans[0][1], True)
         if refusal is not None:
             if extended:
                 return self._refuse_parse(relay, name, refusal)
@@ -540,7 +615,23 @@ class PolicyGate(Gate):
             return Verdict(_reencode_parse(frame, texts[0], relay.encoding))
         return Verdict(codec.encode_query(";\n".join(texts), relay.encoding))
 
+    def revoked(self, relay: Relay, grant_id: str, end_sessions: bool) -> None:
+        """A grant was revoked (on any instance): never use it again in this session,
+        and with ``end_sessions`` end the session when a transaction or cursor opened
+        under it is still open."""
+        s: SessionState = relay.state.get("s")
+        if s is None:
+            return
+        s.grant_expiry[grant_id] = 0.0
+        s.grants = [g for g in s.grants if getattr(g, "id", None) != grant_id]
+        if end_sessions and (grant_id in s.open_grants or grant_id in s.cursors.values()
+                             or grant_id in s.prepared.values()):
+            relay.fatal("42501", f"piigate: grant {grant_id} was revoked; this session had a transaction or "
+                        "cursor open under it and has been ended", "reconnect; request access again if needed")
+
     def _remember(self, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
+        if decision.grant_id is not None:
+            s.open_grants.add(decision.grant_id)
         if facts.kind is StatementKind.DDL and self.engine.on_ddl:
             self.engine.on_ddl()          # re-read the schema once it has run
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
@@ -661,6 +752,9 @@ class PolicyGate(Gate):
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:
+        s: SessionState = relay.state.get("s")
+        if s is not None and status == "I" and s.open_grants:
+            s.open_grants.clear()
         inflight = relay.state.get("inflight")
         if not inflight:
             return

@@ -39,7 +39,7 @@ _KEYS = {"hold_timeout_s", "request_ttl_s", "redis_url", "redis_prefix", "approv
          "webhook_urls", "slack_webhook_urls", "webhook_retries", "webhook_backoff_s",
          "hook_url", "hook_secret", "hook_secret_env", "hook_timeout_s", "token_key",
          "token_key_env", "token_max_ttl_s", "totp_grant_s", "totp", "sweep_interval_s",
-         "prefix"}
+         "prefix", "end_sessions_on_revoke"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class JitConfig:
     totp_grant_s: int = 900
     totp_secrets: Mapping[str, bytes] = field(default_factory=dict)
     sweep_interval_s: float = 5.0
+    #: a revocation also ends sessions inside a transaction or cursor opened under the grant
+    end_sessions_on_revoke: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any] | None, where: str = "config") -> "JitConfig":
@@ -108,7 +110,15 @@ class JitConfig:
             totp_grant_s=int(v.number("totp_grant_s", cls.totp_grant_s, integer=True)),
             totp_secrets=secrets,
             sweep_interval_s=v.number("sweep_interval_s", cls.sweep_interval_s),
+            end_sessions_on_revoke=_boolean(t, "end_sessions_on_revoke", where),
         )
+
+
+def _boolean(t: Mapping[str, Any], key: str, where: str) -> bool:
+    value = t.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: [jit].{key}: expected true or false, got {value!r}")
+    return value
 
 
 class _Reader:

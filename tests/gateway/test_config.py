@@ -101,7 +101,7 @@ def test_empty_config_gives_defaults():
     assert (cfg.server.host, cfg.server.port) == ("127.0.0.1", 6432)
     assert (cfg.upstream.host, cfg.upstream.port, cfg.upstream.user) == ("127.0.0.1", 5432, "postgres")
     assert cfg.upstream.sslmode == "disable" and cfg.users == {}
-    assert cfg.server.max_message_size == 1 << 20
+    assert cfg.server.max_message_size == 64 << 20
 
 
 def test_sections_of_other_owners_are_kept_raw():

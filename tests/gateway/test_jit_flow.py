@@ -42,7 +42,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(pg, db, tmp_path, redis_url, prefix, *, hold=20, admin_port=0) -> str:
+def _config(pg, db, tmp_path, redis_url, prefix, *, hold=20, admin_port=0, jit_extra="") -> str:
     (tmp_path / "policy.toml").write_text(POLICY)
     extra = f"""
 [policy]
@@ -52,6 +52,7 @@ url = "{redis_url}"
 prefix = "{prefix}"
 [jit]
 hold_timeout_s = {hold}
+{jit_extra}
 [admin]
 listen = "127.0.0.1:{admin_port or _free_port()}"
 [[admin.approvers]]
@@ -64,6 +65,7 @@ groups = ["leads"]
 
 @pytest.fixture
 def jit_gateway(gateway_factory, pg_server, sample_db, tmp_path, redis_url, redis_prefix):
+    """jit_gateway(hold=..., jit_extra=...) -> a gateway with policy, Redis and admin API."""
     def make(**kw):
         gw = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, redis_url,
                                                  redis_prefix, **kw))
@@ -237,4 +239,48 @@ async def test_two_instances_share_one_redis(gateway_factory, pg_server, sample_
         assert box.get("value") == ("user05@example.invalid",), box
     finally:
         t.join(10)
+        conn.close()
+
+
+async def _approve_pending_for(gw, conn, sql: str, t_box=None) -> dict:
+    t, box = _run_in_thread(lambda: conn.execute(sql).fetchone())
+    req = await _pending(gw.admin)
+    status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/approve",
+                               {"duration": "5m", "scope": "columns"})
+    assert status in (200, 201), body
+    t.join(10)
+    assert "value" in box, box
+    grant = body.get("grant") or {}
+    return grant
+
+
+async def test_revoke_takes_effect_for_the_next_statement(jit_gateway):
+    gw = jit_gateway(hold=1)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-13'")
+        grant = await _approve_pending_for(gw, conn, "SELECT email FROM customers WHERE id = 1")
+        assert conn.execute("SELECT email FROM customers WHERE id = 2").fetchone() == ("user02@example.invalid",)
+        status, body = await _post(gw.admin, f"/api/v1/grants/{grant['id']}/revoke", {})
+        assert status == 200, body
+        await asyncio.sleep(0.2)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT email FROM customers WHERE id = 3")      # held again, times out
+    finally:
+        conn.close()
+
+
+async def test_revoke_can_end_a_session_inside_a_transaction_under_the_grant(jit_gateway):
+    gw = jit_gateway(jit_extra="end_sessions_on_revoke = true")
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-14'")
+        conn.execute("BEGIN")
+        grant = await _approve_pending_for(gw, conn, "SELECT email FROM customers WHERE id = 1")
+        status, body = await _post(gw.admin, f"/api/v1/grants/{grant['id']}/revoke", {})
+        assert status == 200, body
+        await asyncio.sleep(0.3)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    finally:
         conn.close()

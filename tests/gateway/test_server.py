@@ -412,7 +412,7 @@ VIOLATIONS = {
     "bad length after login": (True, b"Q" + I32.pack(2) + b"x", "08P01"),
     "unknown type after login": (True, b"\x01" + I32.pack(4), "08P01"),
     "backend type from a client": (True, codec.encode_ready("I"), "08P01"),
-    "oversize after login": (True, b"Q" + I32.pack((1 << 20) + 1), "54000"),
+    "oversize after login": (True, b"Q" + I32.pack((64 << 20) + 1), "54000"),
     "malformed query after login": (True, codec.frame(b"Q", b"SELECT 1"), "08P01"),
 }
 

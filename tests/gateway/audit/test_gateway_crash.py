@@ -1,0 +1,109 @@
+"""kill -9 of the real gateway process under load: no forwarded statement lacks its
+decision record, and the trail verifies up to the last complete record."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.audit.chain import verify
+from gateway.audit.query import iter_records, read_trail
+from gateway.protocol.scram import make_verifier
+
+REPO = Path(__file__).resolve().parents[3]
+POLICY = """
+[defaults]
+pii_read = "mask"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_kill_9_under_load_loses_no_record_of_a_forwarded_statement(pg_server, sample_db, tmp_path):
+    port = _free_port()
+    (tmp_path / "policy.toml").write_text(POLICY)
+    (tmp_path / "audit").mkdir()
+    password = f'password = "{pg_server.password}"\n' if pg_server.password else ""
+    (tmp_path / "gw.toml").write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+instance_id = "gw-crash"
+[upstream]
+host = "{pg_server.host}"
+port = {pg_server.port}
+user = "{pg_server.user}"
+{password}database = "{sample_db.dbname}"
+[users.ann]
+password_verifier = "{make_verifier('pw', iterations=64)}"
+roles = ["analyst"]
+[policy]
+file = "policy.toml"
+[audit]
+sinks = ["file"]
+file = "audit/audit.jsonl"
+fsync = "group"
+""")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp_path / "gw.toml")],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answered: dict[int, int] = {}
+    stop = threading.Event()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                assert proc.poll() is None, "the gateway exited at start"
+                time.sleep(0.1)
+
+        def client(n: int) -> None:
+            count = 0
+            try:
+                with psycopg.connect(f"postgresql://ann:pw@127.0.0.1:{port}/{sample_db.dbname}",
+                                     autocommit=True) as conn:
+                    while not stop.is_set():
+                        conn.execute("SELECT count(*) FROM orders WHERE id > %s", (count,)).fetchone()
+                        count += 1              # this statement was forwarded and answered
+                        answered[n] = count
+            except psycopg.Error:
+                pass                            # the gateway died under us: expected
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    total = sum(answered.values())
+    assert total > 50, f"too little load to mean anything ({total} statements)"
+    files = sorted((tmp_path / "audit").glob("*.jsonl"))
+    res = verify(read_trail(files))
+    assert res.ok, res.summary()
+    decisions = [r for r in iter_records(read_trail(files))
+                 if r["type"] == "statement.decision" and r.get("user") == "ann"]
+    # every answered statement was forwarded after its decision record was written
+    assert len(decisions) >= total, f"{total} statements answered, {len(decisions)} decision records"
