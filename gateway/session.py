@@ -71,6 +71,7 @@ class SessionState:
     grant_expiry: dict = field(default_factory=dict)    # grant id -> expires_at (unix time)
     #: grants used since the session was last idle (inside the open transaction)
     open_grants: set = field(default_factory=set)
+    totp_code: str | None = None                        # SET piigate.totp: self-service step-up
     statements_total: int = 0
 
 
@@ -257,6 +258,10 @@ class PolicyGate(Gate):
             if intercepted is not None:
                 plans.append(intercepted)
                 continue
+            if facts.kind is StatementKind.SET and (facts.setting or ("", ""))[0] == "piigate.grant_token":
+                plans.append((facts, Decision(Effect.APPROVE, "piigate-setting", action=Action.SESSION)))
+                needs_async = True
+                continue
             decision = self._cached_decision(relay, s, facts, sql, reason)
             if decision.effect is Effect.APPROVE:
                 needs_async = True
@@ -412,6 +417,15 @@ class PolicyGate(Gate):
             s.reason = (value or "").strip() or None
             return (facts, Decision(Effect.ALLOW, "piigate-setting", ("reason recorded by the gateway",),
                                     action=Action.SESSION), "SET piigate.reason = 'recorded'")
+        if name == "piigate.totp":
+            s.totp_code = (value or "").strip() or None
+            return (facts, Decision(Effect.ALLOW, "piigate-setting", ("TOTP code kept for the next request",),
+                                    action=Action.SESSION), "SET piigate.totp = 'recorded'")
+        if name == "piigate.grant_token":
+            return None                       # redeemed asynchronously (see _handle_async)
+        if name.startswith("piigate."):
+            return (facts, _deny("piigate-setting", f"piigate: unknown gateway setting {name}",
+                                 hint="the gateway knows piigate.reason, piigate.totp and piigate.grant_token"))
         return None
 
     async def _handle_async(self, relay, s: SessionState, frame, sql, facts_list, plans, extended, name,
@@ -492,6 +506,14 @@ class PolicyGate(Gate):
             grant = await self._grant_for(req)
             if grant is not None:
                 return self._redecide_with(s, facts, reason, grant, decision)
+        if s.totp_code and decision.approval is not None and decision.approval.self_service_totp:
+            code, s.totp_code = s.totp_code, None          # a code is good for one request
+            try:
+                grant = await eng.jit.grant_with_totp(req.id, s.principal.name, code)
+            except Exception as e:
+                return _deny("totp-refused", f"piigate: TOTP confirmation of request {req.id} refused: {e}",
+                             hint="SET piigate.totp = '<current code>' and run the statement again")
+            return self._redecide_with(s, facts, reason, grant, decision)
         where = eng.admin_url.rstrip("/") + f"/#/requests/{req.id}" if eng.admin_url else "the approval console"
         cols = ", ".join(str(c) for c in sorted(pii_cols)) or "(see the request)"
         notice = codec.encode_notice(

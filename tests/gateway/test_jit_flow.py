@@ -42,8 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(pg, db, tmp_path, redis_url, prefix, *, hold=20, admin_port=0, jit_extra="") -> str:
-    (tmp_path / "policy.toml").write_text(POLICY)
+def _config(pg, db, tmp_path, redis_url, prefix, *, hold=20, admin_port=0, jit_extra="",
+            policy=None) -> str:
+    (tmp_path / "policy.toml").write_text(policy or POLICY)
     extra = f"""
 [policy]
 file = "{tmp_path / 'policy.toml'}"
@@ -65,7 +66,7 @@ groups = ["leads"]
 
 @pytest.fixture
 def jit_gateway(gateway_factory, pg_server, sample_db, tmp_path, redis_url, redis_prefix):
-    """jit_gateway(hold=..., jit_extra=...) -> a gateway with policy, Redis and admin API."""
+    """jit_gateway(hold=..., jit_extra=..., policy=...) -> a gateway with policy, Redis and admin API."""
     def make(**kw):
         gw = gateway_factory(config_text=_config(pg_server, sample_db.dbname, tmp_path, redis_url,
                                                  redis_prefix, **kw))
@@ -280,7 +281,48 @@ async def test_revoke_can_end_a_session_inside_a_transaction_under_the_grant(jit
         status, body = await _post(gw.admin, f"/api/v1/grants/{grant['id']}/revoke", {})
         assert status == 200, body
         await asyncio.sleep(0.3)
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(psycopg.Error) as exc:
             conn.execute("SELECT 1")
+        assert "revoked" in str(exc.value)
+        assert conn.broken or conn.closed
     finally:
         conn.close()
+
+
+TOTP_SECRET = "JBSWY3DPEHPK3PXP"
+
+
+async def test_totp_self_service_step_up_in_the_session(jit_gateway):
+    from gateway.jit.totp import decode_secret, totp
+    policy = POLICY.replace("reason_required = true", "reason_required = true\nself_service_totp = true")
+    gw = jit_gateway(policy=policy, jit_extra=f'[jit.totp]\nsam = "{TOTP_SECRET}"')
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        conn.execute("SET piigate.reason = 'TICKET-15'")
+        conn.execute("SET piigate.totp = '000000'")            # wrong: refused, not held
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute("SELECT email FROM customers WHERE id = 6")
+        assert "TOTP" in str(exc.value)
+        code = totp(decode_secret(TOTP_SECRET), time.time())
+        conn.execute(f"SET piigate.totp = '{code}'")
+        t0 = time.monotonic()
+        assert conn.execute("SELECT email FROM customers WHERE id = 6").fetchone() == ("user06@example.invalid",)
+        assert time.monotonic() - t0 < 5                         # no approver involved
+
+
+async def test_one_time_token_works_once_and_only_for_its_user(jit_gateway):
+    gw = jit_gateway(hold=1, jit_extra='token_key = "a-test-token-key-of-enough-length"')
+    status, body = await _post(gw.admin, "/api/v1/tokens",
+                               {"user": "sam", "action": "read", "scope": "columns",
+                                "categories": ["email"], "ttl": "5m", "duration": "5m"})
+    assert status == 201, body
+    token = body["token"]
+    with psycopg.connect(gw.dsn(gw.dbname, user="lee"), autocommit=True) as other:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            other.execute(f"SET piigate.grant_token = '{token}'")          # not lee's token
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        conn.execute(f"SET piigate.grant_token = '{token}'")
+        conn.execute("SET piigate.reason = 'TICKET-16'")
+        assert conn.execute("SELECT email FROM customers WHERE id = 9").fetchone() == ("user09@example.invalid",)
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"SET piigate.grant_token = '{token}'")           # used once already
