@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import re
+
 from pglast import parser
 
 from gateway.analysis.facts import StatementFacts, StatementKind as K
@@ -52,6 +54,29 @@ _clone = _make_clone()
 _LITERAL_FREE_KINDS = frozenset({K.SELECT, K.INSERT, K.UPDATE, K.DELETE, K.MERGE})
 
 
+#: a string prefix (E'', N'', B'', X''): a letter that starts a token, right before a quote
+_PREFIXED_STRING = re.compile(r"(?<![\w'])[a-zA-Z]'")
+#: what PostgreSQL's lexer reads as constants in the texts simple_key accepts: standard
+#: single-quoted strings ('' inside) and unsigned decimal numbers at token boundaries
+_SIMPLE_LITERAL = re.compile(r"'[^']*(?:''[^']*)*'|\b\d+(?:\.\d+)?\b(?![.'])")
+
+
+def simple_key(sql: str) -> str | None:
+    """A literal-insensitive key for the common, simply lexed statement, cheaper than
+    ``normalize``: constants become ``$``, a character such texts cannot contain, so
+    the key is unambiguous. None (use PostgreSQL's lexer) for anything whose lexing
+    this does not emulate: dollar quotes and parameters, backslashes, quoted or
+    Unicode identifiers, comments, prefixed strings, non-ASCII, NUL. Two texts share
+    a key only if they differ in constants alone, as with ``normalize``; a constant
+    the pattern does not recognise (1e5, 0x1F, 1_000) only makes the key narrower."""
+    if ("$" in sql or "\\" in sql or '"' in sql or "&" in sql or "--" in sql or "/*" in sql
+            or "\x00" in sql or not sql.isascii()):
+        return None
+    if "'" in sql and _PREFIXED_STRING.search(sql):
+        return None
+    return _SIMPLE_LITERAL.sub("$", sql)
+
+
 class AnalysisCache:
     """``analyze()`` with memory. Bounded; evicts the oldest entries first."""
 
@@ -59,6 +84,7 @@ class AnalysisCache:
         self.maxsize = maxsize
         self._exact: dict = {}
         self._shape: dict = {}
+        self._simple: dict = {}
         self.hits_exact = 0
         self.hits_shape = 0
         self.misses = 0
@@ -73,6 +99,13 @@ class AnalysisCache:
         if hit is not None:
             self.hits_exact += 1
             return hit
+        simple = simple_key(sql)
+        if simple is not None:
+            entry = self._simple.get((simple, ctx))
+            if entry is not None:
+                values, prefix, suffix = entry
+                self.hits_shape += 1
+                return (_clone(values, sql[prefix:len(sql) - suffix]),)
         try:
             # (a NUL ends the C string normalize reads: such texts skip this cache)
             normalized = parser.normalize(sql) if "\x00" not in sql else None
@@ -98,6 +131,8 @@ class AnalysisCache:
             a = analysed[0]
             values = tuple(getattr(a.facts, n) for n in _FIELDS)
             self._put(self._shape, shape_key, (values, a.prefix, a.suffix))
+            if simple is not None:
+                self._put(self._simple, (simple, ctx), (values, a.prefix, a.suffix))
         return result
 
     def _put(self, d: dict, key, value) -> None:
@@ -108,3 +143,4 @@ class AnalysisCache:
     def clear(self) -> None:
         self._exact.clear()
         self._shape.clear()
+        self._simple.clear()
