@@ -789,10 +789,7 @@ class PolicyGate(Gate):
                          "status": outcome[0] or "ok", "rows": outcome[1], "bytes": outcome[2],
                          "duration_ms": round((now - t0) * 1000, 3), "tx_status": status}
                 try:
-                    if audit.inline:
-                        audit.append(event, required=False)
-                    else:
-                        audit.emit(event)
+                    audit.emit(event)
                 except Exception as e:
                     log.error("audit: completion record lost: %s", e)
         inflight.clear()
