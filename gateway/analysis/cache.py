@@ -59,6 +59,7 @@ _PREFIXED_STRING = re.compile(r"(?<![\w'])[a-zA-Z]'")
 #: what PostgreSQL's lexer reads as constants in the texts simple_key accepts: standard
 #: single-quoted strings ('' inside) and unsigned decimal numbers at token boundaries
 _SIMPLE_LITERAL = re.compile(r"'[^']*(?:''[^']*)*'|\b\d+(?:\.\d+)?\b(?![.'])")
+_SIMPLE_NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b(?![.'])")      # the same, for texts without quotes
 
 
 def simple_key(sql: str) -> str | None:
@@ -72,7 +73,9 @@ def simple_key(sql: str) -> str | None:
     if ("$" in sql or "\\" in sql or '"' in sql or "&" in sql or "--" in sql or "/*" in sql
             or "\x00" in sql or not sql.isascii()):
         return None
-    if "'" in sql and _PREFIXED_STRING.search(sql):
+    if "'" not in sql:
+        return _SIMPLE_NUMBER.sub("$", sql)
+    if _PREFIXED_STRING.search(sql):
         return None
     return _SIMPLE_LITERAL.sub("$", sql)
 
