@@ -408,6 +408,8 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
     """
     state = _DeriveState(catalog.entries)
     relations = list(schema.relations.values())
+    for entry in _structural_copies(relations, state):
+        state.add(entry)
     # Fixpoint: a view of a partition of a child of a catalogued table is reached
     # after a few rounds; each round only adds, so it terminates.
     for _ in range(len(relations) + 1):
@@ -418,6 +420,42 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
         if not added:
             break
     return Catalog.of(state.entries.values())
+
+
+_TABLE_KINDS = ("r", "p", "f", "m")
+
+
+def _structural_copies(relations: list, state: "_DeriveState") -> list[CatalogEntry]:
+    """Tables made with ``CREATE TABLE ... (LIKE t)`` or ``AS SELECT * FROM t`` carry
+    t's PII without inheriting from it: a table that has every catalogued column of a
+    catalogued table (same names and types) and most of its other columns is treated
+    as a copy. A false positive only means masking; a miss means a leak.
+    Source ``derived:same columns as public.customers``."""
+    by_ref = {r.ref: r for r in relations}
+    sources = []
+    for ref, cols in list(state.by_relation.items()):
+        rel = by_ref.get(ref)
+        if rel is None or rel.kind not in _TABLE_KINDS or not cols:
+            continue
+        sources.append((rel, cols))
+    out = []
+    for rel in relations:
+        if rel.kind not in _TABLE_KINDS or state.columns_of(rel.ref) or rel.parents:
+            continue
+        mine = {c.name: c.type_name for c in rel.columns}
+        for src, cols in sources:
+            if src.ref == rel.ref:
+                continue
+            theirs = {c.name: c.type_name for c in src.columns}
+            if not all(mine.get(name) == theirs.get(name) for name in cols):
+                continue
+            shared = sum(1 for name, t in theirs.items() if mine.get(name) == t)
+            if shared < max(2, int(0.8 * len(theirs))):
+                continue
+            for name, base in cols.items():
+                out.append(_derived(rel.ref, name, base, f"derived:same columns as {src.ref}"))
+            break
+    return out
 
 
 class _DeriveState:

@@ -81,6 +81,33 @@ ORDER BY 1, 2, a.attnum
 """
 
 
+#: comments that are not tags but say the column holds PII ("free_text (may contain
+#: PII)"): catalogued anyway, with the first category the comment names (else
+#: free_text). A DBA's warning silently ignored is a column silently unprotected.
+_COMMENT_MENTIONS_SQL = _COMMENT_TAGS_SQL.replace(
+    "d.description ~* '^\\s*pii:'",
+    "d.description !~* '^\\s*pii:' AND (d.description ~* '\\mpii\\M' "
+    "OR d.description ~* '^\\s*(name|email|phone|ssn|national_id|dob|card_number|iban|address|"
+    "ip_address|free_text)\\M')")
+
+
+async def load_comment_mentions(conn, known: set | frozenset = frozenset()) -> list[CatalogEntry]:
+    """Entries for columns whose comment mentions PII without a ``pii:`` tag."""
+    import re
+    from catalog.model import BUILTIN_CATEGORIES, DEFAULT_SENSITIVITY, Sensitivity
+    rows = await conn.fetch(_COMMENT_MENTIONS_SQL)
+    out = []
+    for nsp, rel, col, text in rows:
+        ref = ColumnRef(nsp, rel, col)
+        if ref in known:
+            continue
+        words = re.findall(r"[a-z_]+", text.lower())
+        category = next((w for w in words if w in BUILTIN_CATEGORIES), "free_text")
+        out.append(CatalogEntry(ref, category, DEFAULT_SENSITIVITY.get(category, Sensitivity.MEDIUM),
+                                description=text[:200], source=f"comment-mention:{ref}"))
+    return out
+
+
 async def load_live_schema(conn) -> LiveSchema:
     """Read the live schema through an asyncpg connection (any role that can read
     the system catalogs). Outside a transaction it opens its own read-only
@@ -181,6 +208,9 @@ async def load_catalog_and_schema(conn, catalog_file: str | None = None,
     file_entries = cfile.entries if cfile else ()
     user_categories = cfile.categories if cfile else {}
     tags = await load_comment_tags(conn, user_categories) if comment_tags else []
+    if comment_tags:
+        known = {e.column for e in tags} | {e.column for e in file_entries}
+        tags = list(tags) + await load_comment_mentions(conn, known)
     schema = await load_live_schema(conn)
     if annotate is not None:
         schema = annotate(schema)

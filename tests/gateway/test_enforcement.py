@@ -67,13 +67,15 @@ def catalogued_values() -> set[str]:
     return values
 
 
-def _policy_config(pg_server, dbname: str, tmp_path) -> str:
+def _policy_config(pg_server, dbname: str, tmp_path, catalog_file: bool = True) -> str:
     (tmp_path / "policy.toml").write_text(POLICY)
     shutil.copy(ROOT / "examples" / "catalog.toml", tmp_path / "catalog.toml")
     extra = f"""
 [policy]
 file = "{tmp_path / 'policy.toml'}"
-[catalog]
+"""
+    if catalog_file:
+        extra += f"""[catalog]
 file = "{tmp_path / 'catalog.toml'}"
 """
     from .conftest import gateway_toml
@@ -88,8 +90,8 @@ def policy_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path):
     return gw
 
 
-@pytest.fixture(scope="module")
-def corpus_gateway(pg_server, _sample_template, tmp_path_factory):
+@pytest.fixture(scope="module", params=["catalog-file", "comment-tags-only"])
+def corpus_gateway(request, pg_server, _sample_template, tmp_path_factory):
     """One gateway and one private copy of the sample database for the whole corpus
     (the statements run as a user without a grant; writes are refused)."""
     from gateway.config import parse_config
@@ -97,7 +99,9 @@ def corpus_gateway(pg_server, _sample_template, tmp_path_factory):
     from .conftest import start_gateway
     db = create_database(pg_server, template=_sample_template.dbname, prefix="piigate_corpus")
     tmp = tmp_path_factory.mktemp("corpus")
-    text = _policy_config(pg_server, db.dbname, tmp)
+    # with the reviewed catalog file, and with nothing but what the database says
+    # (pii: tags, comments that mention PII, tables with the same columns as a tagged one)
+    text = _policy_config(pg_server, db.dbname, tmp, catalog_file=request.param == "catalog-file")
     (tmp / "gw.toml").write_text(text)
     gw = start_gateway(parse_config(text, str(tmp / "gw.toml")))
     gw.dbname = db.dbname
@@ -112,7 +116,14 @@ def _client(gw, user="ann") -> RawClient:
     return RawClient("127.0.0.1", gw.port, user, PASSWORD, gw.dbname)
 
 
-@pytest.mark.parametrize("case", CORPUS + EXTRA, ids=[c["id"] for c in CORPUS + EXTRA])
+UNTAGGED = [{"id": f"UT{i:02d}", "sql": q} for i, q in enumerate([
+    "SELECT note FROM orders", "SELECT * FROM orders", "SELECT * FROM order_report",
+    "SELECT * FROM customers_part", "SELECT ssn, email FROM customers_part_testville",
+    "SELECT to_jsonb(p) FROM customers_part p", "SELECT string_agg(note, ',') FROM orders",
+])]
+
+
+@pytest.mark.parametrize("case", CORPUS + EXTRA + UNTAGGED, ids=[c["id"] for c in CORPUS + EXTRA + UNTAGGED])
 def test_attack_corpus_leaks_nothing(corpus_gateway, case):
     values = catalogued_values()
     client = _client(corpus_gateway)

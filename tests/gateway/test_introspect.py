@@ -230,4 +230,6 @@ async def test_lineage_from_the_analyzer_attributes_view_columns(sample_db):
     finally:
         await conn.close()
     report = {c.column: e.source for c, e in catalog.entries.items() if c.table == "order_report"}
-    assert report == {"customer_email": "derived:view of public.customers.email"}
+    # note: orders.note's comment says it may contain PII, so the view's note is derived too
+    assert report == {"customer_email": "derived:view of public.customers.email",
+                      "note": "derived:view depends on public.orders"}
