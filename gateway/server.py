@@ -39,6 +39,47 @@ log = logging.getLogger("piigate.server")
 _I32 = struct.Struct("!i")
 _HDR = struct.Struct("!i")
 
+
+def _kinds(table: dict[bytes, int], default: int) -> bytes:
+    out = bytearray(256)
+    for t in codec.FRONTEND_TYPES:
+        out[t] = default
+    for t, k in table.items():
+        out[t[0]] = k
+    return bytes(out)
+
+
+#: what the relay does with each frontend message type: 0 not a frontend message
+#: (protocol violation), 1 forward, 2 Sync, 3 Query, 4 Parse, 5 Terminate,
+#: 6 FunctionCall, 7 Bind
+_CLIENT_KIND = _kinds({b"S": 2, b"Q": 3, b"P": 4, b"X": 5, b"F": 6, b"B": 7}, 1)
+
+
+def _well_formed(kind: int, buf: bytearray, start: int, end: int) -> bool:
+    """The framing a Query (sql NUL) or Parse (name NUL sql NUL int16 n, n x int32)
+    body must have; checked without decoding in plain sessions."""
+    if kind == 3:
+        return end > start and buf[end - 1] == 0 and buf.find(0, start, end - 1) < 0
+    i = buf.find(0, start, end)
+    j = buf.find(0, i + 1, end) if i >= 0 else -1
+    if j < 0 or end - (j + 1) < 2:
+        return False
+    return end - (j + 3) == 4 * int.from_bytes(buf[j + 1:j + 3], "big")
+
+
+def _special(types: bytes) -> bytes:
+    out = bytearray(256)
+    for t in types:
+        out[t] = 1
+    return bytes(out)
+
+
+#: backend message types the relay must see whole, by (watching errors, tracking
+#: outcomes): ReadyForQuery, ParameterStatus, NotificationResponse and
+#: CopyBothResponse always; ErrorResponse/NoticeResponse when errors are rewritten or
+#: scrubbed; CommandComplete/ErrorResponse when outcomes are recorded
+_UP_SPECIAL = (_special(b"ZSAW"), _special(b"ZSAWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
+
 #: startup parameters passed to the upstream. Anything else is refused: a startup
 #: parameter is a SET, and some settings change how SQL is read or resolved.
 PASSED_PARAMS = {
@@ -110,6 +151,16 @@ class Gate:
     def on_ready(self, relay: "Relay", status: str) -> None:
         pass
 
+    def plain(self, relay: "Relay") -> bool:
+        """True when this session needs no statement hooks at all (nothing to decide,
+        record or re-check): the relay then only frames messages and forwards them in
+        bulk, calling ``on_plain_statement`` with each Query/Parse body."""
+        return type(self) is Gate
+
+    #: called in plain sessions with the raw body of each Query and Parse (e.g. to
+    #: notice DDL); None when nothing needs to see them
+    on_plain_statement: "Callable[[Relay, bytes], None] | None" = None
+
 
 class SessionClosed(Exception):
     pass
@@ -132,13 +183,13 @@ class ClientInfo:
 
 
 class _ClientSide(asyncio.Protocol):
-    __slots__ = ("relay",)
+    __slots__ = ("relay", "data_received")
 
     def __init__(self, relay: "Relay"):
         self.relay = relay
-
-    def data_received(self, data: bytes) -> None:
-        self.relay.from_client(data)
+        # the event loop looks data_received up once, at set_protocol: binding the
+        # relay's method here saves a Python call per read on the hot path
+        self.data_received = relay.from_client
 
     def eof_received(self):
         self.relay.close("client sent EOF")
@@ -156,13 +207,11 @@ class _ClientSide(asyncio.Protocol):
 
 
 class _UpstreamSide(asyncio.Protocol):
-    __slots__ = ("relay",)
+    __slots__ = ("relay", "data_received")
 
     def __init__(self, relay: "Relay"):
         self.relay = relay
-
-    def data_received(self, data: bytes) -> None:
-        self.relay.from_upstream(data)
+        self.data_received = relay.from_upstream
 
     def eof_received(self):
         self.relay.upstream_lost()
@@ -202,6 +251,7 @@ class Relay:
         self._busy = False                  # an async Gate verdict is in progress
         self._up_pending = b""              # partial upstream message we must see whole
         self._up_skip = 0                   # bytes of the current upstream message still to pass
+        self.plain = False                  # no statement hooks (Gate.plain), set at start
         self._rewrites: list[tuple[str, bytes]] = []
         self._scrub = False
         self._verdict_task: asyncio.Task | None = None
@@ -219,6 +269,7 @@ class Relay:
         self.client_transport.set_protocol(_ClientSide(self))
         self.upstream_transport.set_protocol(_UpstreamSide(self))
         self._scrub = self.gate.scrubs_errors(self)
+        self.plain = self.gate.plain(self)
         self.client_transport.resume_reading()
         self.upstream_transport.resume_reading()
         if leftover_upstream:
@@ -276,84 +327,122 @@ class Relay:
         self._drain_client()
 
     def _drain_client(self) -> None:
+        """Frame the client's bytes. Runs of messages that pass unchanged are written
+        upstream as one slice; only Query/Parse/FunctionCall (and Bind, for gates that
+        watch executions) are shown to the Gate."""
         buf = self._cbuf
-        out = []
-        pos = 0
         n = len(buf)
-        gate = self.gate
+        pos = 0
+        start = 0               # first byte of the run of unchanged messages
+        out: list | None = None  # chunks, once something was replaced
+        unpack = _HDR.unpack_from
+        kinds = _CLIENT_KIND
+        max_message = self.max_message
+        plain = self.plain
+        binds = self.gate.watches_binds and not plain
         try:
             while n - pos >= 5:
                 t = buf[pos]
-                (length,) = _HDR.unpack_from(buf, pos + 1)
-                if length < 4:
-                    raise ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
-                if length > self.max_message:
-                    raise ProtocolViolation(
-                        f"message of {length} bytes exceeds the gateway's limit of {self.max_message} "
-                        "bytes (server.max_message_size)", "54000")
+                (length,) = unpack(buf, pos + 1)
                 end = pos + 1 + length
-                if t not in codec.FRONTEND_TYPES:
-                    raise ProtocolViolation(f"unknown frontend message type {chr(t)!r} (0x{t:02x})")
+                kind = kinds[t]
+                if kind == 0 or length < 4 or length > max_message:
+                    raise self._violation(t, length)
                 if end > n:
                     break
-                if t == 0x42 and gate.watches_binds:         # B: one execution of a prepared statement
-                    frame = bytes(buf[pos:end])
-                    verdict = gate.on_bind(self, frame)
-                    if verdict is None:
-                        out.append(frame)
-                    else:
-                        self._apply(verdict, out)
+                if kind == 1:                                # nothing to look at
                     pos = end
-                elif t == 0x51 or t == 0x50 or t == 0x46:    # Q, P, F
-                    frame = bytes(buf[pos:end])
-                    if t == 0x51:
-                        self.inflight += 1
-                        msg = codec.decode_frontend(b"Q", frame[5:], self.encoding)
-                        verdict = gate.on_query(self, frame, msg.sql)
-                    elif t == 0x50:
-                        msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
-                        verdict = gate.on_parse(self, frame, msg.name, msg.sql)
-                    else:
-                        self.inflight += 1
-                        verdict = gate.on_function_call(self, frame)
+                    continue
+                if kind == 2:                                # Sync: a ReadyForQuery will answer
+                    self.inflight += 1
                     pos = end
-                    if isinstance(verdict, Verdict):
-                        self._apply(verdict, out)
-                        if verdict.close:
-                            return
-                    else:
-                        # async verdict: flush what we have, pause the client, resume after
-                        if out:
-                            self.upstream_transport.write(b"".join(out))
-                            out = []
-                        del buf[:pos]
-                        self._busy = True
-                        self.client_transport.pause_reading()
-                        task = self._verdict_task = asyncio.ensure_future(self._await_verdict(verdict))
-                        self.gateway.track(task)
-                        return
-                elif t == 0x58:                              # Terminate
-                    out.append(bytes(buf[pos:end]))
-                    pos = end
-                    self.upstream_transport.write(b"".join(out))
-                    out = []
-                    del buf[:pos]
+                    continue
+                if kind == 5:                                # Terminate
+                    self._write_upstream(out, buf, start, end)
+                    del buf[:end]
                     self.close("client terminated")
                     return
-                else:
-                    if t == 0x53:                            # Sync: a ReadyForQuery will answer
+                if plain:
+                    if kind == 3 or kind == 6:               # Query, FunctionCall
                         self.inflight += 1
-                    out.append(bytes(buf[pos:end]))
+                    if kind == 3 or kind == 4:               # Query, Parse
+                        if not _well_formed(kind, buf, pos + 5, end):
+                            raise ProtocolViolation(f"malformed {'Query' if kind == 3 else 'Parse'} message")
+                        hook = self.gate.on_plain_statement
+                        if hook is not None:
+                            hook(self, bytes(buf[pos + 5:end]))
                     pos = end
+                    continue
+                if kind == 7:                                # Bind
+                    if not binds:
+                        pos = end
+                        continue
+                    frame = bytes(buf[pos:end])
+                    verdict = self.gate.on_bind(self, frame)
+                    if verdict is None:
+                        pos = end
+                        continue
+                elif kind == 3:                              # Query
+                    self.inflight += 1
+                    frame = bytes(buf[pos:end])
+                    msg = codec.decode_frontend(b"Q", frame[5:], self.encoding)
+                    verdict = self.gate.on_query(self, frame, msg.sql)
+                elif kind == 4:                              # Parse
+                    frame = bytes(buf[pos:end])
+                    msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
+                    verdict = self.gate.on_parse(self, frame, msg.name, msg.sql)
+                else:                                        # FunctionCall
+                    self.inflight += 1
+                    frame = bytes(buf[pos:end])
+                    verdict = self.gate.on_function_call(self, frame)
+                if isinstance(verdict, Verdict):
+                    if (verdict.upstream is frame and not verdict.client and not verdict.rewrites
+                            and not verdict.close):
+                        pos = end                            # passes as is: stays in the run
+                        continue
+                    if out is None:
+                        out = []
+                    if pos > start:
+                        out.append(bytes(buf[start:pos]))
+                    pos = start = end
+                    self._apply(verdict, out)
+                    if verdict.close:
+                        return
+                else:
+                    # async verdict: flush what we have, pause the client, resume after
+                    self._write_upstream(out, buf, start, pos)
+                    del buf[:end]
+                    self._busy = True
+                    self.client_transport.pause_reading()
+                    task = self._verdict_task = asyncio.ensure_future(self._await_verdict(verdict))
+                    self.gateway.track(task)
+                    return
         except ProtocolViolation as e:
-            if out:
-                self.upstream_transport.write(b"".join(out))
+            self._write_upstream(out, buf, start, pos)
             self.fatal(e.sqlstate, f"protocol violation: {e}", "the client sent something that is not "
                        "PostgreSQL protocol 3.0; this connection is closed, others are unaffected")
             return
+        self._write_upstream(out, buf, start, pos)
+        if pos:
+            del buf[:pos]
+
+    def _write_upstream(self, out: list | None, buf: bytearray, start: int, pos: int) -> None:
+        """Write the chunks gathered so far plus the unchanged run buf[start:pos]."""
         if out:
-            self.upstream_transport.write(out[0] if len(out) == 1 else b"".join(out))
-        del buf[:pos]
+            if pos > start:
+                out.append(bytes(buf[start:pos]))
+            self.upstream_transport.write(b"".join(out))
+        elif pos > start:
+            self.upstream_transport.write(bytes(buf[start:pos]))
+
+    def _violation(self, t: int, length: int) -> ProtocolViolation:
+        if length < 4:
+            return ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
+        if length > self.max_message:
+            return ProtocolViolation(
+                f"message of {length} bytes exceeds the gateway's limit of {self.max_message} "
+                "bytes (server.max_message_size)", "54000")
+        return ProtocolViolation(f"unknown frontend message type {chr(t)!r} (0x{t:02x})")
 
     def _apply(self, verdict: Verdict, out: list) -> None:
         if verdict.client:
@@ -409,6 +498,11 @@ class Relay:
 
     # -- upstream -> client -------------------------------------------------------------------
     def from_upstream(self, data: bytes) -> None:
+        """Forward upstream bytes in bulk. Only the headers are read; a message is
+        looked at (and held back until it is whole) when its type is special in this
+        session: ReadyForQuery, ParameterStatus, NotificationResponse and
+        CopyBothResponse always, errors/notices when they may be rewritten or
+        scrubbed, CommandComplete/ErrorResponse when outcomes are recorded."""
         if self._up_pending:
             data = self._up_pending + data
             self._up_pending = b""
@@ -422,6 +516,8 @@ class Relay:
             self.client_transport.write(data)
             return
         watch_errors = bool(self._rewrites) or self._scrub
+        special = _UP_SPECIAL[(2 if watch_errors else 0) + (1 if track else 0)]
+        unpack = _HDR.unpack_from
         pieces = None           # set when we must change something
         last = 0                # start of bytes not yet copied into pieces
         while True:
@@ -431,64 +527,48 @@ class Relay:
                 self._up_skip = 0
                 break
             t = data[pos]
-            (length,) = _HDR.unpack_from(data, pos + 1)
+            (length,) = unpack(data, pos + 1)
             end = pos + 1 + length
-            if t == 0x5A:                                   # ReadyForQuery
-                if end > n:
-                    self._up_pending = data[pos:]
-                    cut = pos
-                    self._up_skip = 0
-                    break
-                self.tx_status = chr(data[pos + 5])
-                self.last_activity = time.monotonic()
-                if self.inflight > 0:
-                    self.inflight -= 1
-                if self._rewrites:
-                    self._rewrites.clear()                  # unanswered rewrites never outlive a sync point
-                    watch_errors = self._scrub
-                self.gate.on_ready(self, self.tx_status)
-            elif (t == 0x45 or t == 0x4E) and watch_errors:  # ErrorResponse / NoticeResponse
-                if end > n:
-                    self._up_pending = data[pos:]
-                    cut = pos
-                    self._up_skip = 0
-                    break
-                if track and t == 0x45 and self._out_error is None:
-                    self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
-                replacement = self._rewrite_error(t, data[pos + 5:end])
-                if replacement is not None:
-                    if pieces is None:
-                        pieces = []
-                    pieces.append(data[last:pos])
-                    pieces.append(replacement)
-                    last = end
-            elif track and (t == 0x43 or t == 0x45):        # CommandComplete / ErrorResponse
-                if end > n:
-                    self._up_pending = data[pos:]
-                    cut = pos
-                    self._up_skip = 0
-                    self._out_bytes -= n - pos              # counted again when it arrives whole
-                    break
-                if t == 0x43:
-                    tag = data[pos + 5:end - 1]
-                    sp = tag.rfind(b" ")
-                    if sp > 0 and tag[sp + 1:].isdigit():
-                        self._out_rows += int(tag[sp + 1:])
-                elif self._out_error is None:
-                    self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
-            elif t == 0x53 or t == 0x41:                    # ParameterStatus / NotificationResponse
-                if end > n:
+            if special[t]:
+                if end > n:                                 # seen again when it is whole
                     self._up_pending = data[pos:]
                     cut = pos
                     self._up_skip = 0
                     if track:
                         self._out_bytes -= n - pos
                     break
-                if t == 0x53:
+                if t == 0x5A:                               # ReadyForQuery
+                    self.tx_status = chr(data[pos + 5])
+                    self.last_activity = time.monotonic()
+                    if self.inflight > 0:
+                        self.inflight -= 1
+                    if self._rewrites:
+                        self._rewrites.clear()              # unanswered rewrites never outlive a sync point
+                        watch_errors = self._scrub
+                        special = _UP_SPECIAL[(2 if watch_errors else 0) + (1 if track else 0)]
+                    if not self.plain:
+                        self.gate.on_ready(self, self.tx_status)
+                elif t == 0x45 or t == 0x4E:                # ErrorResponse / NoticeResponse
+                    if track and t == 0x45 and self._out_error is None:
+                        self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
+                    if watch_errors:
+                        replacement = self._rewrite_error(t, data[pos + 5:end])
+                        if replacement is not None:
+                            if pieces is None:
+                                pieces = []
+                            pieces.append(data[last:pos])
+                            pieces.append(replacement)
+                            last = end
+                elif t == 0x43:                             # CommandComplete (outcomes recorded)
+                    tag = data[pos + 5:end - 1]
+                    sp = tag.rfind(b" ")
+                    if sp > 0 and tag[sp + 1:].isdigit():
+                        self._out_rows += int(tag[sp + 1:])
+                elif t == 0x53:                             # ParameterStatus
                     name, _, rest = data[pos + 5:end].partition(b"\x00")
                     if name == b"client_encoding":
                         self.set_client_encoding(rest.rstrip(b"\x00").decode("ascii", "replace"))
-                else:
+                elif t == 0x41:                             # NotificationResponse
                     # clients know the gateway's pids, not the upstream backends': translate
                     # the notifying backend's pid when it is one of our sessions
                     (upid,) = _I32.unpack_from(data, pos + 5)
@@ -499,9 +579,9 @@ class Relay:
                         pieces.append(data[last:pos + 5])
                         pieces.append(_I32.pack(ours))
                         last = pos + 9
-            elif t == 0x57:                                 # CopyBothResponse: replication only
-                self.fatal("0A000", "COPY BOTH (replication) is not supported through piigate")
-                return
+                else:                                       # CopyBothResponse: replication only
+                    self.fatal("0A000", "COPY BOTH (replication) is not supported through piigate")
+                    return
             pos = end
             if pos >= n:
                 self._up_skip = pos - n

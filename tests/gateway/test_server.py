@@ -414,6 +414,9 @@ VIOLATIONS = {
     "backend type from a client": (True, codec.encode_ready("I"), "08P01"),
     "oversize after login": (True, b"Q" + I32.pack((64 << 20) + 1), "54000"),
     "malformed query after login": (True, codec.frame(b"Q", b"SELECT 1"), "08P01"),
+    "query with a NUL inside": (True, codec.frame(b"Q", b"SELECT 1\x00; SELECT 2\x00"), "08P01"),
+    "parse without its terminator": (True, codec.frame(b"P", b"\x00SELECT 1"), "08P01"),
+    "parse with a short type list": (True, codec.frame(b"P", b"\x00SELECT $1\x00\x00\x01\x00\x00"), "08P01"),
 }
 
 
