@@ -47,6 +47,12 @@ _UNRESTRICTED_ANALYSIS_LIMIT = 256 * 1024
 #: statements that may change the schema (a cheap check for unrestricted relaying)
 _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|grant|revoke|"
                         r"truncate|refresh|security|import|reindex|cluster)\b|.*;\s*(?:create|alter|drop|comment)\b")
+#: the same check on a Query/Parse body, undecoded (the keywords are ASCII in every
+#: client encoding PostgreSQL accepts; a Parse body starts with the statement name,
+#: which the ``[^\x00]*\x00`` prefix skips)
+_DDL_START_BYTES = re.compile(rb"(?is)^(?:[^\x00]*\x00)?(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
+                              rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
+                              rb".*;\s*(?:create|alter|drop|comment)\b")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -73,6 +79,11 @@ class SessionState:
     open_grants: set = field(default_factory=set)
     totp_code: str | None = None                        # SET piigate.totp: self-service step-up
     statements_total: int = 0
+    #: prepared decision records of this session: key -> (decision, RecordTemplate)
+    templates: dict = field(default_factory=dict)
+    #: a small integer standing for (principal, client address, application_name)
+    #: in decision-cache keys (hashing the principal on every statement costs more)
+    context_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,11 +116,20 @@ class Engine:
         self.on_ddl = on_ddl
         self._unrestricted_cache: dict = {}
         self.decisions: dict = {}
+        self._context_ids: dict = {}
         self.event_parts: dict = {}
         #: rules with a time window or weekdays make decisions depend on the clock
         self.policy_static = not any(
             r.when is not None and (r.when.time_window is not None or r.when.weekdays)
             for r in (*policy.rules, *policy.auto_approve))
+
+    def context_id(self, context: tuple) -> int:
+        """A stable small integer for a (principal, client address, application_name)."""
+        ids = self._context_ids
+        found = ids.get(context)
+        if found is None:
+            found = ids[context] = len(ids) + 1
+        return found
 
     def under_policy(self, principal: Principal) -> bool:
         key = (principal.name, principal.roles, self.policy.version)
@@ -138,7 +158,8 @@ class PolicyGate(Gate):
             principal=principal, under_policy=eng.under_policy(principal),
             search_path=_default_search_path(eng.schema, principal),
             context=RequestContext(client_addr=info.client_addr, application_name=info.application_name,
-                                   database=info.database))
+                                   database=info.database),
+            context_id=eng.context_id((principal, info.client_addr, info.application_name)))
         self._audit_nowait(relay, {"type": "session.open", "session": info.session_id, "user": info.user.name,
                                    "roles": sorted(info.user.roles), "client_addr": info.client_addr,
                                    "application_name": info.application_name, "database": info.database,
@@ -149,6 +170,20 @@ class PolicyGate(Gate):
         self._audit_nowait(relay, {"type": "session.close", "session": relay.info.session_id,
                                    "user": relay.info.user.name,
                                    "statements": s.statements_total if s else 0})
+
+    def plain(self, relay: Relay) -> bool:
+        """An unrestricted principal with no audit trail configured: nothing to decide
+        or record, so the relay forwards in bulk and only DDL is noticed."""
+        s: SessionState = relay.state.get("s")
+        return s is not None and not s.under_policy and self.engine.audit is None
+
+    def on_plain_statement(self, relay: Relay, body: bytes) -> None:
+        """Plain sessions: DDL by an unrestricted user still refreshes the live
+        schema, for the sessions that are under policy."""
+        eng = self.engine
+        if eng.on_ddl is not None and _DDL_START_BYTES.match(body):
+            eng.on_ddl()
+        relay.state["s"].statements_total += 1
 
     def scrubs_errors(self, relay: Relay) -> bool:
         s: SessionState = relay.state.get("s")
@@ -356,8 +391,8 @@ class PolicyGate(Gate):
         cacheable = (facts.kind in _CACHEABLE_KINDS and facts.inner is None and not facts.dynamic
                      and not s.grants and eng.policy_static and facts.redacted_sql)
         if cacheable:
-            key = (facts.redacted_sql, sql.count("$"), s.principal, s.search_path, s.context.client_addr,
-                   s.context.application_name, eng.schema.version, eng.catalog.version, eng.policy.version)
+            key = (facts.redacted_sql, sql.count("$"), s.context_id, s.search_path,
+                   eng.schema.version, eng.catalog.version, eng.policy.version)
             hit = eng.decisions.get(key)
             if hit is not None:
                 return hit
@@ -682,11 +717,32 @@ class PolicyGate(Gate):
             return None
         try:
             for item in plans:
-                audit.append(self._decision_event(relay, s, item[0], item[1], reason),
-                             required=fail_closed or s.under_policy)
+                audit.append_template(self._decision_template(relay, s, item[0], item[1], reason),
+                                      required=fail_closed or s.under_policy)
         except Exception as e:
             return self._audit_refusal(e, fail_closed or s.under_policy)
         return None
+
+    def _decision_template(self, relay, s: SessionState, facts: StatementFacts, decision: Decision, reason):
+        """The decision record, prepared once per statement shape and decision in this
+        session (the same shape under the same decision, search_path and schema
+        gives the same record but for the chain's own fields)."""
+        eng = self.engine
+        request = relay.state.get("last_request")
+        key = None
+        if facts.redacted_sql:
+            key = (facts.redacted_sql, facts.fingerprint, facts.kind, facts.param_count, facts.unknown,
+                   s.search_path, eng.schema.version, reason, request, id(decision))
+            hit = s.templates.get(key)
+            # the entry holds the decision, so its id cannot have been reused
+            if hit is not None and hit[0] is decision:
+                return hit[1]
+        template = eng.audit.template(self._decision_event(relay, s, facts, decision, reason))
+        if key is not None:
+            if len(s.templates) >= 512:
+                s.templates.clear()
+            s.templates[key] = (decision, template)
+        return template
 
     async def _audit_decisions_async(self, relay, s: SessionState, plans, reason) -> Refusal | None:
         audit = self.engine.audit
@@ -699,7 +755,7 @@ class PolicyGate(Gate):
         return None
 
     def _audit_refusal(self, e: Exception, required: bool) -> Refusal | None:
-        log.error("audit trail unavailable: %s", e)
+        log.error("audit trail unavailable: %s", e, exc_info=True)
         if not required:
             return None
         return Refusal("58030", "piigate: the audit trail cannot be written, so this statement was not run",
@@ -748,6 +804,8 @@ class PolicyGate(Gate):
         for every statement of one shape, so computed once per shape and decision."""
         eng = self.engine
         key = (facts.redacted_sql, facts.kind, facts.fingerprint, decision.effect, decision.rule,
+               facts.relations_read, facts.relations_written, facts.columns,
+               tuple(decision.mask.columns) if decision.mask else None,
                eng.catalog.version, eng.policy.version)
         hit = eng.event_parts.get(key) if facts.redacted_sql else None
         if hit is not None:
@@ -785,11 +843,11 @@ class PolicyGate(Gate):
         outcome = relay.take_outcome()
         for fingerprints, t0 in inflight:
             for fp in fingerprints:
-                event = {"type": "statement.complete", "session": relay.info.session_id, "fingerprint": fp,
-                         "status": outcome[0] or "ok", "rows": outcome[1], "bytes": outcome[2],
-                         "duration_ms": round((now - t0) * 1000, 3), "tx_status": status}
+                event = TrustedEvent(type="statement.complete", session=relay.info.session_id, fingerprint=fp,
+                                     status=outcome[0] or "ok", rows=outcome[1], bytes=outcome[2],
+                                     duration_ms=round((now - t0) * 1000, 3), tx_status=status)
                 try:
-                    audit.emit(event)
+                    audit.later(event)
                 except Exception as e:
                     log.error("audit: completion record lost: %s", e)
         inflight.clear()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -175,8 +176,59 @@ class Chain:
         self.head = ChainHead(seq, digest)
         return record, canon[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
+    def seal_template(self, template: "RecordTemplate", unix_time: float) -> bytes:
+        """The fastest path: a record whose fields are all fixed but the chain's own
+        (``prev``, ``seq``, ``ts``), rendered from its template without building or
+        serialising a dict. Produces the same bytes as ``seal_line`` would."""
+        seq = self.head.seq + 1
+        canon = template.render(self.head.hash, seq, utc_timestamp(unix_time))
+        digest = hashlib.sha256(canon).hexdigest()
+        self.since_checkpoint += 1
+        self.head = ChainHead(seq, digest)
+        return b'%b,"hash":"%b"}\n' % (canon[:-1], digest.encode())
+
     def checkpoint_event(self, reason: str = "periodic") -> dict:
         return {"type": CHECKPOINT, "reason": reason}
+
+
+class RecordTemplate:
+    """The canonical bytes of a record, prepared once for an event that repeats (the
+    decision record of one statement shape in one session): everything but the
+    chain's own fields ``prev``, ``seq`` and ``ts`` is serialised in advance.
+
+    Keys are sorted in canonical bytes, and ``prev`` < ``seq`` < ``ts`` whatever
+    the other keys are, so the three values always go into the same three holes,
+    in that order. The holes are found by serialising the record with a random
+    marker in each; if a marker does not come out exactly once (it could only be
+    in the event by guessing 64 random bits) ``render`` is None and the caller
+    seals the event the ordinary way."""
+    __slots__ = ("event", "type", "_format")
+
+    def __init__(self, event: Mapping[str, Any], instance: str):
+        self.event = dict(event)
+        self.type = self.event.get("type")
+        nonce = secrets.token_hex(8)
+        marks = {k: f"piigate-{nonce}-{k}" for k in ("prev", "seq", "ts")}
+        record = {k: v for k, v in self.event.items() if k != "hash"}
+        record.update(marks)
+        record["instance"] = instance
+        canon = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        tokens = [b'"' + marks[k].encode() + b'"' for k in ("prev", "seq", "ts")]
+        if any(canon.count(t) != 1 for t in tokens):
+            self._format = None
+            return
+        a, rest = canon.split(tokens[0])
+        b, rest = rest.split(tokens[1])
+        c, d = rest.split(tokens[2])
+        esc = [x.replace(b"%", b"%%") for x in (a, b, c, d)]
+        self._format = esc[0] + b'"%s"' + esc[1] + b"%d" + esc[2] + b'"%s"' + esc[3]
+
+    @property
+    def usable(self) -> bool:
+        return self._format is not None
+
+    def render(self, prev: str, seq: int, ts: str) -> bytes:
+        return self._format % (prev.encode(), seq, ts.encode())
 
 
 def segment_start_event(*, segment: int, file: str, reason: str,

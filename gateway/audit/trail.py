@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+
+import orjson
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from gateway.audit.chain import Chain, ChainHead, encode_line, segment_start_event
+from gateway.audit.chain import Chain, ChainHead, RecordTemplate, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
 from gateway.audit.records import CHECKPOINT, plain, sanitize
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
@@ -84,6 +86,7 @@ class AuditTrail:
         self._optional_pending: dict[int, int] = {}
         self._sync_wake: asyncio.Event | None = None
         self._syncer: asyncio.Task | None = None
+        self._later: list[dict] = []              # sanitized events to seal with the next write
         self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -105,7 +108,8 @@ class AuditTrail:
         self._last_checkpoint = self.clock()
         self._running = True
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
-        if self.file is not None and self.file.cfg.fsync == "group":
+        if self.file is not None and self.file.writes_inline:
+            # group: fsync once per window; both: write records queued with later()
             self._sync_wake = asyncio.Event()
             self._syncer = asyncio.create_task(self._group_syncer(), name="audit-fsync")
         try:
@@ -121,6 +125,7 @@ class AuditTrail:
         """Write a final checkpoint, then stop the writer and close the sinks."""
         if not self._running:
             return
+        self._flush_later()
         self._running = False
         self._queue.put_nowait(_STOP)
         await self._writer
@@ -192,61 +197,107 @@ class AuditTrail:
         return (self._running and f is not None and f.writes_inline
                 and all(s is f or not s.required for s in self.sinks))
 
-    def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> dict | None:
+    def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> None:
         """Seal and write one event *now*, on the caller's thread: when this returns,
         the record is in the file (the OS has it; a kill -9 of the gateway loses
         nothing), fsynced within ``group_ms`` by the background syncer. The gateway
         calls it right before forwarding a statement. Raises AuditUnavailable when the
-        file cannot take it (and a required record was asked for).
+        file cannot take it (and a required record was asked for). Records queued
+        with ``later`` are written first, in the same write.
 
-        Falls back to the queued path (returns None after queueing) when the trail is
-        not ``inline``; callers that must wait then use ``record``."""
+        Only for an ``inline`` trail; callers that must wait otherwise use ``record``."""
+        self._write_now(sanitize(event), required)
+
+    def template(self, event: Mapping[str, Any]) -> RecordTemplate:
+        """A prepared record for an event that will be appended many times as is
+        (``append_template``): sanitized and serialised once."""
+        return RecordTemplate(sanitize(event), self.config.instance)
+
+    def append_template(self, template: RecordTemplate, *, required: bool | None = None) -> None:
+        """``append`` for a prepared template: the statement hot path."""
+        self._write_now(template, required)
+
+    def later(self, event: Mapping[str, Any]) -> None:
+        """A record that must be written but need not precede anything (a statement's
+        completion record): it is sealed and written with the next ``append``, or by
+        the background syncer within ``group_ms``, whichever comes first. No future,
+        no queue hop: this is per statement."""
+        if not self.inline or self._sync_wake is None:
+            self.emit(event)
+            return
+        later = self._later
+        later.append(sanitize(event))
+        if len(later) >= 1000:
+            self._flush_later()
+        elif not self._sync_wake.is_set():
+            self._sync_wake.set()
+
+    def _flush_later(self) -> None:
+        if self._later and self._running and self.inline:
+            try:
+                self._write_now(None, False)
+            except Exception as e:  # noqa: BLE001 - the records are counted as failed
+                log.error("audit: completion records not written: %s", e)
+
+    def _write_now(self, item: "dict | RecordTemplate | None", required: bool | None) -> None:
+        """Seal what ``later`` queued plus ``item`` and write them with one write()."""
         if not self.inline:
             raise RuntimeError("AuditTrail.append needs an inline file sink; use record()")
         req = self.fail_closed if required is None else required
         f = self.file
         now = self.clock()
+        later = self._later
+        count = len(later) + (item is not None)
         if id(f) in self._failed and now < self._retry_at[id(f)]:
-            if req:
+            self.stats["failed_records"] += count
+            later.clear()
+            if req and item is not None:
                 raise AuditUnavailable(f"audit trail unavailable: file sink: {self._failed[id(f)]}")
-            self.stats["failed_records"] += 1
-            return None
-        if (f.fd is not None and id(f) not in self._failed and not f.should_rotate(now)
-                and self.chain.since_checkpoint + 1 < self.config.checkpoint_every
-                and event.get("type") not in (CHECKPOINT, "segment.start")):
-            return self._append_one(sanitize(event), now, req)
+            return
+        chain = self.chain
+        is_template = type(item) is RecordTemplate
+        if (f.fd is not None and not self._failed and not f.should_rotate(now)
+                and chain.since_checkpoint + count < self.config.checkpoint_every
+                and (not is_template or item.usable)
+                and (item is None or is_template or item.get("type") not in (CHECKPOINT, "segment.start"))):
+            # the common case: no segment to open, no checkpoint due, nothing failed
+            lines = [chain.seal_line(ev, now)[1] for ev in later] if later else []
+            later.clear()
+            if item is not None:
+                lines.append(chain.seal_template(item, now) if is_template else chain.seal_line(item, now)[1])
+            try:
+                f._append(lines[0] if len(lines) == 1 else b"".join(lines))
+            except OSError as e:
+                f._close_quietly()
+                self._mark_failed(f, f"{type(e).__name__}: {e}", now)
+                if req and item is not None:
+                    raise AuditUnavailable(f"audit trail unavailable: file sink: {type(e).__name__}: {e}") from None
+                return
+            f.last_written = chain.head
+            f.records_written += len(lines)
+            f.dirty = True
+            if len(self.sinks) > 1:
+                recs = [orjson.loads(line) for line in lines]
+                for s in self.sinks:
+                    if s is not f:
+                        self._write_optional(s, recs, lines, now)
+            if not self._sync_wake.is_set():
+                self._sync_wake.set()
+            self.stats["records"] += len(lines)
+            return
+        # the general case: segment records, checkpoints and rotation as needed
         out = _Batch(self, now)
         for rec in self._segment_records(now):
             out.add_sealed(rec)
-        rec = out.add(sanitize(event))
+        for ev in later:
+            out.add(ev)
+        later.clear()
+        if item is not None:
+            out.add(item.event if is_template else item)
         errors = self._write_inline(out.records, out.lines, now)
         self.stats["records"] += len(out.records)
-        if errors and req:
+        if errors and req and item is not None:
             raise AuditUnavailable("audit trail unavailable: " + "; ".join(errors))
-        return rec
-
-    def _append_one(self, clean: dict, now: float, required: bool) -> dict | None:
-        """The common case of ``append``: no segment to open, no checkpoint due."""
-        f = self.file
-        rec, line = self.chain.seal_line(clean, now)
-        try:
-            f._append(line)
-        except OSError as e:
-            f._close_quietly()
-            self._mark_failed(f, f"{type(e).__name__}: {e}", now)
-            if required:
-                raise AuditUnavailable(f"audit trail unavailable: file sink: {type(e).__name__}: {e}") from None
-            return None
-        f.last_written = ChainHead(rec["seq"], rec["hash"])
-        f.records_written += 1
-        f.dirty = True
-        for s in self.sinks:
-            if s is not f:
-                self._write_optional(s, [rec], [line], now)
-        if self._sync_wake is not None and not self._sync_wake.is_set():
-            self._sync_wake.set()
-        self.stats["records"] += 1
-        return rec
 
     def _write_inline(self, records: list[dict], lines: list[bytes], now: float) -> list[str]:
         errors = []
@@ -275,6 +326,7 @@ class AuditTrail:
             await self._sync_wake.wait()
             self._sync_wake.clear()
             await asyncio.sleep(window)
+            self._flush_later()
             try:
                 await f.group_sync()
             except OSError as e:
@@ -284,6 +336,7 @@ class AuditTrail:
 
     async def flush(self, required: bool = True) -> None:
         """Wait until everything queued before this call is written (or failed)."""
+        self._flush_later()
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(None, required, fut))
         await fut

@@ -152,6 +152,36 @@ def test_unrestricted_user_sees_clear_values(policy_gateway):
         client.close()
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_ddl_by_an_unrestricted_user_is_seen_by_restricted_sessions(policy_gateway, protocol):
+    """The dba's session is relayed in bulk (nothing to decide or record), but its DDL
+    still refreshes the live schema: a view the dba creates over customers.ssn is
+    masked for ann at once, not refused as an unknown relation until the next
+    periodic refresh."""
+    import time
+    view = f"v_ssn_{protocol}"
+    dba = _client(policy_gateway, "dba")
+    try:
+        sql = f"CREATE VIEW {view} AS SELECT id, ssn FROM customers"
+        msgs = dba.query(sql) if protocol == "simple" else dba.extended(sql)
+        assert not errors(msgs)
+    finally:
+        dba.close()
+    deadline = time.monotonic() + 5
+    while True:
+        ann = _client(policy_gateway)
+        try:
+            msgs = ann.query(f"SELECT ssn FROM {view} WHERE id = 7")
+            received = bytes(ann.received)
+        finally:
+            ann.close()
+        if not errors(msgs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not errors(msgs), errors(msgs)
+    assert b"000-00-0007" not in received
+
+
 async def test_masked_results_keep_names_order_and_types(policy_gateway, sample_db_fresh):
     sql = "SELECT * FROM customers ORDER BY id LIMIT 5"
     direct = await asyncpg.connect(sample_db_fresh.dsn)

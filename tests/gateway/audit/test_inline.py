@@ -1,0 +1,145 @@
+"""The statement hot path of the trail: prepared record templates (``append_template``)
+and records written with the next write (``later``). Whatever the path, the file
+must hold the same chain ``verify`` accepts, with checkpoints, rotation and failure
+handled as on the ordinary path."""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import orjson
+import pytest
+
+from gateway.audit import AuditTrail, AuditUnavailable, records
+from gateway.audit import chain as chain_mod
+from gateway.audit.chain import Chain, RecordTemplate, verify
+from gateway.audit.query import iter_records, read_trail
+
+from .conftest import decision, file_config, trail_files
+
+
+def _complete(i: int) -> dict:
+    return records.TrustedEvent(type="statement.complete", session="s1", fingerprint=f"fp{i}",
+                                status="ok", rows=i, bytes=10 * i, duration_ms=0.25, tx_status="I")
+
+
+EVENTS = [
+    {"type": "statement.decision", "session": "abc", "user": "bench", "roles": ["a", "b"],
+     "sql": "SELECT 100% FROM t WHERE x = $1", "columns": [], "grant_id": None, "param_count": 1},
+    {"type": "statement.decision", "user": "zoë", "sql": "SELECT \"naïve\" FROM \"t%s\" -- %d",
+     "columns": [{"column": "public.t.a", "category": "email", "usages": ["returned", "predicate"]}],
+     "reasons": ["a", "b"], "request_id": "r-1"},
+    {"type": "a"},                                  # keys before and after prev/seq/ts
+    {"type": "zz", "aaa": 1, "pz": 2, "sz": [], "tz": {"q": None}},
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=range(len(EVENTS)))
+def test_a_template_renders_exactly_what_sealing_the_event_gives(event):
+    by_dict, by_template = Chain("gw-1"), Chain("gw-1")
+    template = RecordTemplate(event, "gw-1")
+    assert template.usable
+    for i in range(3):
+        now = time.time() + i
+        _, line = by_dict.seal_line(dict(event), now)
+        assert by_template.seal_template(template, now) == line
+        assert by_template.head == by_dict.head
+    rec = orjson.loads(line)
+    assert rec["seq"] == 3 and rec["instance"] == "gw-1" and rec["hash"] == chain_mod.record_hash(rec)
+
+
+def test_an_event_that_contains_a_marker_is_not_templated(monkeypatch):
+    monkeypatch.setattr(chain_mod.secrets, "token_hex", lambda n: "f00d")
+    template = RecordTemplate({"type": "x", "note": "piigate-f00d-seq"}, "gw-1")
+    assert not template.usable
+
+
+async def test_templates_and_later_records_form_one_verifiable_chain(tmp_path):
+    path = tmp_path / "t.jsonl"
+    async with AuditTrail(file_config(path, fsync="group", group_ms=5)) as trail:
+        templates = [trail.template(decision(i)) for i in range(3)]
+        for i in range(30):
+            trail.append_template(templates[i % 3])
+            trail.later(_complete(i))
+    res = verify(read_trail(trail_files(path)))
+    assert res.ok, res.summary()
+    recs = [r for r in iter_records(read_trail(trail_files(path)))
+            if r["type"] in ("statement.decision", "statement.complete")]
+    # each completion record lands after its decision and before the next one
+    assert [r["type"] for r in recs] == ["statement.decision", "statement.complete"] * 30
+    assert [r["rows"] for r in recs[1::2]] == list(range(30))
+    # the templated record is the event, sanitized: literals out of the text
+    assert all("WHERE id = $1" in r["sql"] for r in recs[0::2])
+
+
+async def test_a_later_record_is_written_within_group_ms_without_another_statement(tmp_path):
+    path = tmp_path / "l.jsonl"
+    async with AuditTrail(file_config(path, fsync="group", group_ms=10)) as trail:
+        trail.append_template(trail.template(decision(1)))
+        trail.later(_complete(7))
+        await asyncio.sleep(0.1)
+        data = trail_files(path)[0].read_bytes()
+        assert b'"type":"statement.complete"' in data
+        assert not trail.file.dirty                   # and fsynced with it
+
+
+async def test_flush_writes_later_records(tmp_path):
+    path = tmp_path / "f.jsonl"
+    async with AuditTrail(file_config(path, fsync="none")) as trail:
+        trail.later(_complete(3))
+        await trail.flush()
+        assert b'"rows":3' in trail_files(path)[0].read_bytes()
+
+
+async def test_templates_take_checkpoints_and_rotation_in_stride(tmp_path, seed_b64):
+    path = tmp_path / "r.jsonl"
+    cfg = file_config(path, seed_b64, fsync="none", checkpoint_every=7, rotate_bytes=4096)
+    async with AuditTrail(cfg) as trail:
+        template = trail.template(decision(2))
+        for i in range(200):
+            trail.append_template(template)
+            if i % 2:
+                trail.later(_complete(i))
+    files = trail_files(path)
+    assert len(files) > 3
+    res = verify(read_trail(files))
+    assert res.ok, res.summary()
+    recs = list(iter_records(read_trail(files)))
+    assert sum(r["type"] == "statement.decision" for r in recs) == 200
+    assert sum(r["type"] == "statement.complete" for r in recs) == 100
+    assert sum(r["type"] == "checkpoint" for r in recs) >= 200 // 7
+
+
+async def test_a_template_append_fails_closed_when_the_file_cannot_be_written(tmp_path):
+    path = tmp_path / "x.jsonl"
+    trail = await AuditTrail(file_config(path, fsync="none", retry_ms=60000)).start()
+    try:
+        template = trail.template(decision(1))
+        trail.append_template(template)
+        os.close(trail.file.fd)                      # the disk goes away under the writer
+        r, w = os.pipe()
+        os.close(w)
+        trail.file.fd = r                             # a read-only descriptor: write() fails
+        trail.later(_complete(1))
+        with pytest.raises(AuditUnavailable, match="file sink"):
+            trail.append_template(template, required=True)
+        assert not trail.healthy
+        with pytest.raises(AuditUnavailable):
+            trail.append_template(template, required=True)   # fails fast until the retry is due
+        trail.append_template(template, required=False)     # not required: counted as failed
+        assert trail.stats["failed_records"] >= 1
+    finally:
+        await trail.close()
+
+
+async def test_an_untemplatable_event_is_still_appended(tmp_path, monkeypatch):
+    path = tmp_path / "u.jsonl"
+    async with AuditTrail(file_config(path, fsync="none")) as trail:
+        monkeypatch.setattr(chain_mod.secrets, "token_hex", lambda n: "f00d")
+        template = trail.template({"type": "statement.decision", "note": "piigate-f00d-ts"})
+        assert not template.usable
+        trail.append_template(template)
+    recs = [r for r in iter_records(read_trail(trail_files(path))) if r["type"] == "statement.decision"]
+    assert [r["note"] for r in recs] == ["piigate-f00d-ts"]
+    assert verify(read_trail(trail_files(path))).ok
