@@ -53,6 +53,8 @@ _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop
 _DDL_START_BYTES = re.compile(rb"(?is)^(?:[^\x00]*\x00)?(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
                               rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
+#: the fields of a completion record that change from one execution to the next
+_COMPLETION_FIELDS = ("status", "rows", "bytes", "duration_ms", "tx_status")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -841,13 +843,17 @@ class PolicyGate(Gate):
         audit = self.engine.audit
         now = time.perf_counter()
         outcome = relay.take_outcome()
+        templates = s.templates if s is not None else {}
         for fingerprints, t0 in inflight:
+            values = (outcome[0] or "ok", outcome[1], outcome[2], round((now - t0) * 1000, 3), status)
             for fp in fingerprints:
-                event = TrustedEvent(type="statement.complete", session=relay.info.session_id, fingerprint=fp,
-                                     status=outcome[0] or "ok", rows=outcome[1], bytes=outcome[2],
-                                     duration_ms=round((now - t0) * 1000, 3), tx_status=status)
                 try:
-                    audit.later(event)
+                    template = templates.get(("complete", fp))
+                    if template is None:
+                        template = audit.template(TrustedEvent(type="statement.complete", fingerprint=fp,
+                                                               session=relay.info.session_id), _COMPLETION_FIELDS)
+                        templates[("complete", fp)] = template
+                    audit.later_template(template, values)
                 except Exception as e:
                     log.error("audit: completion record lost: %s", e)
         inflight.clear()

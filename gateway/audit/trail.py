@@ -86,7 +86,10 @@ class AuditTrail:
         self._optional_pending: dict[int, int] = {}
         self._sync_wake: asyncio.Event | None = None
         self._syncer: asyncio.Task | None = None
-        self._later: list[dict] = []              # sanitized events to seal with the next write
+        self._later: list = []       # sanitized events or (template, values) to seal with the next write
+        f = self.file
+        self._inline_sinks = (f is not None and f.writes_inline
+                              and all(s is f or not s.required for s in self.sinks))
         self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
 
     # -- lifecycle --------------------------------------------------------------------
@@ -193,9 +196,7 @@ class AuditTrail:
     def inline(self) -> bool:
         """True when ``append`` can write synchronously: the only required sink is a
         file with fsync group/none (other sinks are written behind)."""
-        f = self.file
-        return (self._running and f is not None and f.writes_inline
-                and all(s is f or not s.required for s in self.sinks))
+        return self._running and self._inline_sinks
 
     def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> None:
         """Seal and write one event *now*, on the caller's thread: when this returns,
@@ -208,14 +209,27 @@ class AuditTrail:
         Only for an ``inline`` trail; callers that must wait otherwise use ``record``."""
         self._write_now(sanitize(event), required)
 
-    def template(self, event: Mapping[str, Any]) -> RecordTemplate:
-        """A prepared record for an event that will be appended many times as is
-        (``append_template``): sanitized and serialised once."""
-        return RecordTemplate(sanitize(event), self.config.instance)
-
     def append_template(self, template: RecordTemplate, *, required: bool | None = None) -> None:
         """``append`` for a prepared template: the statement hot path."""
         self._write_now(template, required)
+
+    def template(self, event: Mapping[str, Any], variables: tuple[str, ...] = ()) -> RecordTemplate:
+        """A prepared record for an event that will be appended many times (with
+        ``append_template`` or ``later_template``): sanitized and serialised once;
+        ``variables`` are the fields whose values each record gives."""
+        return RecordTemplate(sanitize(event), self.config.instance, variables)
+
+    def later_template(self, template: RecordTemplate, values: tuple) -> None:
+        """``later`` for a prepared template and its variables' values."""
+        if not template.usable or not self.inline or self._sync_wake is None:
+            self.later({**template.event, **dict(zip(template.variables, values))})
+            return
+        later = self._later
+        later.append((template, values))
+        if len(later) >= 1000:
+            self._flush_later()
+        elif not self._sync_wake.is_set():
+            self._sync_wake.set()
 
     def later(self, event: Mapping[str, Any]) -> None:
         """A record that must be written but need not precede anything (a statement's
@@ -261,7 +275,8 @@ class AuditTrail:
                 and (not is_template or item.usable)
                 and (item is None or is_template or item.get("type") not in (CHECKPOINT, "segment.start"))):
             # the common case: no segment to open, no checkpoint due, nothing failed
-            lines = [chain.seal_line(ev, now)[1] for ev in later] if later else []
+            lines = [chain.seal_template(ev[0], now, ev[1]) if type(ev) is tuple else chain.seal_line(ev, now)[1]
+                     for ev in later] if later else []
             later.clear()
             if item is not None:
                 lines.append(chain.seal_template(item, now) if is_template else chain.seal_line(item, now)[1])
@@ -290,7 +305,7 @@ class AuditTrail:
         for rec in self._segment_records(now):
             out.add_sealed(rec)
         for ev in later:
-            out.add(ev)
+            out.add({**ev[0].event, **dict(zip(ev[0].variables, ev[1]))} if type(ev) is tuple else ev)
         later.clear()
         if item is not None:
             out.add(item.event if is_template else item)
