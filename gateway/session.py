@@ -53,8 +53,6 @@ _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop
 _DDL_START_BYTES = re.compile(rb"(?is)^(?:[^\x00]*\x00)?(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
                               rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
-#: the fields of a completion record that change from one execution to the next
-_COMPLETION_FIELDS = ("status", "rows", "bytes", "duration_ms", "tx_status")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -717,10 +715,11 @@ class PolicyGate(Gate):
         audit = self.engine.audit
         if audit is None:
             return None
+        seqs = relay.state["decision_seqs"] = []      # for the completion records (_inflight)
         try:
             for item in plans:
-                audit.append_template(self._decision_template(relay, s, item[0], item[1], reason),
-                                      required=fail_closed or s.under_policy)
+                seqs.append(audit.append_template(self._decision_template(relay, s, item[0], item[1], reason),
+                                                  required=fail_closed or s.under_policy))
         except Exception as e:
             return self._audit_refusal(e, fail_closed or s.under_policy)
         return None
@@ -748,10 +747,12 @@ class PolicyGate(Gate):
 
     async def _audit_decisions_async(self, relay, s: SessionState, plans, reason) -> Refusal | None:
         audit = self.engine.audit
+        seqs = relay.state["decision_seqs"] = []
         try:
             for item in plans:
-                await audit.record(self._decision_event(relay, s, item[0], item[1], reason),
-                                   required=s.under_policy)
+                rec = await audit.record(self._decision_event(relay, s, item[0], item[1], reason),
+                                         required=s.under_policy)
+                seqs.append(rec.get("seq") if rec else None)
         except Exception as e:
             return self._audit_refusal(e, s.under_policy)
         return None
@@ -830,7 +831,9 @@ class PolicyGate(Gate):
         if self.engine.audit is None:
             return
         inflight = relay.state.setdefault("inflight", [])
-        inflight.append(([p[0].fingerprint for p in plans], time.perf_counter()))
+        seqs = relay.state.pop("decision_seqs", None) or ()
+        inflight.append(([(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)],
+                         time.perf_counter()))
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:
@@ -839,21 +842,19 @@ class PolicyGate(Gate):
             s.open_grants.clear()
         inflight = relay.state.get("inflight")
         if not inflight:
+            if relay.track:
+                relay.take_outcome()      # a refused statement's outcome belongs to no later one
             return
         audit = self.engine.audit
         now = time.perf_counter()
         outcome = relay.take_outcome()
-        templates = s.templates if s is not None else {}
-        for fingerprints, t0 in inflight:
-            values = (outcome[0] or "ok", outcome[1], outcome[2], round((now - t0) * 1000, 3), status)
-            for fp in fingerprints:
+        session = relay.info.session_id
+        error = outcome[0] or "ok"
+        for statements, t0 in inflight:
+            duration = round((now - t0) * 1000, 3)
+            for seq, fingerprint in statements:
                 try:
-                    template = templates.get(("complete", fp))
-                    if template is None:
-                        template = audit.template(TrustedEvent(type="statement.complete", fingerprint=fp,
-                                                               session=relay.info.session_id), _COMPLETION_FIELDS)
-                        templates[("complete", fp)] = template
-                    audit.later_template(template, values)
+                    audit.completed(session, (seq, fingerprint, error, outcome[1], outcome[2], duration, status))
                 except Exception as e:
                     log.error("audit: completion record lost: %s", e)
         inflight.clear()

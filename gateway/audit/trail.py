@@ -33,6 +33,16 @@ from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 log = logging.getLogger("piigate.audit")
 
 
+#: the fields of one statement's outcome in a ``statement.complete`` record
+COMPLETION_FIELDS = ("decision_seq", "fingerprint", "status", "rows", "bytes", "duration_ms", "tx_status")
+
+
+def _completion_event(session: str, entries: list[tuple]) -> dict:
+    # built here from the gateway's own values (seqs, SQLSTATEs, counts): no PII to sanitize
+    return {"type": "statement.complete", "session": session,
+            "statements": [dict(zip(COMPLETION_FIELDS, e)) for e in entries]}
+
+
 class AuditUnavailable(Exception):
     """The record could not be written to a required sink: do not forward the
     statement. The message says which sink failed and why."""
@@ -87,6 +97,7 @@ class AuditTrail:
         self._sync_wake: asyncio.Event | None = None
         self._syncer: asyncio.Task | None = None
         self._later: list = []       # sanitized events or (template, values) to seal with the next write
+        self._completions: dict[str, list[tuple]] = {}   # session -> outcomes not yet written
         f = self.file
         self._inline_sinks = (f is not None and f.writes_inline
                               and all(s is f or not s.required for s in self.sinks))
@@ -206,18 +217,42 @@ class AuditTrail:
         file cannot take it (and a required record was asked for). Records queued
         with ``later`` are written first, in the same write.
 
-        Only for an ``inline`` trail; callers that must wait otherwise use ``record``."""
-        self._write_now(sanitize(event), required)
+        Only for an ``inline`` trail; callers that must wait otherwise use ``record``.
+        Returns the record's seq (None when it was not written and not required)."""
+        return self._write_now(sanitize(event), required)
 
-    def append_template(self, template: RecordTemplate, *, required: bool | None = None) -> None:
-        """``append`` for a prepared template: the statement hot path."""
-        self._write_now(template, required)
+    def append_template(self, template: RecordTemplate, *, required: bool | None = None) -> int | None:
+        """``append`` for a prepared template: the statement hot path. Returns the
+        record's seq (None when it could not be written and was not required)."""
+        return self._write_now(template, required)
 
     def template(self, event: Mapping[str, Any], variables: tuple[str, ...] = ()) -> RecordTemplate:
         """A prepared record for an event that will be appended many times (with
         ``append_template`` or ``later_template``): sanitized and serialised once;
         ``variables`` are the fields whose values each record gives."""
         return RecordTemplate(sanitize(event), self.config.instance, variables)
+
+    def completed(self, session: str, entry: tuple) -> None:
+        """One statement's outcome, ``entry`` in the order of ``COMPLETION_FIELDS``.
+        Completions are batched per session: every ``group_ms`` the syncer writes one
+        ``statement.complete`` record per session listing the outcomes of its
+        statements since the last one (each naming the ``decision_seq`` of the
+        statement's decision record). A record per outcome would double the trail's
+        cost per statement; an outcome needs to follow its statement, not precede
+        anything. Kept in memory until then: a kill -9 can lose the last window's
+        outcomes, never a decision record."""
+        if not self.inline or self._sync_wake is None:
+            self.emit(_completion_event(session, [entry]))
+            return
+        pending = self._completions.get(session)
+        if pending is None:
+            pending = self._completions[session] = []
+        pending.append(entry)
+        if len(pending) >= 500:
+            self._later.append(_completion_event(session, self._completions.pop(session)))
+            self._flush_later()
+        elif not self._sync_wake.is_set():
+            self._sync_wake.set()
 
     def later_template(self, template: RecordTemplate, values: tuple) -> None:
         """``later`` for a prepared template and its variables' values."""
@@ -247,13 +282,16 @@ class AuditTrail:
             self._sync_wake.set()
 
     def _flush_later(self) -> None:
+        if self._completions:
+            completions, self._completions = self._completions, {}
+            self._later.extend(_completion_event(sid, entries) for sid, entries in completions.items())
         if self._later and self._running and self.inline:
             try:
                 self._write_now(None, False)
             except Exception as e:  # noqa: BLE001 - the records are counted as failed
                 log.error("audit: completion records not written: %s", e)
 
-    def _write_now(self, item: "dict | RecordTemplate | None", required: bool | None) -> None:
+    def _write_now(self, item: "dict | RecordTemplate | None", required: bool | None) -> int | None:
         """Seal what ``later`` queued plus ``item`` and write them with one write()."""
         if not self.inline:
             raise RuntimeError("AuditTrail.append needs an inline file sink; use record()")
@@ -299,7 +337,7 @@ class AuditTrail:
             if not self._sync_wake.is_set():
                 self._sync_wake.set()
             self.stats["records"] += len(lines)
-            return
+            return chain.head.seq if item is not None else None
         # the general case: segment records, checkpoints and rotation as needed
         out = _Batch(self, now)
         for rec in self._segment_records(now):
@@ -307,12 +345,12 @@ class AuditTrail:
         for ev in later:
             out.add({**ev[0].event, **dict(zip(ev[0].variables, ev[1]))} if type(ev) is tuple else ev)
         later.clear()
-        if item is not None:
-            out.add(item.event if is_template else item)
+        rec = out.add(item.event if is_template else item) if item is not None else None
         errors = self._write_inline(out.records, out.lines, now)
         self.stats["records"] += len(out.records)
         if errors and req and item is not None:
             raise AuditUnavailable("audit trail unavailable: " + "; ".join(errors))
+        return None if errors or rec is None else rec["seq"]
 
     def _write_inline(self, records: list[dict], lines: list[bytes], now: float) -> list[str]:
         errors = []

@@ -108,3 +108,34 @@ def test_corpus_through_the_gateway_leaves_an_intact_pii_free_trail(audited_gate
     assert "000-00-0007" not in blob and "user07@example.invalid" not in blob
     leaked = sorted(v for v in VALUES if v in blob)
     assert not leaked, f"the audit trail holds {len(leaked)} schema values, e.g. {leaked[:5]}"
+
+
+def test_every_forwarded_statement_has_an_outcome_naming_its_decision(audited_gateway):
+    """Simple, extended and prepared executions (each Bind its own decision record):
+    every decision of a forwarded statement is followed by an outcome in a
+    statement.complete record that names it by seq, with the right status and rows."""
+    gw = audited_gateway
+    client = RawClient("127.0.0.1", gw.port, "ann", PASSWORD, gw.dbname)
+    try:
+        client.query("SELECT id, city FROM customers WHERE id < 4")
+        client.extended("SELECT id FROM customers WHERE id = $1", ["5"])
+        client.query("SELECT id FROM no_such_table")                       # refused: unknown
+        client.query("SELECT 1/0")                                         # fails upstream
+        client.drain(0.2)
+    finally:
+        client.close()
+    gw.stop()
+    files = sorted(gw.audit_dir.glob("*.jsonl"))
+    assert verify(read_trail(files)).ok
+    recs = list(iter_records(read_trail(files)))
+    decisions = {r["seq"]: r for r in recs if r["type"] == "statement.decision" and r.get("user") == "ann"}
+    outcomes = [(r, o) for r in recs if r["type"] == "statement.complete" for o in r["statements"]]
+    by_decision = {o["decision_seq"]: (r, o) for r, o in outcomes}
+    forwarded = [d for d in decisions.values() if d["effect"] in ("allow", "mask")]
+    assert len(forwarded) >= 3
+    for d in forwarded:
+        rec, o = by_decision[d["seq"]]                     # its outcome exists ...
+        assert rec["seq"] > d["seq"] and rec["session"] == d["session"]   # ... after it, same session
+        assert o["fingerprint"] == d["fingerprint"]
+    rows = sorted((o["status"], o["rows"]) for _, o in outcomes if o["decision_seq"] in decisions)
+    assert ("ok", 3) in rows and ("ok", 1) in rows and ("22012", 0) in rows

@@ -170,3 +170,24 @@ async def test_later_templates_are_written_in_order(tmp_path):
     assert verify(read_trail(trail_files(path))).ok
     recs = [r for r in iter_records(read_trail(trail_files(path))) if r["type"] == "statement.complete"]
     assert [(r["rows"], r["bytes"]) for r in recs] == [(i, i * 3) for i in range(20)]
+
+
+async def test_outcomes_are_batched_into_one_record_per_session(tmp_path):
+    from gateway.audit.trail import COMPLETION_FIELDS
+    path = tmp_path / "o.jsonl"
+    async with AuditTrail(file_config(path, fsync="group", group_ms=5)) as trail:
+        template = trail.template(decision(1))
+        for i in range(30):
+            seq = trail.append_template(template)
+            trail.completed(f"s{i % 3}", (seq, "fp", "ok", i, 10, 0.5, "I"))
+        await asyncio.sleep(0.05)                     # the syncer writes them within group_ms
+        recs = [r for r in iter_records(read_trail(trail_files(path)))]
+        outcomes = [r for r in recs if r["type"] == "statement.complete"]
+        assert sorted(r["session"] for r in outcomes) == ["s0", "s1", "s2"]
+        for r in outcomes:
+            k = int(r["session"][1])
+            assert [o["rows"] for o in r["statements"]] == list(range(k, 30, 3))
+            assert set(r["statements"][0]) == set(COMPLETION_FIELDS)
+        decision_seqs = {r["seq"] for r in recs if r["type"] == "statement.decision"}
+        assert {o["decision_seq"] for r in outcomes for o in r["statements"]} == decision_seqs
+    assert verify(read_trail(trail_files(path))).ok
