@@ -2,13 +2,15 @@
 
     python -m benchmarks.run [--quick] [--seconds N] [--clients 1,8,32]
                              [--modes simple,extended,prepared] [--reps R]
+                             [--gateway-mode transparent,noaudit,full]
 
 Starts PostgreSQL (embedded, or the server named by PIIGATE_BENCH_PG_DSN, a superuser
-URL), initialises a pgbench database, starts pgbouncer (session pooling) and the
-gateway (``python -m gateway.cli serve``), runs every (mode, clients) cell against all
-targets in turn (interleaved, so the machine's noise is shared), prints the table and
-writes benchmarks/results/<UTC date>-<host>.json and .md. Everything it starts it
-stops by PID, also on Ctrl-C. See benchmarks/README.md.
+URL), initialises a pgbench database, starts pgbouncer (session pooling) and one
+gateway per gateway mode (``python -m gateway.cli serve``, targets gateway-<mode>),
+runs every (mode, clients) cell against all targets in turn (interleaved, so the
+machine's noise is shared), prints the table and the verdicts at 8 clients and writes
+benchmarks/results/<UTC date>-<host>-<gateway modes joined by +>.json and .md.
+Everything it starts it stops by PID, also on Ctrl-C. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -27,24 +29,24 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
-from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from gateway import embedded
 
-from .pgbench import MODES, Endpoint, PgbenchOutputError, parse_output, select_only_command
+from .pgbench import MODES, PgbenchOutputError, parse_output, select_only_command
 from .processes import cpu_seconds
-from .report import Measurement, markdown_report, markdown_table, ratio, summarize, target_verdicts
+from .report import Measurement, build_cell, markdown_report, markdown_table, target_verdicts
 from .targets import (
+    GATEWAY_MODES,
     REPO,
     TARGET_NAMES,
     Target,
     Upstream,
     direct_target,
     find_pgbouncer,
+    gateway_target_name,
     pgbouncer_version,
     start_gateway,
     start_pgbouncer,
@@ -71,13 +73,19 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _choice_list(allowed: tuple[str, ...]):
+def _choice_list(allowed: tuple[str, ...], what: str):
+    """A comma-separated subset of ``allowed``, in the order given, duplicates dropped."""
+
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",") if v.strip()]
         bad = [v for v in values if v not in allowed]
-        if not values or bad:
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {what} {', '.join(map(repr, bad))}; expected a comma-separated subset of {','.join(allowed)}"
+            )
+        if not values:
             raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
-        return values
+        return list(dict.fromkeys(values))
 
     return parse
 
@@ -91,14 +99,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=int, help="seconds per pgbench run (default 20; 5 with --quick)")
     p.add_argument("--reps", type=int, help="runs per target and cell; the median is reported (default 2; 1 with --quick)")
     p.add_argument("--clients", type=_int_list, default=[1, 8, 32], help="client counts (default 1,8,32)")
-    p.add_argument("--modes", type=_choice_list(MODES), default=list(MODES), help="pgbench -M modes (default all three)")
-    p.add_argument("--targets", type=_choice_list(TARGET_NAMES), default=list(TARGET_NAMES), help="default direct,pgbouncer,gateway")
+    p.add_argument("--modes", type=_choice_list(MODES, "pgbench mode"), default=list(MODES),
+                   help="pgbench -M modes (default all three)")
+    p.add_argument("--targets", type=_choice_list(TARGET_NAMES, "target"), default=list(TARGET_NAMES),
+                   help="default direct,pgbouncer,gateway (gateway: one target per --gateway-mode)")
     p.add_argument("--scale", type=int, help="pgbench scale factor (default 10; 1 with --quick)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the .json and .md results")
     p.add_argument("--no-save", action="store_true", help="print the table only, write no results file")
-    p.add_argument("--gateway-mode", choices=["transparent", "full"], default="full",
-                   help="full (default): the bench user is under PII policy, every statement analysed, "
-                        "decided and audited (file, group fsync); transparent: no policy")
+    p.add_argument("--gateway-mode", type=_choice_list(GATEWAY_MODES, "gateway mode"), default=list(GATEWAY_MODES),
+                   metavar="MODES",
+                   help="gateways to measure, each its own target gateway-<mode> (default transparent,noaudit,full). "
+                        "transparent: no policy; noaudit: the bench user under PII policy, every statement "
+                        "analysed and decided; full: the same plus the audit trail (file, group fsync)")
     args = p.parse_args(argv)
     args.seconds = args.seconds or (5 if args.quick else 20)
     args.reps = args.reps or (1 if args.quick else 2)
@@ -197,32 +209,6 @@ def probe(pgbench: str, target: Target) -> str | None:
     return None
 
 
-def _cell_dict(mode: str, clients: int, runs: dict[str, list[Measurement]], names: list[str]) -> dict:
-    medians = {name: summarize(runs.get(name, [])) for name in names}
-    return {
-        "mode": mode,
-        "clients": clients,
-        "runs": {
-            name: [
-                {
-                    **(asdict(m.result) if m.result else {}),
-                    "error": m.error,
-                    "proxy_cpu_s": m.proxy_cpu_s,
-                    "cpu_us_per_txn": m.cpu_us_per_txn,
-                }
-                for m in runs.get(name, [])
-            ]
-            for name in names
-        },
-        "median": {name: (asdict(s) if s else None) for name, s in medians.items()},
-        "ratios": {
-            "gateway/direct": ratio(medians.get("gateway"), medians.get("direct")),
-            "gateway/pgbouncer": ratio(medians.get("gateway"), medians.get("pgbouncer")),
-            "pgbouncer/direct": ratio(medians.get("pgbouncer"), medians.get("direct")),
-        },
-    }
-
-
 def run_matrix(pgbench: str, targets: list[Target], args: argparse.Namespace, errors: list[str]) -> list[dict]:
     live = [t for t in targets if t.unavailable is None]
     names = [t.name for t in targets]
@@ -240,12 +226,12 @@ def run_matrix(pgbench: str, targets: list[Target], args: argparse.Namespace, er
                 m = run_pgbench(pgbench, target, mode=mode, clients=clients, seconds=args.seconds)
                 runs[target.name].append(m)
                 if m.result:
-                    log(f"[{done}/{total}] {mode:8} c={clients:<3} {target.name:9} "
+                    log(f"[{done}/{total}] {mode:8} c={clients:<3} {target.name:19} "
                         f"tps={m.result.tps:10.1f} lat={m.result.latency_ms:.3f} ms")
                 else:
                     errors.append(f"{mode} c={clients} {target.name}: {m.error}")
-                    log(f"[{done}/{total}] {mode:8} c={clients:<3} {target.name:9} FAILED: {m.error}")
-        cells.append(_cell_dict(mode, clients, runs, names))
+                    log(f"[{done}/{total}] {mode:8} c={clients:<3} {target.name:19} FAILED: {m.error}")
+        cells.append(build_cell(mode, clients, runs, names))
     return cells
 
 
@@ -330,6 +316,30 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def target_plan(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(target name, gateway mode or None) in run order: ``gateway`` in --targets
+    becomes one gateway-<mode> target per --gateway-mode."""
+    plan: list[tuple[str, str | None]] = []
+    for name in args.targets:
+        if name == "gateway":
+            plan += [(gateway_target_name(mode), mode) for mode in args.gateway_mode]
+        else:
+            plan.append((name, None))
+    return plan
+
+
+def gateway_modes(args: argparse.Namespace) -> list[str]:
+    """The gateway modes this run measures (none without the gateway target)."""
+    return list(args.gateway_mode) if "gateway" in args.targets else []
+
+
+def results_stem(started: dt.datetime, host: str, args: argparse.Namespace) -> str:
+    """``<date>-<host>-<gateway modes joined by +>`` (``-quick`` for --quick)."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", host) or "host"
+    modes = "+".join(gateway_modes(args)) or "no-gateway"
+    return f"{started:%Y-%m-%d}-{host}-{modes}{'-quick' if args.quick else ''}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -344,15 +354,16 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(shutil.rmtree, work_dir, True)
 
             targets: list[Target] = []
-            for name in args.targets:
+            for name, gateway_mode in target_plan(args):
                 if name == "direct":
                     target = direct_target(upstream)
                 elif name == "pgbouncer":
                     log("starting pgbouncer ...")
                     target = start_pgbouncer(upstream, work_dir)
                 else:
-                    log("starting the gateway ...")
-                    target = start_gateway(upstream, work_dir, args.gateway_mode)
+                    log(f"starting {name} ...")
+                    # Its own folder: config, policy, audit trail and log per gateway.
+                    target = start_gateway(upstream, work_dir / name, gateway_mode)
                 if target.service is not None:
                     stack.callback(target.service.stop)
                 if target.unavailable is None:
@@ -380,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
         "settings": {
             "seconds": args.seconds, "reps": args.reps, "scale": args.scale,
-            "clients": args.clients, "modes": args.modes, "quick": args.quick, "gateway_mode": args.gateway_mode,
+            "clients": args.clients, "modes": args.modes, "quick": args.quick,
+            "gateway_mode": ",".join(gateway_modes(args)), "gateway_modes": gateway_modes(args),
             "pgbench": "-S -n -T seconds -c C -j min(C,2) -M mode",
         },
         "postgres_source": source,
@@ -403,8 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {t.name} not measured: {t.unavailable}")
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
-        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-        stem = f"{started:%Y-%m-%d}-{host}-{args.gateway_mode}{'-quick' if args.quick else ''}"
+        stem = results_stem(started, socket.gethostname(), args)
         (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
         (args.out / f"{stem}.md").write_text(markdown_report(results))
         print(f"\nresults: {args.out / stem}.json and .md")

@@ -20,6 +20,14 @@ BENCH_PASSWORD = "bench-only-password"
 
 TARGET_NAMES = ("direct", "pgbouncer", "gateway")
 
+#: How the gateway is configured; each mode measured is its own target,
+#: ``gateway-<mode>`` (see gateway_config).
+GATEWAY_MODES = ("transparent", "noaudit", "full")
+
+
+def gateway_target_name(mode: str) -> str:
+    return f"gateway-{mode}"
+
 
 @dataclass
 class Target:
@@ -118,9 +126,10 @@ def start_pgbouncer(upstream: Upstream, work_dir: Path) -> Target:
     )
 
 
-#: --gateway-mode full: the bench user is under PII policy (every statement is
-#: analysed, decided and audited before it is forwarded); pgbench's tables hold no
-#: catalogued column, so the decision is "allow" by the non-PII default.
+#: Gateway modes full and noaudit: the bench user is under PII policy (every
+#: statement is analysed and decided, and in full audited, before it is forwarded);
+#: pgbench's tables hold no catalogued column, so the decision is "allow" by the
+#: non-PII default.
 FULL_POLICY = """
 [defaults]
 pii_read = "mask"
@@ -138,7 +147,10 @@ def gateway_config(upstream: Upstream, port: int, verifier: str, mode: str = "tr
                    work_dir: Path | None = None) -> str:
     """The gateway's TOML config: listen on loopback, one SCRAM user for pgbench.
     ``transparent``: no policy (the relay with analysis); ``full``: policy, decision
-    and audit trail (file sink, group fsync) for every statement."""
+    and audit trail (file sink, group fsync) for every statement; ``noaudit``: the
+    same without the audit trail (what auditing costs is full against noaudit)."""
+    if mode not in GATEWAY_MODES:
+        raise ValueError(f"unknown gateway mode {mode!r}; expected one of {', '.join(GATEWAY_MODES)}")
 
     def q(text: str) -> str:
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -162,14 +174,17 @@ def gateway_config(upstream: Upstream, port: int, verifier: str, mode: str = "tr
         'roles = ["app"]' if mode == "transparent" else 'roles = ["analyst"]',
         "",
     ]
-    if mode == "full":
+    if mode in ("full", "noaudit"):
         assert work_dir is not None
         (work_dir / "policy.toml").write_text(FULL_POLICY)
-        (work_dir / "audit").mkdir(exist_ok=True)
         lines += [
             "[policy]",
             f"file = {q(str(work_dir / 'policy.toml'))}",
             "",
+        ]
+    if mode == "full":
+        (work_dir / "audit").mkdir(exist_ok=True)
+        lines += [
             "[audit]",
             'sinks = ["file"]',
             f"file = {q(str(work_dir / 'audit' / 'audit.jsonl'))}",
@@ -180,11 +195,15 @@ def gateway_config(upstream: Upstream, port: int, verifier: str, mode: str = "tr
 
 
 def start_gateway(upstream: Upstream, work_dir: Path, mode: str = "transparent") -> Target:
-    """``python -m gateway.cli serve --config <generated toml>`` as a subprocess."""
+    """``python -m gateway.cli serve --config <generated toml>`` as a subprocess: the
+    target ``gateway-<mode>``. Its config, policy, audit trail and log go to
+    ``work_dir``, which should be its own (two gateways in one would collide)."""
+    name = gateway_target_name(mode)
     try:
         from gateway.protocol.scram import make_verifier
     except ImportError as exc:
-        return Target("gateway", None, unavailable=f"the gateway cannot be configured: {exc}")
+        return Target(name, None, unavailable=f"the gateway cannot be configured: {exc}")
+    work_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = work_dir / "piigate.toml"
     config.write_text(gateway_config(upstream, port, make_verifier(BENCH_PASSWORD), mode, work_dir))
@@ -192,14 +211,14 @@ def start_gateway(upstream: Upstream, work_dir: Path, mode: str = "transparent")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     try:
         service = start_service(
-            "gateway",
+            name,
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
             port=port, log_path=work_dir / "gateway.log", cwd=REPO, env=env,
         )
     except StartError as exc:
-        return Target("gateway", None, unavailable=str(exc))
+        return Target(name, None, unavailable=str(exc))
     return Target(
-        "gateway",
+        name,
         Endpoint("127.0.0.1", port, BENCH_USER, upstream.dbname, BENCH_PASSWORD),
         service,
     )
