@@ -320,17 +320,27 @@ class Relay:
     # -- client -> upstream ----------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        buf = self._cbuf
-        buf += data
-        if self._busy:
-            return
-        self._drain_client()
+        if self._cbuf or self._busy:
+            self._cbuf += data
+            if not self._busy:
+                self._drain_client(self._cbuf)
+        else:
+            # the common case, whole messages in one read: framed and forwarded from
+            # the bytes as received, without copying them into the buffer and out
+            self._drain_client(data)
 
-    def _drain_client(self) -> None:
+    def _consumed(self, buf: "bytes | bytearray", upto: int) -> None:
+        """Keep what follows ``upto`` for the next read (the buffer is empty when
+        ``buf`` is a read's own bytes)."""
+        if buf is self._cbuf:
+            del buf[:upto]
+        elif upto < len(buf):
+            self._cbuf += buf[upto:]
+
+    def _drain_client(self, buf: "bytes | bytearray") -> None:
         """Frame the client's bytes. Runs of messages that pass unchanged are written
         upstream as one slice; only Query/Parse/FunctionCall (and Bind, for gates that
         watch executions) are shown to the Gate."""
-        buf = self._cbuf
         n = len(buf)
         pos = 0
         start = 0               # first byte of the run of unchanged messages
@@ -359,7 +369,7 @@ class Relay:
                     continue
                 if kind == 5:                                # Terminate
                     self._write_upstream(out, buf, start, end)
-                    del buf[:end]
+                    self._consumed(buf, end)
                     self.close("client terminated")
                     return
                 if plain:
@@ -411,7 +421,7 @@ class Relay:
                 else:
                     # async verdict: flush what we have, pause the client, resume after
                     self._write_upstream(out, buf, start, pos)
-                    del buf[:end]
+                    self._consumed(buf, end)
                     self._busy = True
                     self.client_transport.pause_reading()
                     task = self._verdict_task = asyncio.ensure_future(self._await_verdict(verdict))
@@ -423,17 +433,18 @@ class Relay:
                        "PostgreSQL protocol 3.0; this connection is closed, others are unaffected")
             return
         self._write_upstream(out, buf, start, pos)
-        if pos:
-            del buf[:pos]
+        if pos < n or buf is self._cbuf:
+            self._consumed(buf, pos)
 
-    def _write_upstream(self, out: list | None, buf: bytearray, start: int, pos: int) -> None:
-        """Write the chunks gathered so far plus the unchanged run buf[start:pos]."""
+    def _write_upstream(self, out: list | None, buf: "bytes | bytearray", start: int, pos: int) -> None:
+        """Write the chunks gathered so far plus the unchanged run buf[start:pos]
+        (a slice is a copy, so the transport may keep it while the buffer changes)."""
         if out:
             if pos > start:
-                out.append(bytes(buf[start:pos]))
+                out.append(buf[start:pos])
             self.upstream_transport.write(b"".join(out))
         elif pos > start:
-            self.upstream_transport.write(bytes(buf[start:pos]))
+            self.upstream_transport.write(buf if pos - start == len(buf) and type(buf) is bytes else buf[start:pos])
 
     def _violation(self, t: int, length: int) -> ProtocolViolation:
         if length < 4:
@@ -477,7 +488,7 @@ class Relay:
         self._busy = False
         if self.closed:
             return
-        self._drain_client()
+        self._drain_client(self._cbuf)
         if not self._busy and not self.closed:
             self.client_transport.resume_reading()
 
