@@ -81,6 +81,8 @@ class SessionState:
     statements_total: int = 0
     #: prepared decision records of this session: key -> (decision, RecordTemplate)
     templates: dict = field(default_factory=dict)
+    #: protocol-level statement name -> (decision, reason, request, RecordTemplate)
+    bind_templates: dict = field(default_factory=dict)
     #: a small integer standing for (principal, client address, application_name)
     #: in decision-cache keys (hashing the principal on every statement costs more)
     context_id: int = 0
@@ -235,12 +237,45 @@ class PolicyGate(Gate):
                 refusal = Refusal("42501", f"piigate: grant {decision.grant_id} has expired; this prepared "
                                   "statement needs approval again", "run the statement again to request access")
                 return self._refuse_bind(relay, refusal)
-        if self.engine.audit is not None:
-            refusal = self._audit_decisions(relay, s, [(facts, decision)], s.reason, fail_closed=False)
+        audit = self.engine.audit
+        if audit is None:
+            return None
+        if not audit.inline:
+            # fsync="always": the record must be on disk before the execution goes on
+            return self._bind_audited(relay, s, frame, facts, decision)
+        # the hot path of prepared statements: the record's template is kept per
+        # statement name (it depends on the statement's facts and decision, the
+        # stated reason and the access request, nothing else)
+        reason = s.reason
+        request = relay.state.get("last_request")
+        cached = s.bind_templates.get(name)
+        if cached is not None and cached[0] is decision and cached[1] == reason and cached[2] == request:
+            template = cached[3]
+        else:
+            template = self._decision_template(relay, s, facts, decision, reason)
+            if len(s.bind_templates) >= 1024:
+                s.bind_templates.clear()
+            s.bind_templates[name] = (decision, reason, request, template)
+        try:
+            seq = audit.append_template(template, required=s.under_policy)
+        except Exception as e:
+            refusal = self._audit_refusal(e, s.under_policy)
             if refusal is not None:
                 return self._refuse_bind(relay, refusal)
-            self._inflight(relay, [(facts, decision)])
+            seq = None
+        inflight = relay.state.get("inflight")
+        if inflight is None:
+            inflight = relay.state["inflight"] = []
+        inflight.append((((seq, facts.fingerprint),), time.perf_counter()))
+        relay.track = True
         return None
+
+    async def _bind_audited(self, relay, s: SessionState, frame: bytes, facts, decision) -> Verdict:
+        refusal = await self._audit_decisions_async(relay, s, [(facts, decision)], s.reason)
+        if refusal is not None:
+            return self._refuse_bind(relay, refusal)
+        self._inflight(relay, [(facts, decision)])
+        return Verdict(frame)
 
     def _refuse_bind(self, relay, refusal: Refusal) -> Verdict:
         marker = f"piigate_refused_{secrets.token_hex(6)}"

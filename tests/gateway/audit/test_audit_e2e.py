@@ -47,8 +47,12 @@ VALUE_STATEMENTS = [
 ]
 
 
-@pytest.fixture
-def audited_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+@pytest.fixture(params=["group"])
+def audited_gateway(request, gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    return _audited_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, request.param)
+
+
+def _audited_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, fsync: str):
     (tmp_path / "policy.toml").write_text(POLICY)
     shutil.copy(ROOT / "examples" / "catalog.toml", tmp_path / "catalog.toml")
     extra = f"""
@@ -59,7 +63,7 @@ file = "{tmp_path / 'catalog.toml'}"
 [audit]
 sinks = ["file"]
 file = "{tmp_path / 'audit' / 'audit.jsonl'}"
-fsync = "group"
+fsync = "{fsync}"
 """
     (tmp_path / "audit").mkdir()
     text = gateway_toml(pg_server, users={"ann": ["analyst"], "dba": ["dba"]}, extra=extra,
@@ -139,3 +143,30 @@ def test_every_forwarded_statement_has_an_outcome_naming_its_decision(audited_ga
         assert o["fingerprint"] == d["fingerprint"]
     rows = sorted((o["status"], o["rows"]) for _, o in outcomes if o["decision_seq"] in decisions)
     assert ("ok", 3) in rows and ("ok", 1) in rows and ("22012", 0) in rows
+
+
+@pytest.mark.parametrize("fsync", ["always", "group", "none"])
+async def test_prepared_executions_are_each_audited_under_every_durability_policy(
+        gateway_factory, pg_server, sample_db_fresh, tmp_path, fsync):
+    """asyncpg prepares once and executes many times: each execution (Bind) of a
+    statement under PII policy gets its own decision record before it runs, whether
+    records are fsynced one by one, in groups or not at all."""
+    import asyncpg
+    gw = _audited_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path, fsync)
+    conn = await asyncpg.connect(gw.dsn(gw.dbname, user="ann"))
+    try:
+        stmt = await conn.prepare("SELECT id, email FROM customers WHERE id = $1")
+        rows = [await stmt.fetchrow(i) for i in (3, 4, 5)]
+    finally:
+        await conn.close()
+    assert [r["id"] for r in rows] == [3, 4, 5]
+    assert not any(r["email"] == f"user{r['id']:02d}@example.invalid" for r in rows)   # masked
+    gw.stop()
+    files = sorted(gw.audit_dir.glob("*.jsonl"))
+    assert verify(read_trail(files)).ok
+    recs = list(iter_records(read_trail(files)))
+    executions = [r for r in recs if r["type"] == "statement.decision" and r.get("user") == "ann"
+                  and "FROM customers WHERE id = $1" in r["sql"]]
+    assert len(executions) >= 3
+    outcomes = [o for r in recs if r["type"] == "statement.complete" for o in r["statements"]]
+    assert {e["seq"] for e in executions} <= {o["decision_seq"] for o in outcomes}
