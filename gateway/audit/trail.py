@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Any, Callable, Mapping
 
 import orjson
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
 
 from gateway.audit.chain import Chain, ChainHead, RecordTemplate, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
-from gateway.audit.records import CHECKPOINT, plain, sanitize
+from gateway.audit.records import CHECKPOINT, plain, sanitize, utc_timestamp
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 
 log = logging.getLogger("piigate.audit")
@@ -223,8 +225,49 @@ class AuditTrail:
 
     def append_template(self, template: RecordTemplate, *, required: bool | None = None) -> int | None:
         """``append`` for a prepared template: the statement hot path. Returns the
-        record's seq (None when it could not be written and was not required)."""
-        return self._write_now(template, required)
+        record's seq (None when it could not be written and was not required).
+
+        The common case (nothing else to write first, no checkpoint or rotation
+        due, nothing failed, the file the only sink) is sealed and written right
+        here, inline: it runs before every statement under policy is forwarded, and
+        each method call saved is measurable. Everything else goes through
+        ``_write_now``, which produces the same bytes."""
+        f = self.file
+        fmt = template._format
+        if (fmt is None or template._pick is not None or self._later or self._failed
+                or not self._running or not self._inline_sinks or f.fd is None or len(self.sinks) > 1):
+            return self._write_now(template, required)
+        chain = self.chain
+        now = self.clock()
+        cfg = f.cfg
+        if (chain.since_checkpoint + 1 >= self.config.checkpoint_every or f.size >= cfg.rotate_bytes
+                or now - f.opened_at >= cfg.rotate_seconds):
+            return self._write_now(template, required)
+        seq, prev = chain.head
+        seq += 1
+        canon = fmt % (prev.encode(), seq, utc_timestamp(now).encode())
+        digest = sha256(canon).hexdigest()
+        line = b'%b,"hash":"%b"}\n' % (canon[:-1], digest.encode())
+        chain.head = head = ChainHead(seq, digest)
+        chain.since_checkpoint += 1
+        try:
+            written = os.write(f.fd, line)
+            f.size += written
+            if written < len(line):
+                f._append(line[written:])
+        except OSError as e:
+            f._close_quietly()
+            self._mark_failed(f, f"{type(e).__name__}: {e}", now)
+            if self.fail_closed if required is None else required:
+                raise AuditUnavailable(f"audit trail unavailable: file sink: {type(e).__name__}: {e}") from None
+            return None
+        f.last_written = head
+        f.records_written += 1
+        f.dirty = True
+        if not self._sync_wake.is_set():
+            self._sync_wake.set()
+        self.stats["records"] += 1
+        return seq
 
     def template(self, event: Mapping[str, Any], variables: tuple[str, ...] = ()) -> RecordTemplate:
         """A prepared record for an event that will be appended many times (with
