@@ -55,16 +55,21 @@ def _kinds(table: dict[bytes, int], default: int) -> bytes:
 _CLIENT_KIND = _kinds({b"S": 2, b"Q": 3, b"P": 4, b"X": 5, b"F": 6, b"B": 7}, 1)
 
 
-def _well_formed(kind: int, buf: bytearray, start: int, end: int) -> bool:
-    """The framing a Query (sql NUL) or Parse (name NUL sql NUL int16 n, n x int32)
-    body must have; checked without decoding in plain sessions."""
+def _statement_span(kind: int, buf: "bytes | bytearray", start: int, end: int) -> tuple[int, int] | None:
+    """Where the SQL text lies in a Query (sql NUL) or Parse (name NUL sql NUL int16 n,
+    n x int32) body, checked for the framing without decoding (plain sessions);
+    None when the body is malformed."""
     if kind == 3:
-        return end > start and buf[end - 1] == 0 and buf.find(0, start, end - 1) < 0
+        if end > start and buf[end - 1] == 0 and buf.find(0, start, end - 1) < 0:
+            return start, end - 1
+        return None
     i = buf.find(0, start, end)
     j = buf.find(0, i + 1, end) if i >= 0 else -1
     if j < 0 or end - (j + 1) < 2:
-        return False
-    return end - (j + 3) == 4 * int.from_bytes(buf[j + 1:j + 3], "big")
+        return None
+    if end - (j + 3) != 4 * int.from_bytes(buf[j + 1:j + 3], "big"):
+        return None
+    return i + 1, j
 
 
 def _special(types: bytes) -> bytes:
@@ -154,11 +159,11 @@ class Gate:
     def plain(self, relay: "Relay") -> bool:
         """True when this session needs no statement hooks at all (nothing to decide,
         record or re-check): the relay then only frames messages and forwards them in
-        bulk, calling ``on_plain_statement`` with each Query/Parse body."""
+        bulk, calling ``on_plain_statement`` with the SQL bytes of each Query/Parse."""
         return type(self) is Gate
 
-    #: called in plain sessions with the raw body of each Query and Parse (e.g. to
-    #: notice DDL); None when nothing needs to see them
+    #: called in plain sessions with the SQL of each Query and Parse, undecoded (e.g.
+    #: to notice DDL); None when nothing needs to see them
     on_plain_statement: "Callable[[Relay, bytes], None] | None" = None
 
 
@@ -376,11 +381,12 @@ class Relay:
                     if kind == 3 or kind == 6:               # Query, FunctionCall
                         self.inflight += 1
                     if kind == 3 or kind == 4:               # Query, Parse
-                        if not _well_formed(kind, buf, pos + 5, end):
+                        span = _statement_span(kind, buf, pos + 5, end)
+                        if span is None:
                             raise ProtocolViolation(f"malformed {'Query' if kind == 3 else 'Parse'} message")
                         hook = self.gate.on_plain_statement
                         if hook is not None:
-                            hook(self, bytes(buf[pos + 5:end]))
+                            hook(self, bytes(buf[span[0]:span[1]]))
                     pos = end
                     continue
                 if kind == 7:                                # Bind

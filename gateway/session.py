@@ -47,12 +47,15 @@ _UNRESTRICTED_ANALYSIS_LIMIT = 256 * 1024
 #: statements that may change the schema (a cheap check for unrestricted relaying)
 _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|grant|revoke|"
                         r"truncate|refresh|security|import|reindex|cluster)\b|.*;\s*(?:create|alter|drop|comment)\b")
-#: the same check on a Query/Parse body, undecoded (the keywords are ASCII in every
-#: client encoding PostgreSQL accepts; a Parse body starts with the statement name,
-#: which the ``[^\x00]*\x00`` prefix skips)
-_DDL_START_BYTES = re.compile(rb"(?is)^(?:[^\x00]*\x00)?(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
+#: the same check on undecoded SQL (the keywords are ASCII in every client encoding
+#: PostgreSQL accepts)
+_DDL_START_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
                               rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
+#: first keywords of statements that never change the schema
+_NOT_DDL = (b"select", b"insert", b"update", b"delete", b"with", b"values", b"table ", b"begin", b"commit",
+            b"end", b"rollback", b"abort", b"start", b"savepoint", b"release", b"set ", b"show", b"reset",
+            b"fetch", b"move", b"close", b"declare", b"listen", b"notify", b"unlisten", b"lock", b"copy")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -179,13 +182,19 @@ class PolicyGate(Gate):
         s: SessionState = relay.state.get("s")
         return s is not None and not s.under_policy and self.engine.audit is None
 
-    def on_plain_statement(self, relay: Relay, body: bytes) -> None:
+    def on_plain_statement(self, relay: Relay, sql: bytes) -> None:
         """Plain sessions: DDL by an unrestricted user still refreshes the live
-        schema, for the sessions that are under policy."""
+        schema, for the sessions that are under policy. A single statement that
+        starts with a keyword that is never DDL is let go at once (what an
+        application sends all day); anything else goes through the pattern."""
         eng = self.engine
-        if eng.on_ddl is not None and _DDL_START_BYTES.match(body):
+        if eng.on_ddl is None:
+            return
+        head = sql[:12].lstrip().lower()
+        if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
+            return
+        if _DDL_START_BYTES.match(sql):
             eng.on_ddl()
-        relay.state["s"].statements_total += 1
 
     def scrubs_errors(self, relay: Relay) -> bool:
         s: SessionState = relay.state.get("s")

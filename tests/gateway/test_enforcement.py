@@ -152,18 +152,22 @@ def test_unrestricted_user_sees_clear_values(policy_gateway):
         client.close()
 
 
-@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("protocol", ["simple", "extended", "after-a-select", "after-a-comment"])
 def test_ddl_by_an_unrestricted_user_is_seen_by_restricted_sessions(policy_gateway, protocol):
     """The dba's session is relayed in bulk (nothing to decide or record), but its DDL
     still refreshes the live schema: a view the dba creates over customers.ssn is
     masked for ann at once, not refused as an unknown relation until the next
     periodic refresh."""
     import time
-    view = f"v_ssn_{protocol}"
+    view = f"v_ssn_{protocol}".replace("-", "_")
     dba = _client(policy_gateway, "dba")
     try:
-        sql = f"CREATE VIEW {view} AS SELECT id, ssn FROM customers"
-        msgs = dba.query(sql) if protocol == "simple" else dba.extended(sql)
+        sql = f"CREATE VIEW {view.replace('-', '_')} AS SELECT id, ssn FROM customers"
+        if protocol == "after-a-select":
+            sql = "SELECT 1; " + sql
+        elif protocol == "after-a-comment":
+            sql = "/* migration 42 */\n  " + sql
+        msgs = dba.extended(sql) if protocol == "extended" else dba.query(sql)
         assert not errors(msgs)
     finally:
         dba.close()
