@@ -127,13 +127,23 @@ class Runtime:
                             source="<no [policy] section: every user is unrestricted>")
         from .analysis import AnalysisCache
         from .session import Engine, PolicyGate
-        catalog, schema = await self._load_catalog_and_schema()
+        schema_ready = True
+        try:
+            catalog, schema = await self._load_catalog_and_schema()
+        except _UpstreamUnreachable as e:
+            # start anyway (the database may simply be starting too): clients get
+            # 08001 while it is down, and sessions under policy a clear 57P03 until
+            # the schema is read, retried every second
+            log.warning("%s; starting without the schema and retrying", e)
+            catalog, schema = self._file_catalog(), _empty_schema()
+            schema_ready = False
         self.engine = Engine(schema=schema, catalog=catalog, policy=policy, cache=AnalysisCache(),
                              audit=self.audit, jit=self.jit,
                              metrics=self.metrics, instance=cfg.server.instance_id,
                              hold_timeout_s=getattr(comps.jit_config, "hold_timeout_s", 300.0),
                              admin_url=self._admin_url(), on_ddl=self._refresh_now.set,
                              pseudonym_installed=_pseudonym_installed(schema))
+        self.engine.schema_ready = schema_ready
         gate = PolicyGate(self.engine)
         self.gateway = Gateway(cfg, gate)
         if self.audit is not None:
@@ -161,8 +171,8 @@ class Runtime:
                                          database=up.database, ssl=_asyncpg_ssl(up),
                                          timeout=up.connect_timeout_s)
         except Exception as e:
-            raise ConfigError(f"{self.cfg.path}: upstream: cannot connect to {up.host}:{up.port} as "
-                              f"{up.user} to read the schema: {e}") from None
+            raise _UpstreamUnreachable(f"{self.cfg.path}: upstream: cannot connect to {up.host}:{up.port} as "
+                                       f"{up.user} to read the schema: {e}") from None
         try:
             from .introspect import load_catalog_and_schema
             try:
@@ -178,10 +188,20 @@ class Runtime:
         finally:
             await conn.close()
 
+    def _file_catalog(self):
+        """The catalog file alone (validated: a bad file still stops the start), for
+        a start without the database."""
+        from catalog.loader import build_catalog, load_catalog_file
+        path = self.cfg.resolve_path(self.cfg.catalog_file)
+        cfile = load_catalog_file(path) if path else None
+        return build_catalog(cfile.entries if cfile else (), [], _empty_schema())
+
     async def _refresh_loop(self) -> None:
-        """Re-read the schema and catalog after DDL and on an interval."""
-        interval = self.cfg.catalog_refresh_s
+        """Re-read the schema and catalog after DDL and on an interval (every second
+        while it has never been read)."""
         while True:
+            ready = self.engine is None or getattr(self.engine, "schema_ready", True)
+            interval = self.cfg.catalog_refresh_s if ready else 1.0
             try:
                 await asyncio.wait_for(self._refresh_now.wait(), interval)
                 await asyncio.sleep(0.2)          # let a burst of DDL finish
@@ -193,8 +213,14 @@ class Runtime:
             except Exception as e:
                 log.warning("schema refresh failed (keeping the previous one): %s", e)
                 continue
-            if self.engine is not None and (schema.version != self.engine.schema.version
-                                            or catalog.version != self.engine.catalog.version):
+            if self.engine is not None and not self.engine.schema_ready:
+                self.engine.schema, self.engine.catalog = schema, catalog
+                self.engine.pseudonym_installed = _pseudonym_installed(schema)
+                self.engine.schema_ready = True
+                log.info("the database is reachable: schema %s, catalog %s (%d columns) loaded",
+                         schema.version, catalog.version, len(catalog))
+            elif self.engine is not None and (schema.version != self.engine.schema.version
+                                              or catalog.version != self.engine.catalog.version):
                 self.engine.schema, self.engine.catalog = schema, catalog
                 self.engine.pseudonym_installed = _pseudonym_installed(schema)
                 log.info("schema %s, catalog %s (%d columns) loaded", schema.version, catalog.version,
@@ -228,6 +254,9 @@ class Runtime:
 
     async def _health(self) -> dict:
         out = {"gateway": "ok", "sessions": len(self.gateway.sessions) if self.gateway else 0}
+        if self.engine is not None:
+            out["schema"] = ("ok" if self.engine.schema_ready
+                             else "not read yet: the database was unreachable at start (retrying)")
         if self.audit is not None:
             out["audit"] = "ok" if self.audit.healthy else f"failing: {self.audit.last_error}"
         if self.jit is not None:
@@ -260,6 +289,15 @@ class Runtime:
             await self.jit.close()
         if self.audit:
             await self.audit.close()
+
+
+class _UpstreamUnreachable(ConfigError):
+    """The schema could not be read because the database could not be reached."""
+
+
+def _empty_schema():
+    from .schema import LiveSchema
+    return LiveSchema()
 
 
 def _pseudonym_installed(schema) -> bool:

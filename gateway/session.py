@@ -119,6 +119,9 @@ class Engine:
         self.admin_url = admin_url
         self.pseudonym_installed = pseudonym_installed
         self.on_ddl = on_ddl
+        #: False while the schema has never been read (the database was unreachable at
+        #: start): sessions under policy are refused until it is
+        self.schema_ready = True
         self._unrestricted_cache: dict = {}
         self.decisions: dict = {}
         self._context_ids: dict = {}
@@ -321,6 +324,13 @@ class PolicyGate(Gate):
         s.statements_total += len(facts_list)
         if not s.under_policy:
             return self._unrestricted(relay, s, frame, facts_list, extended, name, t0)
+        if not eng.schema_ready:
+            if eng.on_ddl is not None:
+                eng.on_ddl()              # the database answers now: read the schema at once
+            refusal = Refusal("57P03", "piigate: the gateway has not read the database schema yet (the database "
+                              "was unreachable when it started), so it cannot check statements under PII "
+                              "policy", "try again in a few seconds; the gateway retries every second")
+            return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
         if not relay.encoding_supported:
             refusal = Refusal("22021", f"piigate: client_encoding {relay.client_encoding} is not supported for "
                               "users under PII policy (a multibyte encoding can hide quotes from analysis)",
