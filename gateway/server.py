@@ -163,8 +163,10 @@ class Gate:
         return type(self) is Gate
 
     #: called in plain sessions with the SQL of each Query and Parse, undecoded (e.g.
-    #: to notice DDL); None when nothing needs to see them
-    on_plain_statement: "Callable[[Relay, bytes], None] | None" = None
+    #: to notice DDL); None when nothing needs to see them. Returning True means "this
+    #: text needs no second look": the same message again (a driver re-Parsing its
+    #: statement) is then forwarded without calling the hook.
+    on_plain_statement: "Callable[[Relay, bytes], bool] | None" = None
 
 
 class SessionClosed(Exception):
@@ -257,6 +259,7 @@ class Relay:
         self._up_pending = b""              # partial upstream message we must see whole
         self._up_skip = 0                   # bytes of the current upstream message still to pass
         self.plain = False                  # no statement hooks (Gate.plain), set at start
+        self._plain_last: bytes | None = None   # the last Query/Parse a plain session's hook let go
         self._rewrites: list[tuple[str, bytes]] = []
         self._scrub = False
         self._verdict_task: asyncio.Task | None = None
@@ -381,12 +384,16 @@ class Relay:
                     if kind == 3 or kind == 6:               # Query, FunctionCall
                         self.inflight += 1
                     if kind == 3 or kind == 4:               # Query, Parse
+                        last = self._plain_last
+                        if last is not None and end - pos == len(last) and buf.startswith(last, pos):
+                            pos = end                        # the same text as last time (drivers
+                            continue                         # re-Parse the same statement): seen
                         span = _statement_span(kind, buf, pos + 5, end)
                         if span is None:
                             raise ProtocolViolation(f"malformed {'Query' if kind == 3 else 'Parse'} message")
                         hook = self.gate.on_plain_statement
-                        if hook is not None:
-                            hook(self, bytes(buf[span[0]:span[1]]))
+                        if hook is None or hook(self, bytes(buf[span[0]:span[1]])):
+                            self._plain_last = bytes(buf[pos:end])
                     pos = end
                     continue
                 if kind == 7:                                # Bind

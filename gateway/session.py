@@ -185,19 +185,21 @@ class PolicyGate(Gate):
         s: SessionState = relay.state.get("s")
         return s is not None and not s.under_policy and self.engine.audit is None
 
-    def on_plain_statement(self, relay: Relay, sql: bytes) -> None:
+    def on_plain_statement(self, relay: Relay, sql: bytes) -> bool:
         """Plain sessions: DDL by an unrestricted user still refreshes the live
         schema, for the sessions that are under policy. A single statement that
         starts with a keyword that is never DDL is let go at once (what an
         application sends all day); anything else goes through the pattern."""
         eng = self.engine
         if eng.on_ddl is None:
-            return
+            return True
         head = sql[:12].lstrip().lower()
         if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
-            return
+            return True                   # never DDL: the same text needs no second look
         if _DDL_START_BYTES.match(sql):
             eng.on_ddl()
+            return False                  # DDL: run again, it may change the schema again
+        return True
 
     def scrubs_errors(self, relay: Relay) -> bool:
         s: SessionState = relay.state.get("s")
