@@ -40,13 +40,17 @@ def event(i: int) -> dict:
         rule="default:allow-non-pii")
 
 
+def _config(directory: str, policy: str, group_ms: float) -> AuditConfig:
+    """A file sink with signed checkpoints every 1000 records, as a gateway would run."""
+    return AuditConfig.from_table({
+        "sinks": ["file"], "instance": "bench", "checkpoint_every": 1000,
+        "signing_key": base64.b64encode(os.urandom(32)).decode(),
+        "file": {"path": f"{directory}/audit.jsonl", "fsync": policy, "group_ms": group_ms}}, "<bench>")
+
+
 async def run_policy(policy: str, seconds: float, clients: int, group_ms: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as d:
-        cfg = AuditConfig.from_table({
-            "sinks": ["file"], "instance": "bench", "checkpoint_every": 1000,
-            "signing_key": base64.b64encode(os.urandom(32)).decode(),
-            "file": {"path": f"{d}/audit.jsonl", "fsync": policy, "group_ms": group_ms}}, "<bench>")
-        trail = await AuditTrail(cfg).start()
+        trail = await AuditTrail(_config(d, policy, group_ms)).start()
         latencies: list[float] = []
         stop = time.perf_counter() + seconds
         count = 0
@@ -79,11 +83,7 @@ async def run_hot_path(policy: str, seconds: float, group_ms: float) -> dict:
     from the session's template (sealed and written before forwarding), then hand
     its outcome to ``completed`` (written per session every group_ms)."""
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as d:
-        cfg = AuditConfig.from_table({
-            "sinks": ["file"], "instance": "bench", "checkpoint_every": 1000,
-            "signing_key": base64.b64encode(os.urandom(32)).decode(),
-            "file": {"path": f"{d}/audit.jsonl", "fsync": policy, "group_ms": group_ms}}, "<bench>")
-        trail = await AuditTrail(cfg).start()
+        trail = await AuditTrail(_config(d, policy, group_ms)).start()
         templates = [trail.template(event(i)) for i in range(64)]
         count = 0
         t0 = time.perf_counter()

@@ -365,7 +365,7 @@ class Relay:
                 end = pos + 1 + length
                 kind = kinds[t]
                 if kind == 0 or length < 4 or length > max_message:
-                    raise self._violation(t, length)
+                    raise codec.frontend_violation(t, length, max_message)
                 if end > n:
                     break
                 if kind == 1:                                # nothing to look at
@@ -458,15 +458,6 @@ class Relay:
             self.upstream_transport.write(b"".join(out))
         elif pos > start:
             self.upstream_transport.write(buf if pos - start == len(buf) and type(buf) is bytes else buf[start:pos])
-
-    def _violation(self, t: int, length: int) -> ProtocolViolation:
-        if length < 4:
-            return ProtocolViolation(f"invalid message length {length} for message type {chr(t)!r}")
-        if length > self.max_message:
-            return ProtocolViolation(
-                f"message of {length} bytes exceeds the gateway's limit of {self.max_message} "
-                "bytes (server.max_message_size)", "54000")
-        return ProtocolViolation(f"unknown frontend message type {chr(t)!r} (0x{t:02x})")
 
     def _apply(self, verdict: Verdict, out: list) -> None:
         if verdict.client:

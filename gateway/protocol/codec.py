@@ -53,6 +53,17 @@ class ProtocolViolation(Exception):
         self.sqlstate = sqlstate
 
 
+def frontend_violation(mtype: int, length: int, max_message: int) -> ProtocolViolation:
+    """What is wrong with a frontend message header that is not acceptable: an unknown
+    type, a length under 4, or a message over the configured limit (54000)."""
+    if mtype not in FRONTEND_TYPES:
+        return ProtocolViolation(f"unknown frontend message type {chr(mtype)!r} (0x{mtype:02x})")
+    if length < 4:
+        return ProtocolViolation(f"invalid message length {length} for message type {chr(mtype)!r}")
+    return ProtocolViolation(f"message of {length} bytes exceeds the gateway's limit of {max_message} "
+                             "bytes (server.max_message_size)", "54000")
+
+
 class ParserState(Enum):
     STARTUP = "startup"      # untyped messages: StartupMessage / SSLRequest / ...
     TYPED = "typed"          # after a StartupMessage: type byte + length
@@ -125,14 +136,8 @@ class FrontendParser:
             return None
         mtype = buf[0]
         (length,) = _I32.unpack_from(buf, 1)
-        if mtype not in FRONTEND_TYPES:
-            raise ProtocolViolation(f"unknown frontend message type {chr(mtype)!r} (0x{mtype:02x})")
-        if length < 4:
-            raise ProtocolViolation(f"invalid message length {length} for message type {chr(mtype)!r}")
-        if length > self.max_message:
-            raise ProtocolViolation(
-                f"message of {length} bytes exceeds the gateway's limit of {self.max_message} "
-                "bytes (server.max_message_size)", "54000")
+        if mtype not in FRONTEND_TYPES or length < 4 or length > self.max_message:
+            raise frontend_violation(mtype, length, self.max_message)
         if len(buf) < length + 1:
             return None
         body = bytes(buf[5:length + 1])
