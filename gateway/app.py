@@ -171,8 +171,12 @@ class Runtime:
                                          database=up.database, ssl=_asyncpg_ssl(up),
                                          timeout=up.connect_timeout_s)
         except Exception as e:
-            raise _UpstreamUnreachable(f"{self.cfg.path}: upstream: cannot connect to {up.host}:{up.port} as "
-                                       f"{up.user} to read the schema: {e}") from None
+            # down, starting up or not answering: worth waiting for; anything else
+            # (wrong credentials, no such database) is the config's fault
+            transient = isinstance(e, (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError))
+            raise (_UpstreamUnreachable if transient else ConfigError)(
+                f"{self.cfg.path}: upstream: cannot connect to {up.host}:{up.port} as "
+                f"{up.user} to read the schema: {e}") from None
         try:
             from .introspect import load_catalog_and_schema
             try:
