@@ -408,8 +408,15 @@ class Relay:
                 elif kind == 3:                              # Query
                     self.inflight += 1
                     frame = bytes(buf[pos:end])
-                    msg = codec.decode_frontend(b"Q", frame[5:], self.encoding)
-                    verdict = self.gate.on_query(self, frame, msg.sql)
+                    sql = None
+                    if frame[-1] == 0 and frame.find(0, 5, len(frame) - 1) < 0:
+                        try:
+                            sql = frame[5:-1].decode(self.encoding)
+                        except UnicodeDecodeError:
+                            pass
+                    if sql is None:                          # malformed: the codec says how
+                        sql = codec.decode_frontend(b"Q", frame[5:], self.encoding).sql
+                    verdict = self.gate.on_query(self, frame, sql)
                 elif kind == 4:                              # Parse
                     frame = bytes(buf[pos:end])
                     msg = codec.decode_frontend(b"P", frame[5:], self.encoding)

@@ -253,3 +253,27 @@ def test_refusal_in_the_middle_of_a_multi_statement_query(policy_gateway):
         assert b"\x00\x00\x00\x011" in bytes(client.received) or b"1" in bytes(client.received)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("body, sqlstate", [
+    (b"SELECT ssn FROM customers", "08P01"),                        # no terminator
+    (b"SELECT 1\x00SELECT ssn FROM customers\x00", "08P01"),         # a NUL inside
+    (b"SELECT '\xff\xfe' FROM customers\x00", "22021"),             # not UTF-8
+])
+def test_a_malformed_query_under_policy_closes_only_that_session(policy_gateway, body, sqlstate):
+    from gateway.protocol import codec
+    client = _client(policy_gateway)
+    try:
+        client.sock.sendall(codec.frame(b"Q", body))
+        with pytest.raises(ConnectionError):
+            while True:
+                client._next()
+        assert sqlstate.encode() in bytes(client.received)
+        assert b"000-00-" not in bytes(client.received)
+    finally:
+        client.close()
+    other = _client(policy_gateway)
+    try:
+        assert not errors(other.query("SELECT id FROM customers WHERE id = 1"))
+    finally:
+        other.close()
