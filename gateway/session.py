@@ -277,11 +277,7 @@ class PolicyGate(Gate):
             if refusal is not None:
                 return self._refuse_bind(relay, refusal)
             seq = None
-        inflight = relay.state.get("inflight")
-        if inflight is None:
-            inflight = relay.state["inflight"] = []
-        inflight.append((((seq, facts.fingerprint),), time.perf_counter()))
-        relay.track = True
+        self._track(relay, ((seq, facts.fingerprint),))
         return None
 
     async def _bind_audited(self, relay, s: SessionState, frame: bytes, facts, decision) -> Verdict:
@@ -886,10 +882,17 @@ class PolicyGate(Gate):
         """Remember what was forwarded; on_ready writes its completion record."""
         if self.engine.audit is None:
             return
-        inflight = relay.state.setdefault("inflight", [])
         seqs = relay.state.pop("decision_seqs", None) or ()
-        inflight.append(([(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)],
-                         time.perf_counter()))
+        self._track(relay, [(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)])
+
+    @staticmethod
+    def _track(relay, statements) -> None:
+        """Forwarded statements, as (decision seq, fingerprint), whose outcome on_ready
+        hands to the audit trail."""
+        inflight = relay.state.get("inflight")
+        if inflight is None:
+            inflight = relay.state["inflight"] = []
+        inflight.append((statements, time.perf_counter()))
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:

@@ -20,7 +20,6 @@ import hashlib
 import secrets
 import sys
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, Iterable, Mapping, NamedTuple
 
 import orjson
@@ -177,13 +176,12 @@ class Chain:
         self.head = ChainHead(seq, digest)
         return record, canon[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
-    def seal_template(self, template: "RecordTemplate", unix_time: float, values: tuple = ()) -> bytes:
+    def seal_template(self, template: "RecordTemplate", unix_time: float) -> bytes:
         """The fastest path: a record whose fields are all fixed but the chain's own
-        (``prev``, ``seq``, ``ts``) and the template's declared ``variables`` (given
-        in ``values``, in that order), rendered without building or serialising a
-        dict. Produces the same bytes as ``seal_line`` would."""
+        (``prev``, ``seq``, ``ts``), rendered from its template without building or
+        serialising a dict. Produces the same bytes as ``seal_line`` would."""
         seq = self.head.seq + 1
-        canon = template.render(self.head.hash, seq, utc_timestamp(unix_time), values)
+        canon = template.render(self.head.hash, seq, utc_timestamp(unix_time))
         digest = hashlib.sha256(canon).hexdigest()
         self.since_checkpoint += 1
         self.head = ChainHead(seq, digest)
@@ -195,52 +193,42 @@ class Chain:
 
 class RecordTemplate:
     """The canonical bytes of a record, prepared once for an event that repeats (the
-    decision record of one statement shape in one session, the completion record of
-    one shape): everything but the chain's own fields ``prev``, ``seq`` and ``ts``
-    and the declared ``variables`` is serialised in advance.
+    decision record of one statement shape in one session): everything but the
+    chain's own fields ``prev``, ``seq`` and ``ts`` is serialised in advance.
 
-    The holes are found by serialising the record with a random marker in each; if
-    a marker does not come out exactly once (it could only be in the event by
-    guessing 64 random bits) the template is not ``usable`` and the caller seals the
-    event the ordinary way. Variable values are serialised by orjson itself, so the
-    bytes are exactly what sealing the whole event would give."""
-    __slots__ = ("event", "type", "variables", "_format", "_pick")
+    Keys are sorted in canonical bytes, and ``prev`` < ``seq`` < ``ts`` whatever
+    the other keys are, so the three values always go into the same three holes,
+    in that order. The holes are found by serialising the record with a random
+    marker in each; if a marker does not come out exactly once (it could only be
+    in the event by guessing 64 random bits) the template is not ``usable`` and
+    the caller seals the event the ordinary way."""
+    __slots__ = ("event", "type", "_format")
 
-    def __init__(self, event: Mapping[str, Any], instance: str, variables: tuple[str, ...] = ()):
+    def __init__(self, event: Mapping[str, Any], instance: str):
         self.event = dict(event)
         self.type = self.event.get("type")
-        self.variables = variables
-        self._format = self._pick = None
+        self._format = None
         nonce = secrets.token_hex(8)
-        names = ("prev", "seq", "ts", *variables)
-        marks = {k: f"piigate-{nonce}-{k}" for k in names}
+        marks = {k: f"piigate-{nonce}-{k}" for k in ("prev", "seq", "ts")}
         record = {k: v for k, v in self.event.items() if k != "hash"}
         record.update(marks)
         record["instance"] = instance
         canon = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        tokens = {k: b'"' + marks[k].encode() + b'"' for k in names}
-        if any(canon.count(t) != 1 for t in tokens.values()):
+        tokens = [b'"' + marks[k].encode() + b'"' for k in ("prev", "seq", "ts")]
+        if any(canon.count(t) != 1 for t in tokens):
             return
-        order = sorted(names, key=lambda k: canon.index(tokens[k]))
-        fmt, rest = b"", canon
-        for k in order:
-            head, rest = rest.split(tokens[k])
-            hole = b'"%s"' if k in ("prev", "ts") else b"%d" if k == "seq" else b"%s"
-            fmt += head.replace(b"%", b"%%") + hole
-        self._format = fmt + rest.replace(b"%", b"%%")
-        if variables or tuple(order) != names:
-            # the holes' arguments, picked from (prev, seq, ts, *values) in position order
-            self._pick = itemgetter(*(names.index(k) for k in order))
+        a, rest = canon.split(tokens[0])
+        b, rest = rest.split(tokens[1])
+        c, d = rest.split(tokens[2])
+        esc = [x.replace(b"%", b"%%") for x in (a, b, c, d)]
+        self._format = esc[0] + b'"%s"' + esc[1] + b"%d" + esc[2] + b'"%s"' + esc[3]
 
     @property
     def usable(self) -> bool:
         return self._format is not None
 
-    def render(self, prev: str, seq: int, ts: str, values: tuple = ()) -> bytes:
-        if self._pick is None:
-            # keys are sorted and prev < seq < ts: the three holes come in that order
-            return self._format % (prev.encode(), seq, ts.encode())
-        return self._format % self._pick((prev.encode(), seq, ts.encode(), *map(orjson.dumps, values)))
+    def render(self, prev: str, seq: int, ts: str) -> bytes:
+        return self._format % (prev.encode(), seq, ts.encode())
 
 
 def segment_start_event(*, segment: int, file: str, reason: str,

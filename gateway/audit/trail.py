@@ -22,14 +22,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from hashlib import sha256
 from typing import Any, Callable, Mapping
 
 import orjson
 
 from gateway.audit.chain import Chain, ChainHead, RecordTemplate, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
-from gateway.audit.records import CHECKPOINT, plain, sanitize, utc_timestamp
+from gateway.audit.records import CHECKPOINT, plain, sanitize
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 
 log = logging.getLogger("piigate.audit")
@@ -98,7 +97,7 @@ class AuditTrail:
         self._optional_pending: dict[int, int] = {}
         self._sync_wake: asyncio.Event | None = None
         self._syncer: asyncio.Task | None = None
-        self._later: list = []       # sanitized events or (template, values) to seal with the next write
+        self._later: list[dict] = []   # sanitized events to seal with the next write
         self._completions: dict[str, list[tuple]] = {}   # session -> outcomes not yet written
         f = self.file
         self._inline_sinks = (f is not None and f.writes_inline
@@ -229,12 +228,10 @@ class AuditTrail:
 
         The common case (nothing else to write first, no checkpoint or rotation
         due, nothing failed, the file the only sink) is sealed and written right
-        here, inline: it runs before every statement under policy is forwarded, and
-        each method call saved is measurable. Everything else goes through
-        ``_write_now``, which produces the same bytes."""
+        here with one write(): it runs before every statement under policy is
+        forwarded. Everything else goes through ``_write_now``."""
         f = self.file
-        fmt = template._format
-        if (fmt is None or template._pick is not None or self._later or self._failed
+        if (template._format is None or self._later or self._failed
                 or not self._running or not self._inline_sinks or f.fd is None or len(self.sinks) > 1):
             return self._write_now(template, required)
         chain = self.chain
@@ -243,13 +240,8 @@ class AuditTrail:
         if (chain.since_checkpoint + 1 >= self.config.checkpoint_every or f.size >= cfg.rotate_bytes
                 or now - f.opened_at >= cfg.rotate_seconds):
             return self._write_now(template, required)
-        seq, prev = chain.head
-        seq += 1
-        canon = fmt % (prev.encode(), seq, utc_timestamp(now).encode())
-        digest = sha256(canon).hexdigest()
-        line = b'%b,"hash":"%b"}\n' % (canon[:-1], digest.encode())
-        chain.head = head = ChainHead(seq, digest)
-        chain.since_checkpoint += 1
+        line = chain.seal_template(template, now)
+        head = chain.head
         try:
             written = os.write(f.fd, line)
             f.size += written
@@ -267,13 +259,12 @@ class AuditTrail:
         if not self._sync_wake.is_set():
             self._sync_wake.set()
         self.stats["records"] += 1
-        return seq
+        return head.seq
 
-    def template(self, event: Mapping[str, Any], variables: tuple[str, ...] = ()) -> RecordTemplate:
-        """A prepared record for an event that will be appended many times (with
-        ``append_template`` or ``later_template``): sanitized and serialised once;
-        ``variables`` are the fields whose values each record gives."""
-        return RecordTemplate(sanitize(event), self.config.instance, variables)
+    def template(self, event: Mapping[str, Any]) -> RecordTemplate:
+        """A prepared record for an event that will be appended many times as is
+        (``append_template``): sanitized and serialised once."""
+        return RecordTemplate(sanitize(event), self.config.instance)
 
     def completed(self, session: str, entry: tuple) -> None:
         """One statement's outcome, ``entry`` in the order of ``COMPLETION_FIELDS``.
@@ -293,18 +284,6 @@ class AuditTrail:
         pending.append(entry)
         if len(pending) >= 500:
             self._later.append(_completion_event(session, self._completions.pop(session)))
-            self._flush_later()
-        elif not self._sync_wake.is_set():
-            self._sync_wake.set()
-
-    def later_template(self, template: RecordTemplate, values: tuple) -> None:
-        """``later`` for a prepared template and its variables' values."""
-        if not template.usable or not self.inline or self._sync_wake is None:
-            self.later({**template.event, **dict(zip(template.variables, values))})
-            return
-        later = self._later
-        later.append((template, values))
-        if len(later) >= 1000:
             self._flush_later()
         elif not self._sync_wake.is_set():
             self._sync_wake.set()
@@ -356,8 +335,7 @@ class AuditTrail:
                 and (not is_template or item.usable)
                 and (item is None or is_template or item.get("type") not in (CHECKPOINT, "segment.start"))):
             # the common case: no segment to open, no checkpoint due, nothing failed
-            lines = [chain.seal_template(ev[0], now, ev[1]) if type(ev) is tuple else chain.seal_line(ev, now)[1]
-                     for ev in later] if later else []
+            lines = [chain.seal_line(ev, now)[1] for ev in later]
             later.clear()
             if item is not None:
                 lines.append(chain.seal_template(item, now) if is_template else chain.seal_line(item, now)[1])
@@ -386,7 +364,7 @@ class AuditTrail:
         for rec in self._segment_records(now):
             out.add_sealed(rec)
         for ev in later:
-            out.add({**ev[0].event, **dict(zip(ev[0].variables, ev[1]))} if type(ev) is tuple else ev)
+            out.add(ev)
         later.clear()
         rec = out.add(item.event if is_template else item) if item is not None else None
         errors = self._write_inline(out.records, out.lines, now)

@@ -145,33 +145,6 @@ async def test_an_untemplatable_event_is_still_appended(tmp_path, monkeypatch):
     assert verify(read_trail(trail_files(path))).ok
 
 
-@pytest.mark.parametrize("values", [("ok", 1, 120, 0.25, "I"), ("22P02", 0, 0, 1e-05, "E"),
-                                    ("ok", 2**40, 7, 12345.678, "T"), ("ok", 0, 0, None, "I")])
-def test_a_template_with_variables_renders_what_sealing_the_event_gives(values):
-    names = ("status", "rows", "bytes", "duration_ms", "tx_status")
-    fixed = {"type": "statement.complete", "session": "s1", "fingerprint": "abc%d"}
-    template = RecordTemplate(fixed, "gw-1", names)
-    assert template.usable
-    by_dict, by_template = Chain("gw-1"), Chain("gw-1")
-    now = time.time()
-    _, line = by_dict.seal_line({**fixed, **dict(zip(names, values))}, now)
-    assert by_template.seal_template(template, now, values) == line
-
-
-async def test_later_templates_are_written_in_order(tmp_path):
-    path = tmp_path / "c.jsonl"
-    names = ("status", "rows", "bytes", "duration_ms", "tx_status")
-    async with AuditTrail(file_config(path, fsync="group", group_ms=5)) as trail:
-        decision_t = trail.template(decision(1))
-        complete_t = trail.template({"type": "statement.complete", "session": "s1", "fingerprint": "f"}, names)
-        for i in range(20):
-            trail.append_template(decision_t)
-            trail.later_template(complete_t, ("ok", i, i * 3, 0.5, "I"))
-    assert verify(read_trail(trail_files(path))).ok
-    recs = [r for r in iter_records(read_trail(trail_files(path))) if r["type"] == "statement.complete"]
-    assert [(r["rows"], r["bytes"]) for r in recs] == [(i, i * 3) for i in range(20)]
-
-
 async def test_outcomes_are_batched_into_one_record_per_session(tmp_path):
     from gateway.audit.trail import COMPLETION_FIELDS
     path = tmp_path / "o.jsonl"
