@@ -32,6 +32,7 @@ from .protocol.messages import (
     CancelRequest, GSSENCRequest, PasswordMessage, SSLRequest, StartupMessage,
 )
 from .protocol.scram import MECHANISM, ScramError, ScramServer, mock_salt
+from .protocol.startup import StartupRefused, startup_settings
 from .upstream import UpstreamConnection, UpstreamError, connect_upstream, send_cancel
 
 log = logging.getLogger("piigate.server")
@@ -85,30 +86,6 @@ def _special(types: bytes) -> bytes:
 #: scrubbed; CommandComplete/ErrorResponse when outcomes are recorded
 _UP_SPECIAL = (_special(b"ZSAW"), _special(b"ZSAWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
 
-#: startup parameters passed to the upstream. Anything else is refused: a startup
-#: parameter is a SET, and some settings change how SQL is read or resolved.
-PASSED_PARAMS = {
-    "database", "application_name", "client_encoding", "datestyle", "timezone",
-    "extra_float_digits", "intervalstyle", "bytea_output", "statement_timeout",
-    "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout", "geqo",
-    "default_transaction_isolation", "default_transaction_read_only",
-    "default_transaction_deferrable", "synchronous_commit", "work_mem", "maintenance_work_mem",
-    "temp_buffers", "jit", "plan_cache_mode", "random_page_cost", "effective_cache_size",
-    "xmloption", "xmlbinary", "default_text_search_config", "array_nulls", "timezone_abbreviations",
-    "gin_fuzzy_search_limit", "cursor_tuple_fraction", "from_collapse_limit", "join_collapse_limit",
-}
-#: prefixes of harmless planner and locale settings drivers and BI tools send
-PASSED_PREFIXES = ("enable_", "lc_", "parallel_", "geqo_")
-REFUSED_PARAMS = {
-    "options": "it can set any server setting, including ones that change how SQL is read",
-    "replication": "replication connections bypass SQL analysis",
-    "search_path": "it changes which tables names resolve to",
-    "role": "it changes the database role statements run as",
-    "session_authorization": "it changes the database role statements run as",
-    "standard_conforming_strings": "it changes how string literals are read",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do with one client message: bytes to forward upstream in its place,
@@ -156,6 +133,11 @@ class Gate:
     def on_ready(self, relay: "Relay", status: str) -> None:
         pass
 
+    def restricted(self, user: GatewayUser) -> bool:
+        """True when this user's sessions are under PII policy: their startup
+        settings are judged one by one (protocol.startup); others pass as sent."""
+        return False
+
     def plain(self, relay: "Relay") -> bool:
         """True when this session needs no statement hooks at all (nothing to decide,
         record or re-check): the relay then only frames messages and forwards them in
@@ -181,6 +163,7 @@ class ClientInfo:
     client_addr: str
     params: dict
     tls: bool
+    search_path: str | None = None      # set by the client at startup (see protocol.startup)
     session_id: str = field(default_factory=lambda: secrets.token_hex(8))
     connected_at: float = field(default_factory=time.time)
 
@@ -796,24 +779,16 @@ class Gateway:
         user_name = params.get("user", "")
         if not user_name:
             raise _refuse("28000", "no user name in the startup packet", "connect with a user name")
-        for key in params:
-            lk = key.lower()
-            if lk in REFUSED_PARAMS:
-                raise _refuse("42501", f"startup parameter \"{key}\" is not allowed through piigate: "
-                              f"{REFUSED_PARAMS[lk]}",
-                              "remove it from the connection string (PGOPTIONS, options=...)")
-            if (lk != "user" and lk not in PASSED_PARAMS and not lk.startswith(PASSED_PREFIXES)
-                    and not lk.startswith("_pq_.")):
-                raise _refuse("42501", f"startup parameter \"{key}\" is not allowed through piigate",
-                              "set it with SET after connecting, if policy allows")
         parser.started()       # from here on every client message is typed
         user = await self._authenticate(reader, writer, parser, user_name, client_addr)
         database = params.get("database") or user_name
         if user.databases and database not in user.databases:
             raise _refuse("42501", f"gateway user \"{user.name}\" may not connect to database \"{database}\"")
-        upstream_params = {k: v for k, v in params.items()
-                           if (k.lower() in PASSED_PARAMS or k.lower().startswith(PASSED_PREFIXES))
-                           and k != "database"}
+        try:
+            settings = startup_settings(params, restricted=self.gate.restricted(user))
+        except StartupRefused as e:
+            raise _refuse(e.sqlstate, str(e), e.hint) from None
+        upstream_params = dict(settings.upstream)
         upstream_params["database"] = database
         try:
             upstream = await connect_upstream(self.config.upstream, upstream_params)
@@ -823,7 +798,8 @@ class Gateway:
                 raise _Refused(codec.encode_error(e.sqlstate, e.upstream_error.message, severity="FATAL",
                                                   hint=e.upstream_error.fields.get("H"))) from None
             raise _refuse(e.sqlstate, str(e), e.hint) from None
-        info = ClientInfo(user, database, params.get("application_name", ""), client_addr, params, tls)
+        info = ClientInfo(user, database, params.get("application_name", ""), client_addr, params, tls,
+                          search_path=settings.search_path)
         key = self._new_key()
         out = [codec.encode_auth(0)]
         for name, value in upstream.parameters.items():

@@ -164,7 +164,7 @@ class PolicyGate(Gate):
         eng = self.engine
         relay.state["s"] = SessionState(
             principal=principal, under_policy=eng.under_policy(principal),
-            search_path=_default_search_path(eng.schema, principal),
+            search_path=_parse_search_path(info.search_path) or _default_search_path(eng.schema, principal),
             context=RequestContext(client_addr=info.client_addr, application_name=info.application_name,
                                    database=info.database),
             context_id=eng.context_id((principal, info.client_addr, info.application_name)))
@@ -178,6 +178,9 @@ class PolicyGate(Gate):
         self._audit_nowait(relay, {"type": "session.close", "session": relay.info.session_id,
                                    "user": relay.info.user.name,
                                    "statements": s.statements_total if s else 0})
+
+    def restricted(self, user) -> bool:
+        return self.engine.under_policy(Principal(user.name, user.roles))
 
     def plain(self, relay: Relay) -> bool:
         """An unrestricted principal with no audit trail configured: nothing to decide

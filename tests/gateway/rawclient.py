@@ -17,12 +17,13 @@ from gateway.protocol.scram import ScramClient
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, user: str, password: str, database: str, timeout: float = 30):
+    def __init__(self, host: str, port: int, user: str, password: str, database: str, timeout: float = 30,
+                 params: dict[str, str] | None = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.received = bytearray()
         self.parser = BackendParser()
         self.sock.sendall(codec.encode_startup({"user": user, "database": database,
-                                                "application_name": "rawclient"}))
+                                                "application_name": "rawclient", **(params or {})}))
         scram = None
         while True:
             msg = self._next()

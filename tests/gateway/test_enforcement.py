@@ -186,6 +186,72 @@ def test_ddl_by_an_unrestricted_user_is_seen_by_restricted_sessions(policy_gatew
     assert b"000-00-0007" not in received
 
 
+def test_a_restricted_users_startup_search_path_is_how_names_resolve(gateway_factory, pg_server,
+                                                                    sample_db_fresh, tmp_path):
+    """A search_path sent at startup (PGOPTIONS, server_settings) reaches PostgreSQL
+    and the gateway resolves names with it: "orders" below is the view s2.orders
+    over customers.ssn, not public.orders, so the SSN comes back masked. A gateway
+    that kept resolving against the default path would pass it in clear."""
+    import psycopg
+    import time
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA s2; CREATE VIEW s2.orders AS SELECT id, ssn FROM public.customers; "
+                     "GRANT USAGE ON SCHEMA s2 TO gw_user; GRANT SELECT ON s2.orders TO gw_user")
+    policy_gateway = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    policy_gateway.dbname = sample_db_fresh.dbname
+    for params in ({"options": r"-c search_path=s2,\ public"}, {"search_path": "s2, public"}):
+        deadline = time.monotonic() + 5
+        while True:
+            ann = RawClient("127.0.0.1", policy_gateway.port, "ann", PASSWORD, policy_gateway.dbname,
+                            params=params)
+            try:
+                msgs = ann.query("SELECT ssn FROM orders WHERE id = 7")
+                received = bytes(ann.received)
+            finally:
+                ann.close()
+            if not errors(msgs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not errors(msgs), (params, errors(msgs))
+        assert sum(getattr(m, "type", None) == b"D" for m in msgs) == 1, msgs
+        assert b"000-00-0007" not in received
+
+
+@pytest.mark.parametrize("params,words", [
+    ({"options": "-c role=postgres"}, "changes the database role"),
+    ({"options": "-c standard_conforming_strings=off"}, "changes how string literals are read"),
+    ({"session_authorization": "postgres"}, "changes the database role"),
+    ({"options": "-c log_statement=none"}, '"log_statement" is not allowed'),
+])
+def test_a_restricted_user_cannot_change_reading_or_rights_at_startup(policy_gateway, params, words):
+    with pytest.raises(ConnectionError) as exc:
+        RawClient("127.0.0.1", policy_gateway.port, "ann", PASSWORD, policy_gateway.dbname, params=params)
+    assert str(exc.value).startswith("42501: ")
+    assert words in str(exc.value)
+
+
+def test_an_unrestricted_users_startup_settings_are_their_own_business(policy_gateway):
+    dba = RawClient("127.0.0.1", policy_gateway.port, "dba", PASSWORD, policy_gateway.dbname,
+                    params={"options": "-c standard_conforming_strings=off"})
+    try:
+        assert not errors(dba.query("SELECT current_setting('standard_conforming_strings')"))
+        assert b"off" in dba.received
+    finally:
+        dba.close()
+
+
+def test_a_restricted_user_keeps_harmless_startup_settings(policy_gateway):
+    ann = RawClient("127.0.0.1", policy_gateway.port, "ann", PASSWORD, policy_gateway.dbname,
+                    params={"options": "-c DateStyle=German --statement-timeout=7s"})
+    try:
+        msgs = ann.query("SELECT current_setting('DateStyle'), current_setting('statement_timeout'), "
+                         "DATE '2026-11-29'")
+        assert not errors(msgs), errors(msgs)
+        assert b"German, DMY" in ann.received and b"7s" in ann.received and b"29.11.2026" in ann.received
+    finally:
+        ann.close()
+
+
 async def test_masked_results_keep_names_order_and_types(policy_gateway, sample_db_fresh):
     sql = "SELECT * FROM customers ORDER BY id LIMIT 5"
     direct = await asyncpg.connect(sample_db_fresh.dsn)
