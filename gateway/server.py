@@ -800,7 +800,7 @@ class Gateway:
             raise _refuse(e.sqlstate, str(e), e.hint) from None
         info = ClientInfo(user, database, params.get("application_name", ""), client_addr, params, tls,
                           search_path=settings.search_path)
-        key = self._new_key()
+        key = self._new_key(upstream.backend_pid)
         out = [codec.encode_auth(0)]
         for name, value in upstream.parameters.items():
             out.append(codec.encode_parameter_status(name, value))
@@ -853,9 +853,14 @@ class Gateway:
         writer.write(codec.encode_auth(12, server_final))
         return user
 
-    def _new_key(self) -> tuple[int, bytes]:
+    def _new_key(self, upstream_pid: int) -> tuple[int, bytes]:
+        """The client's BackendKeyData: the upstream backend's own pid, so that
+        pg_backend_pid(), pg_terminate_backend() and NOTIFY senders mean to the client
+        what they mean to PostgreSQL, with a secret of the gateway's own: the
+        upstream's secret never leaves the gateway, and a CancelRequest is honoured
+        only with the secret this client was given."""
         while True:
-            key = (secrets.randbits(31) or 1, secrets.token_bytes(4))
+            key = (upstream_pid or secrets.randbits(31) or 1, secrets.token_bytes(4))
             if key not in self.sessions:
                 return key
 

@@ -565,7 +565,7 @@ def test_raw_cancel_right_and_wrong_keys(gateway):
     assert time.monotonic() - t0 < 5
 
 
-def test_backend_key_is_the_gateways_not_the_upstreams(gateway):
+def test_backend_key_has_the_upstream_pid_and_the_gateways_secret(gateway):
     c = RawClient(gateway.port)
     c.login()
     msgs = c.query("SELECT pg_backend_pid()")
@@ -573,9 +573,8 @@ def test_backend_key_is_the_gateways_not_the_upstreams(gateway):
     upstream_pid = int(row.body[6:].decode())
     (relay,) = sessions(gateway)
     assert relay.upstream_conn.backend_pid == upstream_pid
-    assert (c.key.pid, c.key.secret) != (upstream_pid, relay.upstream_conn.backend_secret)
+    assert c.key.pid == upstream_pid                       # what pg_backend_pid() says
     assert c.key.secret != relay.upstream_conn.backend_secret
-    assert c.key.pid != upstream_pid
     # the upstream's own key, sent to the gateway, cancels nothing
     c.send(codec.encode_query("SELECT pg_sleep(1)"))
     time.sleep(0.2)
@@ -585,10 +584,23 @@ def test_backend_key_is_the_gateways_not_the_upstreams(gateway):
     assert not errors(c.until_ready())
 
 
-async def test_asyncpg_server_pid_differs_from_upstream_backend_pid(gateway):
+def test_drivers_see_their_backend_pid_as_postgresql_reports_it(gateway):
+    """Client test suites end their own session with pg_terminate_backend(backend_pid)
+    and match NOTIFY senders against it."""
+    with psycopg.connect(gateway.dsn("postgres"), sslmode="disable", autocommit=True) as conn:
+        pid = conn.info.backend_pid
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == (pid,)
+        with psycopg.connect(gateway.dsn("postgres"), sslmode="disable", autocommit=True) as other:
+            assert other.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    wait_for(lambda: sessions(gateway) == [], what="the session to end")
+
+
+async def test_asyncpg_server_pid_is_the_backend_pid(gateway):
     conn = await asyncpg.connect(gateway.dsn("postgres"), ssl=False)
     try:
-        assert conn.get_server_pid() != await conn.fetchval("SELECT pg_backend_pid()")
+        assert conn.get_server_pid() == await conn.fetchval("SELECT pg_backend_pid()")
     finally:
         await conn.close()
 

@@ -163,8 +163,8 @@ def _listen_notify(listen_dsn: str, notify_dsn: str) -> list:
     received = []
     with connect(listen_dsn, autocommit=True) as listener, connect(notify_dsn, autocommit=True) as sender:
         listener.execute("LISTEN piigate_chan")
-        # the pid a driver knows its session by (BackendKeyData): the gateway's, which
-        # it translates notifications to (pg_backend_pid() stays the upstream's)
+        # the pid a driver knows its session by (BackendKeyData), which is what
+        # pg_backend_pid() says and what notifications name
         sender_pid = sender.info.backend_pid
         sender.execute("NOTIFY piigate_chan, 'hello é'")
         sender.execute("SELECT pg_notify('piigate_chan', repeat('x', 7000))")
