@@ -24,6 +24,8 @@ import pglast.parser
 
 STATEMENT_DECISION = "statement.decision"
 STATEMENT_COMPLETE = "statement.complete"
+#: the columns of a ``statement.complete`` record's ``statements`` rows (its ``fields``)
+COMPLETION_FIELDS = ("decision_seq", "fingerprint", "status", "rows", "bytes", "duration_ms", "tx_status")
 REQUEST_EVENTS = frozenset({"created", "approved", "denied", "auto_approved", "abandoned", "expired"})
 GRANT_EVENTS = frozenset({"created", "consumed", "expired", "revoked"})
 ADMIN_CALL = "admin.call"
@@ -362,6 +364,17 @@ def _redact_reason(reason: str | None) -> str | None:
         else:
             words.append("?")
     return " ".join(words)
+
+
+def outcomes(record: Mapping[str, Any]) -> list[dict]:
+    """The statement outcomes in a ``statement.complete`` record, one dict each.
+    The trail writes them as rows under the record's ``fields`` (a dict per
+    outcome cost more to write than the rest of the statement's audit); a record
+    without ``fields`` is one outcome of its own (``statement_complete``)."""
+    fields = record.get("fields")
+    if fields is None:
+        return [dict(record)]
+    return [dict(zip(fields, row)) for row in record.get("statements") or ()]
 
 
 def statement_complete(*, session_id: str, fingerprint: str = "", status: str = "ok",

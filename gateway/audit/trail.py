@@ -28,20 +28,17 @@ import orjson
 
 from gateway.audit.chain import Chain, ChainHead, RecordTemplate, encode_line, segment_start_event
 from gateway.audit.config import AuditConfig
-from gateway.audit.records import CHECKPOINT, plain, sanitize
+from gateway.audit.records import CHECKPOINT, COMPLETION_FIELDS, STATEMENT_COMPLETE, plain, sanitize
 from gateway.audit.sinks import FileSink, RedisStreamSink, StdoutSink
 
 log = logging.getLogger("piigate.audit")
 
 
-#: the fields of one statement's outcome in a ``statement.complete`` record
-COMPLETION_FIELDS = ("decision_seq", "fingerprint", "status", "rows", "bytes", "duration_ms", "tx_status")
-
-
 def _completion_event(session: str, entries: list[tuple]) -> dict:
-    # built here from the gateway's own values (seqs, SQLSTATEs, counts): no PII to sanitize
-    return {"type": "statement.complete", "session": session,
-            "statements": [dict(zip(COMPLETION_FIELDS, e)) for e in entries]}
+    # built here from the gateway's own values (seqs, SQLSTATEs, counts): no PII to
+    # sanitize; rows under "fields" (records.outcomes reads them)
+    return {"type": STATEMENT_COMPLETE, "session": session, "fields": COMPLETION_FIELDS,
+            "statements": entries}
 
 
 class AuditUnavailable(Exception):

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from gateway.audit.chain import verify
+from gateway.audit.records import outcomes as outcomes_of
 from gateway.audit.query import iter_records, read_trail
 
 from ..conftest import PASSWORD, gateway_toml
@@ -133,7 +134,7 @@ def test_every_forwarded_statement_has_an_outcome_naming_its_decision(audited_ga
     assert verify(read_trail(files)).ok
     recs = list(iter_records(read_trail(files)))
     decisions = {r["seq"]: r for r in recs if r["type"] == "statement.decision" and r.get("user") == "ann"}
-    outcomes = [(r, o) for r in recs if r["type"] == "statement.complete" for o in r["statements"]]
+    outcomes = [(r, o) for r in recs if r["type"] == "statement.complete" for o in outcomes_of(r)]
     by_decision = {o["decision_seq"]: (r, o) for r, o in outcomes}
     forwarded = [d for d in decisions.values() if d["effect"] in ("allow", "mask")]
     assert len(forwarded) >= 3
@@ -168,5 +169,5 @@ async def test_prepared_executions_are_each_audited_under_every_durability_polic
     executions = [r for r in recs if r["type"] == "statement.decision" and r.get("user") == "ann"
                   and "FROM customers WHERE id = $1" in r["sql"]]
     assert len(executions) >= 3
-    outcomes = [o for r in recs if r["type"] == "statement.complete" for o in r["statements"]]
+    outcomes = [o for r in recs if r["type"] == "statement.complete" for o in outcomes_of(r)]
     assert {e["seq"] for e in executions} <= {o["decision_seq"] for o in outcomes}

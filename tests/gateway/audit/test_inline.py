@@ -159,8 +159,9 @@ async def test_outcomes_are_batched_into_one_record_per_session(tmp_path):
         assert sorted(r["session"] for r in outcomes) == ["s0", "s1", "s2"]
         for r in outcomes:
             k = int(r["session"][1])
-            assert [o["rows"] for o in r["statements"]] == list(range(k, 30, 3))
-            assert set(r["statements"][0]) == set(COMPLETION_FIELDS)
+            assert r["fields"] == list(COMPLETION_FIELDS)     # rows, not a dict per outcome
+            assert [o["rows"] for o in records.outcomes(r)] == list(range(k, 30, 3))
+            assert set(records.outcomes(r)[0]) == set(COMPLETION_FIELDS)
         decision_seqs = {r["seq"] for r in recs if r["type"] == "statement.decision"}
-        assert {o["decision_seq"] for r in outcomes for o in r["statements"]} == decision_seqs
+        assert {o["decision_seq"] for r in outcomes for o in records.outcomes(r)} == decision_seqs
     assert verify(read_trail(trail_files(path))).ok
