@@ -75,7 +75,11 @@ class SessionState:
     grants: list = field(default_factory=list)          # Grant objects redeemed from tokens
     cursors: dict = field(default_factory=dict)         # SQL cursor name -> grant id or None
     prepared: dict = field(default_factory=dict)        # SQL-level PREPARE name -> grant id or None
-    #: protocol-level prepared statements: name -> (facts, decision, executions seen)
+    #: SQL-level PREPARE name -> (inner facts, decision, context decided in)
+    prepared_meaning: dict = field(default_factory=dict)
+    #: protocol-level prepared statements: name -> (facts, decision, first Bind still
+    #: to come, context decided in); the context is what a statement's meaning depends
+    #: on besides its text (PolicyGate._context)
     statements: dict = field(default_factory=dict)
     grant_expiry: dict = field(default_factory=dict)    # grant id -> expires_at (unix time)
     #: grants used since the session was last idle (inside the open transaction)
@@ -154,8 +158,9 @@ class Engine:
 class PolicyGate(Gate):
     def __init__(self, engine: Engine):
         self.engine = engine
-        # every execution of a prepared statement is audited (and its grant re-checked)
-        self.watches_binds = engine.audit is not None or engine.jit is not None
+        # every execution of a prepared statement is audited, its grant re-checked, and
+        # its meaning re-checked when the search_path or the schema changed
+        self.watches_binds = True
 
     # -- session lifecycle ------------------------------------------------------------------
     def session_started(self, relay: Relay) -> None:
@@ -244,9 +249,13 @@ class PolicyGate(Gate):
         entry = s.statements.get(name)
         if entry is None:
             return None
-        facts, decision, first_pending = entry
+        facts, decision, first_pending, ctx = entry
+        if s.under_policy and not self._same_context(s, ctx):
+            refusal = self._recheck_prepared(relay, s, name, facts, decision)
+            if refusal is not None:
+                return self._refuse_bind(relay, refusal)
         if first_pending:
-            s.statements[name] = (facts, decision, False)   # the Parse's own record covers it
+            s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
             return None
         if decision.grant_id is not None:
             expires = s.grant_expiry.get(decision.grant_id)
@@ -381,7 +390,7 @@ class PolicyGate(Gate):
         self._observe(plans, t0)
         self._inflight(relay, plans)
         if frame[:1] == b"P" and plans and self.watches_binds:
-            s.statements[relay.state.get("parse_name", "")] = (plans[0][0], plans[0][1], True)
+            s.statements[relay.state.get("parse_name", "")] = (plans[0][0], plans[0][1], True, self._context(s))
         return Verdict(frame)
 
     async def _audit_then(self, relay, s, plans, reason, then):
@@ -488,14 +497,66 @@ class PolicyGate(Gate):
             if facts.command.upper().startswith(("CLOSE", "DEALLOCATE")):
                 return Decision(Effect.ALLOW, "cursor-close", action=Action.READ)
             return decision
+        if name not in table and facts.kind is StatementKind.PREPARE and name in s.statements \
+                and facts.command.upper().startswith("DEALLOCATE"):
+            # a protocol-level prepared statement (Parse) shares PREPARE's names
+            return Decision(Effect.ALLOW, "deallocate", action=Action.READ)
         if name not in table:
             return Decision(Effect.DENY, "default:undeclared-reference",
                             (f"{name!r} was not declared through this gateway session",),
                             action=Action.UNKNOWN,
                             message=f"piigate: {name!r} is not a cursor or prepared statement declared in "
                                     "this session through the gateway")
+        meaning = s.prepared_meaning.get(name) if facts.kind is StatementKind.PREPARE else None
+        if meaning is not None and not self._same_context(s, meaning[2]):
+            refusal = self._recheck_prepared(None, s, name, meaning[0], meaning[1])
+            if refusal is not None:
+                return Decision(Effect.DENY, "prepared-meaning-changed", (refusal.message,),
+                                action=Action.UNKNOWN, message=refusal.message)
         return Decision(Effect.ALLOW, "declared-through-gateway",
                         (f"{name!r} was decided when it was declared",), action=Action.READ)
+
+    def _context(self, s: SessionState) -> tuple:
+        """What a prepared statement's meaning depends on besides its text. PostgreSQL
+        re-analyses a prepared statement from its text when the search_path or an
+        object it uses changed, so the names in it can come to mean other relations."""
+        eng = self.engine
+        return (s.search_path, eng.schema, eng.catalog, eng.policy)
+
+    def _same_context(self, s: SessionState, ctx: tuple) -> bool:
+        eng = self.engine
+        return (ctx[0] is s.search_path and ctx[1] is eng.schema and ctx[2] is eng.catalog
+                and ctx[3] is eng.policy)
+
+    def _recheck_prepared(self, relay, s: SessionState, name: str, facts: StatementFacts,
+                          decision: Decision) -> Refusal | None:
+        """The search_path, schema, catalog or policy changed since the prepared
+        statement ``name`` was decided: analyse and decide its text again, as
+        PostgreSQL will re-analyse it. The same relations, columns and functions
+        under the same decision: it may run (and is not checked again until the next
+        change). Anything else: refused, since the text PostgreSQL holds cannot be
+        rewritten now; preparing it again gets it decided afresh."""
+        eng = self.engine
+        try:
+            now = eng.cache.analyze(facts.sql, eng.schema, s.search_path, extended=True)
+            again = self._cached_decision(relay, s, now[0], facts.sql, s.reason) if len(now) == 1 else None
+        except Exception as e:  # noqa: BLE001 - fail closed: the refusal says what to do
+            log.warning("re-checking prepared statement %r failed: %s", name, e)
+            again = None
+        if (again is not None and _meaning(now[0]) == _meaning(facts)
+                and (again.effect, again.rule, again.mask) == (decision.effect, decision.rule, decision.mask)):
+            ctx = self._context(s)
+            entry = s.statements.get(name)
+            if entry is not None and entry[0] is facts:
+                s.statements[name] = (*entry[:3], ctx)
+            meaning = s.prepared_meaning.get(name)
+            if meaning is not None and meaning[0] is facts:
+                s.prepared_meaning[name] = (facts, decision, ctx)
+            return None
+        return Refusal("42501", f"piigate: prepared statement {name!r} would now read differently than when "
+                       "it was checked (the search_path or the database schema changed since), so it may not "
+                       "run as prepared", "prepare the statement again (DEALLOCATE it, or reconnect) so the "
+                       "gateway can check it as it reads now")
 
     def _intercept_setting(self, s: SessionState, facts: StatementFacts):
         """``SET piigate.reason = '...'`` stays in the gateway; the upstream sees a
@@ -716,7 +777,7 @@ class PolicyGate(Gate):
             self._inflight(relay, plans)
             if extended and plans and self.watches_binds:
                 name = relay.state.get("parse_name", "")
-                s.statements[name] = (plans[0][0], plans[0][1], True)
+                s.statements[name] = (plans[0][0], plans[0][1], True, self._context(s))
         if refusal is not None:
             if extended:
                 return self._refuse_parse(relay, name, refusal)
@@ -750,6 +811,11 @@ class PolicyGate(Gate):
             s.cursors[facts.cursor_name] = decision.grant_id
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
             s.prepared[facts.prepared_name] = decision.grant_id
+            s.prepared_meaning[facts.prepared_name] = (facts.inner, decision, self._context(s))
+        elif (facts.kind is StatementKind.PREPARE and facts.prepared_name
+              and facts.command.upper().startswith("DEALLOCATE")):
+            for table in (s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
+                table.pop(facts.prepared_name, None)
 
     def _refuse_simple(self, relay, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
         marker = f"piigate_refused_{secrets.token_hex(6)}"
@@ -967,6 +1033,13 @@ def _comment_reason(sql: str) -> str | None:
         return None
     m = _REASON_COMMENT.search(sql)
     return m.group(1).strip() if m else None
+
+
+def _meaning(facts: StatementFacts) -> tuple:
+    """What a statement touches, for comparing two analyses of one text (facts from
+    the analysis cache may be of a twin class, so not compared with ==)."""
+    return (facts.kind, facts.relations_read, facts.relations_written, facts.columns, facts.functions,
+            facts.unknown, facts.dynamic)
 
 
 def _default_search_path(schema: LiveSchema, principal: Principal) -> tuple[str, ...]:

@@ -84,6 +84,18 @@ class RawClient:
                           + codec.frame(b"S"))
         return self._until_ready()
 
+    def prepare(self, name: str, sql: str) -> list:
+        """Parse a named statement (protocol level), then Sync."""
+        self.sock.sendall(codec.encode_parse(name, sql) + codec.frame(b"S"))
+        return self._until_ready()
+
+    def execute(self, name: str) -> list:
+        """Bind the named statement (no parameters), Execute it, Sync."""
+        body = b"\x00" + name.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0)
+        self.sock.sendall(codec.frame(b"B", body) + codec.frame(b"E", b"\x00" + struct.pack("!i", 0))
+                          + codec.frame(b"S"))
+        return self._until_ready()
+
     def drain(self, seconds: float = 0.2) -> None:
         """Collect anything that arrives unasked (notifications) for a moment."""
         self.sock.settimeout(0.05)

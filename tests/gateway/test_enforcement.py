@@ -217,6 +217,129 @@ def test_a_restricted_users_startup_search_path_is_how_names_resolve(gateway_fac
         assert b"000-00-0007" not in received
 
 
+@pytest.fixture
+def shadow_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """public.t holds nothing catalogued; s2.t, a view over customers.ssn, has the
+    same shape. Which one "t" means depends on the search_path."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t (id int, v text); "
+                     "INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i; "
+                     "CREATE SCHEMA s2; CREATE VIEW s2.t AS SELECT id, ssn AS v FROM public.customers; "
+                     "GRANT USAGE ON SCHEMA s2 TO gw_user; GRANT SELECT ON public.t, s2.t TO gw_user")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    return gw
+
+
+def _rows(msgs) -> int:
+    return sum(getattr(m, "type", None) == b"D" for m in msgs)
+
+
+def test_a_prepared_statement_is_not_run_after_the_search_path_changed_its_meaning(shadow_gateway):
+    """PostgreSQL re-analyses a prepared statement from its text when the
+    search_path changes: "t" would then be s2.t, the view over customers.ssn. The
+    gateway decided it as public.t, so it refuses the execution and asks for a new
+    prepare, which is decided (and masked) as it now reads."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.prepare("q", "SELECT v FROM t WHERE id = 7"))
+        msgs = ann.execute("q")
+        assert not errors(msgs) and b"plain-7" in ann.received
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.received.clear()
+        msgs = ann.execute("q")
+        (err,) = errors(msgs)
+        assert err.sqlstate == "42501" and "prepared statement 'q' would now read differently" in err.message
+        assert "prepare the statement again" in err.fields["H"]
+        assert b"000-00-0007" not in ann.received
+        # prepared again, it is decided as it reads now: masked
+        assert not errors(ann.query("DEALLOCATE q"))
+        assert not errors(ann.prepare("q", "SELECT v FROM t WHERE id = 7"))
+        ann.received.clear()
+        msgs = ann.execute("q")
+        assert not errors(msgs) and _rows(msgs) == 1
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_prepared_statement_runs_on_after_a_search_path_change_that_changes_nothing(shadow_gateway):
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.prepare("q", "SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = public, s3"))
+        ann.received.clear()
+        msgs = ann.execute("q")
+        assert not errors(msgs), errors(msgs)
+        assert b"plain-7" in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_prepared_statement_between_its_parse_and_first_bind(shadow_gateway):
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.prepare("q", "SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = s2, public"))
+        msgs = ann.execute("q")
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"]
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_prepared_statement_is_not_run_after_ddl_changed_what_its_names_mean(shadow_gateway):
+    """The dba swaps the table t2 for a view over customers.ssn with the same shape;
+    PostgreSQL would re-analyse ann's prepared statement against the view. Once the
+    gateway has read the new schema, the execution is refused."""
+    import time
+    dba = _client(shadow_gateway, "dba")
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(dba.query("CREATE TABLE t2 (id int, v text); "
+                                    "INSERT INTO t2 SELECT i, 'plain-' || i FROM generate_series(1, 10) i"))
+        deadline = time.monotonic() + 5
+        while errors(ann.prepare("q", "SELECT v FROM t2 WHERE id = 7")) and time.monotonic() < deadline:
+            time.sleep(0.1)                           # until the gateway has read t2
+        msgs = ann.execute("q")
+        assert not errors(msgs) and b"plain-7" in ann.received
+        assert not errors(dba.query("ALTER TABLE t2 RENAME TO t2_old; "
+                                    "CREATE VIEW t2 AS SELECT id, ssn AS v FROM customers"))
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:            # until the gateway has read the view
+            probe = _client(shadow_gateway)
+            try:
+                if not errors(probe.query("SELECT v FROM t2 WHERE id = 7")) and b"000-00-0007" not in probe.received:
+                    break                             # masked: the gateway knows t2 is the view now
+            finally:
+                probe.close()
+            time.sleep(0.1)
+        ann.received.clear()
+        msgs = ann.execute("q")
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"]
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+        dba.close()
+
+
+def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("PREPARE p AS SELECT v FROM t WHERE id = 7"))
+        msgs = ann.query("EXECUTE p")
+        assert not errors(msgs) and b"plain-7" in ann.received
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.received.clear()
+        msgs = ann.query("EXECUTE p")
+        (err,) = errors(msgs)
+        assert err.sqlstate == "42501" and "would now read differently" in err.message
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
 @pytest.mark.parametrize("params,words", [
     ({"options": "-c role=postgres"}, "changes the database role"),
     ({"options": "-c standard_conforming_strings=off"}, "changes how string literals are read"),
