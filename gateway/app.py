@@ -208,14 +208,19 @@ class Runtime:
             interval = self.cfg.catalog_refresh_s if ready else 1.0
             try:
                 await asyncio.wait_for(self._refresh_now.wait(), interval)
-                await asyncio.sleep(0.2)          # let a burst of DDL finish
+                if self.engine is None or self.engine.schema_hold is None:
+                    await asyncio.sleep(0.2)      # let a burst of DDL finish
             except asyncio.TimeoutError:
                 pass
             self._refresh_now.clear()
+            # statements held for DDL committed before this point may go on after it
+            generation = self.engine.ddl_generation if self.engine is not None else 0
             try:
                 catalog, schema = await self._load_catalog_and_schema()
             except Exception as e:
                 log.warning("schema refresh failed (keeping the previous one): %s", e)
+                if self.engine is not None:
+                    self.engine.schema_read(generation)
                 continue
             if self.engine is not None and not self.engine.schema_ready:
                 self.engine.schema, self.engine.catalog = schema, catalog
@@ -229,6 +234,8 @@ class Runtime:
                 self.engine.pseudonym_installed = _pseudonym_installed(schema)
                 log.info("schema %s, catalog %s (%d columns) loaded", schema.version, catalog.version,
                          len(catalog))
+            if self.engine is not None:
+                self.engine.schema_read(generation)
 
     async def _start_admin(self) -> None:
         table = self.cfg.sections.get("admin")

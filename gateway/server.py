@@ -133,6 +133,10 @@ class Gate:
     def on_ready(self, relay: "Relay", status: str) -> None:
         pass
 
+    def on_ddl_committed(self, relay: "Relay") -> None:
+        """The transaction in which ``relay`` forwarded DDL has ended (or the
+        session did)."""
+
     def restricted(self, user: GatewayUser) -> bool:
         """True when this user's sessions are under PII policy: their startup
         settings are judged one by one (protocol.startup); others pass as sent."""
@@ -249,6 +253,8 @@ class Relay:
         self.done = asyncio.get_running_loop().create_future()
         self.set_client_encoding(upstream.parameters.get("client_encoding", "UTF8"))
         self.inflight = 0                   # Query/Sync/FunctionCall forwarded, not yet answered
+        #: DDL was forwarded: when the transaction ends, Gate.on_ddl_committed
+        self.ddl_pending = False
         #: outcome tracking for completion records (set by the Gate when auditing)
         self.track = False
         self._out_error: str | None = None
@@ -282,6 +288,11 @@ class Relay:
         task = self._verdict_task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()          # e.g. a held statement whose client went away
+        if self.ddl_pending:
+            # its transaction ends with the connection (a COMMIT sent just before
+            # Terminate may still be running): read the schema a moment later
+            self.ddl_pending = False
+            asyncio.get_running_loop().call_later(0.2, self.gate.on_ddl_committed, self)
         if not self.done.done():
             self.done.set_result(why)
 
@@ -553,6 +564,9 @@ class Relay:
                         special = _UP_SPECIAL[(2 if watch_errors else 0) + (1 if track else 0)]
                     if not self.plain:
                         self.gate.on_ready(self, self.tx_status)
+                    if self.ddl_pending and self.tx_status == "I":
+                        self.ddl_pending = False
+                        self.gate.on_ddl_committed(self)
                 elif t == 0x45 or t == 0x4E:                # ErrorResponse / NoticeResponse
                     if track and t == 0x45 and self._out_error is None:
                         self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"

@@ -60,6 +60,8 @@ _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, Statem
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
                          action=Action.UNKNOWN)
+#: how long statements under policy wait for the schema to be read after DDL
+_SCHEMA_HOLD_S = 5.0
 _REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
 _SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
 _SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
@@ -123,6 +125,12 @@ class Engine:
         self.admin_url = admin_url
         self.pseudonym_installed = pseudonym_installed
         self.on_ddl = on_ddl
+        #: set from the end of a transaction with DDL in it until the schema has been
+        #: read again: statements under policy wait for it, since a name in them may
+        #: mean another relation now (ddl_committed, schema_read)
+        self.schema_hold: asyncio.Future | None = None
+        self.ddl_generation = 0
+        self._hold_generation = 0
         #: False while the schema has never been read (the database was unreachable at
         #: start): sessions under policy are refused until it is
         self.schema_ready = True
@@ -142,6 +150,26 @@ class Engine:
         if found is None:
             found = ids[context] = len(ids) + 1
         return found
+
+    def ddl_committed(self) -> None:
+        """A session's transaction that ran DDL ended (committed or not): read the
+        schema again at once, and hold statements under policy until it is read."""
+        if self.on_ddl is None:
+            return
+        self.ddl_generation += 1
+        if self.schema_hold is None or self.schema_hold.done():
+            self.schema_hold = asyncio.get_running_loop().create_future()
+        self._hold_generation = self.ddl_generation
+        self.on_ddl()
+
+    def schema_read(self, generation: int) -> None:
+        """A schema read that started when ``ddl_generation`` was ``generation`` is
+        over (read or failed): statements held for an earlier DDL go on."""
+        hold = self.schema_hold
+        if hold is not None and generation >= self._hold_generation:
+            self.schema_hold = None
+            if not hold.done():
+                hold.set_result(None)
 
     def under_policy(self, principal: Principal) -> bool:
         key = (principal.name, principal.roles, self.policy.version)
@@ -205,7 +233,7 @@ class PolicyGate(Gate):
         if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
             return True                   # never DDL: the same text needs no second look
         if _DDL_START_BYTES.match(sql):
-            eng.on_ddl()
+            relay.ddl_pending = True      # the schema is read again when its transaction ends
             return False                  # DDL: run again, it may change the schema again
         return True
 
@@ -237,11 +265,13 @@ class PolicyGate(Gate):
         relay.state["parse_name"] = name
         return self._handle(relay, frame, sql, extended=True, name=name)
 
-    def on_bind(self, relay: Relay, frame: bytes):
+    def on_bind(self, relay: Relay, frame: bytes, held: bool = False):
         """Each execution of a protocol-level prepared statement: the Parse was decided
         (and audited) once; later executions get their own record, and one made under
         a grant that has since expired or been used up is refused."""
         s: SessionState = relay.state["s"]
+        if self.engine.schema_hold is not None and s.under_policy and not held:
+            return self._after_schema_read(lambda: self.on_bind(relay, frame, held=True) or Verdict(frame))
         body = frame[5:]
         p = body.find(b"\x00")
         q = body.find(b"\x00", p + 1)
@@ -292,6 +322,24 @@ class PolicyGate(Gate):
         self._track(relay, ((seq, facts.fingerprint),))
         return None
 
+    async def _after_schema_read(self, again):
+        """Wait (a bounded time) for the schema read that committed DDL asked for,
+        then decide the statement as if it had just arrived."""
+        hold = self.engine.schema_hold
+        if hold is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(hold), _SCHEMA_HOLD_S)
+            except asyncio.TimeoutError:
+                log.warning("the schema was not read again within %.0f s after DDL; deciding with the "
+                            "one read before", _SCHEMA_HOLD_S)
+        verdict = again()
+        if verdict is not None and not isinstance(verdict, Verdict):
+            verdict = await verdict
+        return verdict
+
+    def on_ddl_committed(self, relay: Relay) -> None:
+        self.engine.ddl_committed()
+
     async def _bind_audited(self, relay, s: SessionState, frame: bytes, facts, decision) -> Verdict:
         refusal = await self._audit_decisions_async(relay, s, [(facts, decision)], s.reason)
         if refusal is not None:
@@ -313,15 +361,18 @@ class PolicyGate(Gate):
             "42501", "piigate: the FunctionCall protocol message is not allowed for users under PII policy",
             "call the function with SELECT so the gateway can check it"))
 
-    def _handle(self, relay: Relay, frame: bytes, sql: str, *, extended: bool, name: str):
+    def _handle(self, relay: Relay, frame: bytes, sql: str, *, extended: bool, name: str, held: bool = False):
         eng = self.engine
         s: SessionState = relay.state["s"]
+        if eng.schema_hold is not None and s.under_policy and not held:
+            return self._after_schema_read(
+                lambda: self._handle(relay, frame, sql, extended=extended, name=name, held=True))
         t0 = time.perf_counter()
         if not s.under_policy and eng.audit is None:
             # nothing to enforce and nothing to record: a plain relay (DDL still
             # triggers a schema refresh for the sessions that are under policy)
             if eng.on_ddl is not None and _DDL_START.match(sql):
-                eng.on_ddl()
+                relay.ddl_pending = True
             if extended:
                 relay.state["parse_name"] = name
             return Verdict(frame)
@@ -376,8 +427,8 @@ class PolicyGate(Gate):
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
                 s.search_path = _parse_search_path(facts.setting[1]) or self.engine_default_path(s)
-            elif facts.kind is StatementKind.DDL and self.engine.on_ddl:
-                self.engine.on_ddl()
+            elif facts.kind is StatementKind.DDL:
+                relay.ddl_pending = True
             plans.append((facts, _UNRESTRICTED))
         if self.engine.audit is not None and not self.engine.audit.inline:
             return self._audit_then(relay, s, plans, None, lambda: self._pass(relay, s, frame, plans, t0))
@@ -763,7 +814,7 @@ class PolicyGate(Gate):
                     break
             else:
                 texts.append(facts.sql)
-            self._remember(s, facts, decision)
+            self._remember(relay, s, facts, decision)
         if not audited:
             audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
         relay.state.pop("last_request", None)
@@ -802,11 +853,11 @@ class PolicyGate(Gate):
             relay.fatal("42501", f"piigate: grant {grant_id} was revoked; this session had a transaction or "
                         "cursor open under it and has been ended", "reconnect; request access again if needed")
 
-    def _remember(self, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
+    def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
         if decision.grant_id is not None:
             s.open_grants.add(decision.grant_id)
-        if facts.kind is StatementKind.DDL and self.engine.on_ddl:
-            self.engine.on_ddl()          # re-read the schema once it has run
+        if facts.kind is StatementKind.DDL:
+            relay.ddl_pending = True      # re-read the schema once its transaction ends
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:

@@ -324,6 +324,40 @@ def test_a_prepared_statement_is_not_run_after_ddl_changed_what_its_names_mean(s
         dba.close()
 
 
+@pytest.mark.parametrize("how", ["autocommit", "transaction-block", "extended"])
+def test_ddl_committed_in_another_session_is_seen_by_the_very_next_statement(shadow_gateway, how):
+    """No window between another session's committed DDL and the gateway reading the
+    schema: statements under policy that arrive in it wait for the read. Here the
+    dba swaps table t3 for a view over customers.ssn, and ann's next statement is
+    masked at once (before, it was decided against the old table until the
+    refresh, and PostgreSQL ran it against the view)."""
+    dba = _client(shadow_gateway, "dba")
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(dba.query("CREATE TABLE t3 (id int, v text); "
+                                    "INSERT INTO t3 SELECT i, 'plain-' || i FROM generate_series(1, 10) i"))
+        msgs = ann.query("SELECT v FROM t3 WHERE id = 7")           # no polling: t3 is known
+        assert not errors(msgs), errors(msgs)
+        assert b"plain-7" in ann.received
+        swap = ["ALTER TABLE t3 RENAME TO t3_old", "CREATE VIEW t3 AS SELECT id, ssn AS v FROM customers"]
+        if how == "autocommit":
+            assert not errors(dba.query("; ".join(swap)))
+        elif how == "transaction-block":
+            for sql in ["BEGIN", *swap, "COMMIT"]:
+                assert not errors(dba.query(sql))
+        else:
+            for sql in swap:
+                assert not errors(dba.extended(sql))
+        ann.received.clear()
+        msgs = ann.query("SELECT v FROM t3 WHERE id = 7")
+        assert not errors(msgs), errors(msgs)
+        assert _rows(msgs) == 1
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+        dba.close()
+
+
 def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
     ann = _client(shadow_gateway)
     try:
