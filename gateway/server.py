@@ -252,6 +252,8 @@ class Relay:
         self._verdict_task: asyncio.Task | None = None
         self.done = asyncio.get_running_loop().create_future()
         self.set_client_encoding(upstream.parameters.get("client_encoding", "UTF8"))
+        #: standard_conforming_strings is on (how the analyser reads string literals)
+        self.standard_strings = upstream.parameters.get("standard_conforming_strings", "on") == "on"
         self.inflight = 0                   # Query/Sync/FunctionCall forwarded, not yet answered
         #: DDL was forwarded: when the transaction ends, Gate.on_ddl_committed
         self.ddl_pending = False
@@ -587,6 +589,8 @@ class Relay:
                     name, _, rest = data[pos + 5:end].partition(b"\x00")
                     if name == b"client_encoding":
                         self.set_client_encoding(rest.rstrip(b"\x00").decode("ascii", "replace"))
+                    elif name == b"standard_conforming_strings":
+                        self.standard_strings = rest.rstrip(b"\x00") == b"on"
                 elif t == 0x41:                             # NotificationResponse
                     # clients know the gateway's pids, not the upstream backends': translate
                     # the notifying backend's pid when it is one of our sessions

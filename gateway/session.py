@@ -112,8 +112,11 @@ class Engine:
     def __init__(self, *, schema: LiveSchema, catalog: Catalog, policy: Policy, cache,
                  audit=None, jit=None, metrics=None, instance: str = "",
                  hold_timeout_s: float = 300.0, admin_url: str = "",
-                 pseudonym_installed: bool = False, on_ddl: Callable[[], None] | None = None):
+                 pseudonym_installed: bool = False, on_ddl: Callable[[], None] | None = None,
+                 db_user: str = ""):
         self.schema = schema
+        #: the role sessions run as upstream: what "$user" in a search_path names
+        self.db_user = db_user
         self.catalog = catalog
         self.policy = policy
         self.cache = cache
@@ -197,7 +200,8 @@ class PolicyGate(Gate):
         eng = self.engine
         relay.state["s"] = SessionState(
             principal=principal, under_policy=eng.under_policy(principal),
-            search_path=_parse_search_path(info.search_path) or _default_search_path(eng.schema, principal),
+            search_path=(_parse_guc_search_path(info.search_path, eng.db_user)
+                         or _default_search_path(eng.schema, principal)),
             context=RequestContext(client_addr=info.client_addr, application_name=info.application_name,
                                    database=info.database),
             context_id=eng.context_id((principal, info.client_addr, info.application_name)))
@@ -392,6 +396,11 @@ class PolicyGate(Gate):
                               "was unreachable when it started), so it cannot check statements under PII "
                               "policy", "try again in a few seconds; the gateway retries every second")
             return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
+        if not relay.standard_strings:
+            refusal = Refusal("22023", "piigate: standard_conforming_strings is off in this session; the gateway "
+                              "reads string literals as PostgreSQL does with it on, so it cannot check statements "
+                              "under PII policy", "SET standard_conforming_strings = on")
+            return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
         if not relay.encoding_supported:
             refusal = Refusal("22021", f"piigate: client_encoding {relay.client_encoding} is not supported for "
                               "users under PII policy (a multibyte encoding can hide quotes from analysis)",
@@ -426,7 +435,7 @@ class PolicyGate(Gate):
         plans = []
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
-                s.search_path = _parse_search_path(facts.setting[1]) or self.engine_default_path(s)
+                s.search_path = _parse_search_path(facts.setting[1], self.engine.db_user) or self.engine_default_path(s)
             elif facts.kind is StatementKind.DDL:
                 relay.ddl_pending = True
             plans.append((facts, _UNRESTRICTED))
@@ -491,10 +500,16 @@ class PolicyGate(Gate):
                                      hint="send SET search_path = ... as a separate statement, not in BEGIN ... "
                                           "COMMIT, not with SET LOCAL"))
             value = facts.setting[1]
-            new = None if value is None or value.upper() == "DEFAULT" else _parse_search_path(value)
+            new = (None if value is None or value.upper() == "DEFAULT"
+                   else _parse_search_path(value, self.engine.db_user))
             s.search_path = new or self.engine_default_path(s)
             return (facts, Decision(Effect.ALLOW, "session:search-path", (f"search_path is now {s.search_path}",),
                                     action=Action.SESSION))
+        if name in ("role", "session_authorization") and (facts.setting[1] or "default").lower() in ("none", "default"):
+            # back to the login role: a session under policy cannot have left it
+            return (facts, Decision(Effect.ALLOW, "session:login-role", action=Action.SESSION))
+        if name == "standard_conforming_strings" and (facts.setting[1] or "").lower() in ("on", "true", "yes", "1"):
+            return (facts, Decision(Effect.ALLOW, "session:standard-strings", action=Action.SESSION))
         if name == "client_encoding" and (facts.setting[1] or "").replace("-", "").upper() in ("UTF8", "UNICODE"):
             return (facts, Decision(Effect.ALLOW, "session:client-encoding", action=Action.SESSION))
         return None
@@ -1097,11 +1112,59 @@ def _default_search_path(schema: LiveSchema, principal: Principal) -> tuple[str,
     return tuple(p for p in schema.search_path if p != "$user") or ("public",)
 
 
-def _parse_search_path(value: str | None) -> tuple[str, ...] | None:
+def _parse_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
+    """A search_path as the analyser reports a SET (names already unquoted and case
+    folded, comma separated). "$user" is the role the session runs as upstream:
+    PostgreSQL searches a schema of that name first when there is one, so dropping
+    it would let such a schema shadow what the gateway resolves."""
     if not value:
         return None
-    parts = [p.strip().strip('"').strip("'") for p in value.split(",")]
-    return tuple(p for p in parts if p and p != "$user") or None
+    return _user_path([p.strip() for p in value.split(",")], db_user)
+
+
+def _user_path(names: list[str], db_user: str) -> tuple[str, ...] | None:
+    return tuple(db_user if p == "$user" else p for p in names if p and (p != "$user" or db_user)) or None
+
+
+def _parse_guc_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
+    """A search_path as written in a startup parameter or set_config(): PostgreSQL's
+    identifier list (SplitIdentifierString): unquoted names are case folded,
+    "quoted" ones kept as written ("" is a quote)."""
+    if not value:
+        return None
+    names: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            j, name = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        name.append('"')
+                        j += 2
+                        continue
+                    break
+                name.append(value[j])
+                j += 1
+            else:
+                return None                        # unterminated: PostgreSQL refuses it too
+            names.append("".join(name))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != "," and not value[j].isspace():
+                j += 1
+            if j > i:
+                names.append(value[i:j].lower())
+            i = j
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] != ",":
+            return None                            # not a list of names
+        i += 1
+    return _user_path(names, db_user)
 
 
 def _reencode_parse(frame: bytes, sql: str, encoding: str) -> bytes:

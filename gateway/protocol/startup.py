@@ -170,4 +170,8 @@ def startup_settings(params: Mapping[str, str], *, restricted: bool) -> StartupS
             raise StartupRefused(f'startup setting "{name}" is not allowed through piigate: {why}',
                                  "remove it from the connection string (PGOPTIONS, options=..., "
                                  "server_settings); set it with SET after connecting, if policy allows")
+    if restricted:
+        # the analyser reads string literals with it on: a database or role default
+        # of off must not apply to sessions under policy (startup settings win)
+        upstream["standard_conforming_strings"] = "on"
     return StartupSettings(upstream, search_path)

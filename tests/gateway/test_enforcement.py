@@ -358,6 +358,79 @@ def test_ddl_committed_in_another_session_is_seen_by_the_very_next_statement(sha
         dba.close()
 
 
+@pytest.mark.parametrize("how", ["set", "startup"])
+def test_a_schema_named_after_the_upstream_role_is_searched_as_postgres_does(
+        gateway_factory, pg_server, sample_db_fresh, tmp_path, how):
+    """search_path = "$user", public (PostgreSQL's own default) searches a schema
+    named after the role the session runs as first. The gateway must too: here
+    gw_user.t, a view over customers.ssn, shadows the harmless public.t."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.t (id int, v text); "
+                     "INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i; "
+                     "CREATE SCHEMA gw_user; CREATE VIEW gw_user.t AS SELECT id, ssn AS v FROM public.customers; "
+                     "GRANT USAGE ON SCHEMA gw_user TO gw_user; GRANT SELECT ON public.t, gw_user.t TO gw_user")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    params = {"search_path": '"$user", public'} if how == "startup" else None
+    ann = RawClient("127.0.0.1", gw.port, "ann", PASSWORD, sample_db_fresh.dbname, params=params)
+    try:
+        if how == "set":
+            assert not errors(ann.query('SET search_path = "$user", public'))
+        msgs = ann.query("SELECT v FROM t WHERE id = 7")
+        assert not errors(msgs), errors(msgs)
+        assert _rows(msgs) == 1
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received   # gw_user.t, masked
+    finally:
+        ann.close()
+
+
+def test_sessions_under_policy_read_strings_as_the_gateway_does(gateway_factory, pg_server, sample_db_fresh,
+                                                                tmp_path):
+    """A database whose default is standard_conforming_strings = off would make
+    PostgreSQL read backslashes in literals differently from the analyser; the
+    gateway starts sessions under policy with it on, and unrestricted ones as the
+    database says."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{sample_db_fresh.dbname}" SET standard_conforming_strings = off')
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    for user, expected in (("ann", b"on"), ("dba", b"off")):
+        c = RawClient("127.0.0.1", gw.port, user, PASSWORD, sample_db_fresh.dbname)
+        try:
+            msgs = c.query("SELECT current_setting('standard_conforming_strings') AS scs")
+            assert not errors(msgs), errors(msgs)
+            (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
+            assert row.body.endswith(expected), (user, row.body)
+            if user == "ann":
+                msgs = c.query("RESET ALL")               # back to the session's start: still on
+                assert not errors(msgs)
+                c.received.clear()
+                c.query("SELECT current_setting('standard_conforming_strings')")
+                assert b"on" in c.received
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("sql", ["RESET ROLE", "SET ROLE NONE", "SET SESSION AUTHORIZATION DEFAULT",
+                                 "RESET SESSION AUTHORIZATION", "SET standard_conforming_strings = on"])
+def test_session_statements_that_change_nothing_are_allowed(policy_gateway, sql):
+    ann = _client(policy_gateway)
+    try:
+        assert not errors(ann.query(sql))
+    finally:
+        ann.close()
+
+
+@pytest.mark.parametrize("sql", ["SET ROLE postgres", "SET SESSION AUTHORIZATION postgres",
+                                 "SET standard_conforming_strings = off", "RESET standard_conforming_strings"])
+def test_session_statements_that_change_reading_or_rights_are_denied(policy_gateway, sql):
+    ann = _client(policy_gateway)
+    try:
+        assert [e.sqlstate for e in errors(ann.query(sql))] == ["42501"]
+    finally:
+        ann.close()
+
+
 def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
     ann = _client(shadow_gateway)
     try:

@@ -82,20 +82,27 @@ def test_restricted_sessions_pass_harmless_settings_from_anywhere():
               "application_name": "app"}
     got = startup_settings(params, restricted=True)
     assert got.upstream == {"statement_timeout": "5s", "enable_seqscan": "off", "datestyle": "ISO",
-                            "application_name": "app"}
+                            "application_name": "app", "standard_conforming_strings": "on"}
     assert "options" not in got.upstream    # re-sent as parameters the gateway has read
 
 
 def test_restricted_search_path_passes_and_is_the_one_postgres_applies():
     got = startup_settings({"options": "-c search_path=s1", "Search_Path": "s2, public"}, restricted=True)
-    assert got.upstream == {"search_path": "s2, public"}
+    assert got.upstream == {"search_path": "s2, public", "standard_conforming_strings": "on"}
     assert got.search_path == "s2, public"
 
 
 @pytest.mark.parametrize("value", ["on", "ON", "true", "1"])
 def test_restricted_standard_conforming_strings_on_passes(value):
     got = startup_settings({"options": f"-c standard_conforming_strings={value}"}, restricted=True)
-    assert got.upstream == {"standard_conforming_strings": value}
+    assert got.upstream == {"standard_conforming_strings": "on"}
+
+
+def test_restricted_sessions_always_start_with_standard_conforming_strings_on():
+    """A database or role default of off must not apply: the analyser reads string
+    literals with it on, and a startup setting wins over those defaults."""
+    assert startup_settings({}, restricted=True).upstream == {"standard_conforming_strings": "on"}
+    assert startup_settings({}, restricted=False).upstream == {}
 
 
 @pytest.mark.parametrize("params,words", [
