@@ -34,6 +34,7 @@ from policies.model import (
 from .analysis.facts import StatementFacts, StatementKind
 from .audit.records import TrustedEvent
 from .protocol import codec
+from .protocol.startup import catalog_not_first, split_identifier_list
 from .schema import LiveSchema
 from .server import Gate, Relay, Verdict
 
@@ -502,6 +503,12 @@ class PolicyGate(Gate):
             value = facts.setting[1]
             new = (None if value is None or value.upper() == "DEFAULT"
                    else _parse_search_path(value, self.engine.db_user))
+            if new is not None and catalog_not_first(list(new)):
+                return (facts, _deny("session:search-path", "piigate: a search_path that puts pg_catalog after "
+                                     "another schema is not allowed for users under PII policy (functions and "
+                                     "operators there could shadow the built-in ones)",
+                                     hint="leave pg_catalog out of search_path (PostgreSQL searches it first) "
+                                          "or put it first"))
             s.search_path = new or self.engine_default_path(s)
             return (facts, Decision(Effect.ALLOW, "session:search-path", (f"search_path is now {s.search_path}",),
                                     action=Action.SESSION))
@@ -1127,44 +1134,9 @@ def _user_path(names: list[str], db_user: str) -> tuple[str, ...] | None:
 
 
 def _parse_guc_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
-    """A search_path as written in a startup parameter or set_config(): PostgreSQL's
-    identifier list (SplitIdentifierString): unquoted names are case folded,
-    "quoted" ones kept as written ("" is a quote)."""
-    if not value:
-        return None
-    names: list[str] = []
-    i, n = 0, len(value)
-    while i < n:
-        while i < n and value[i].isspace():
-            i += 1
-        if i < n and value[i] == '"':
-            j, name = i + 1, []
-            while j < n:
-                if value[j] == '"':
-                    if j + 1 < n and value[j + 1] == '"':
-                        name.append('"')
-                        j += 2
-                        continue
-                    break
-                name.append(value[j])
-                j += 1
-            else:
-                return None                        # unterminated: PostgreSQL refuses it too
-            names.append("".join(name))
-            i = j + 1
-        else:
-            j = i
-            while j < n and value[j] != "," and not value[j].isspace():
-                j += 1
-            if j > i:
-                names.append(value[i:j].lower())
-            i = j
-        while i < n and value[i].isspace():
-            i += 1
-        if i < n and value[i] != ",":
-            return None                            # not a list of names
-        i += 1
-    return _user_path(names, db_user)
+    """A search_path as written in a startup parameter (PostgreSQL's identifier list)."""
+    names = split_identifier_list(value) if value else None
+    return _user_path(names, db_user) if names else None
 
 
 def _reencode_parse(frame: bytes, sql: str, encoding: str) -> bytes:

@@ -128,6 +128,53 @@ def parse_options(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def split_identifier_list(value: str) -> list[str] | None:
+    """A list setting such as search_path as PostgreSQL reads it (SplitIdentifierString):
+    comma separated; unquoted names case folded, "quoted" ones kept as written ("" is
+    a quote). None when it is not such a list (PostgreSQL refuses it too)."""
+    names: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] == '"':
+            j, name = i + 1, []
+            while j < n:
+                if value[j] == '"':
+                    if j + 1 < n and value[j + 1] == '"':
+                        name.append('"')
+                        j += 2
+                        continue
+                    break
+                name.append(value[j])
+                j += 1
+            else:
+                return None                        # unterminated quote
+            names.append("".join(name))
+            i = j + 1
+        else:
+            j = i
+            while j < n and value[j] != "," and not value[j].isspace():
+                j += 1
+            if j > i:
+                names.append(value[i:j].lower())
+            i = j
+        while i < n and value[i].isspace():
+            i += 1
+        if i < n and value[i] != ",":
+            return None                            # two names without a comma
+        i += 1
+    return names
+
+
+def catalog_not_first(names: list[str]) -> bool:
+    """A search_path that puts pg_catalog after another schema: functions and
+    operators there then shadow the built-in ones, which the analyser does not
+    follow (it resolves them in pg_catalog first, as PostgreSQL does by default)."""
+    rest = [n for n in names if n != "pg_temp"]
+    return "pg_catalog" in rest and rest[0] != "pg_catalog"
+
+
 def startup_settings(params: Mapping[str, str], *, restricted: bool) -> StartupSettings:
     """Judge a startup packet's settings (see the module's doc). ``restricted``:
     the session is under PII policy. Raises StartupRefused."""
@@ -160,6 +207,15 @@ def startup_settings(params: Mapping[str, str], *, restricted: bool) -> StartupS
             search_path = value
         if not restricted:
             continue
+        if lk == "search_path":
+            names = split_identifier_list(value)
+            if names is None or catalog_not_first(names):
+                raise StartupRefused(f'startup setting "{name}" = {value!r} is not allowed through piigate: '
+                                     + ("it is not a list of schema names" if names is None else
+                                        "it puts pg_catalog after another schema, where functions and "
+                                        "operators could shadow the built-in ones"),
+                                     "leave pg_catalog out of search_path (PostgreSQL searches it first) "
+                                     "or put it first")
         if (lk == "search_path" or lk in HARMLESS or lk.startswith(HARMLESS_PREFIXES)
                 or (lk == "standard_conforming_strings" and value.strip().lower() in _ON)):
             upstream.pop(lk, None)

@@ -431,6 +431,37 @@ def test_session_statements_that_change_reading_or_rights_are_denied(policy_gate
         ann.close()
 
 
+@pytest.mark.parametrize("how", ["set", "startup"])
+def test_pg_catalog_cannot_be_put_after_a_schema_that_shadows_builtins(gateway_factory, pg_server,
+                                                                       sample_db_fresh, tmp_path, how):
+    """public.lower(text) returns an SSN; with search_path = public, pg_catalog it
+    would be what lower('x') calls, while the analyser reads the built-in."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql SECURITY DEFINER "
+                     "AS $$ SELECT ssn FROM public.customers WHERE id = 7 $$; "
+                     "GRANT EXECUTE ON FUNCTION public.lower(text) TO gw_user")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    path = "public, pg_catalog"
+    if how == "startup":
+        with pytest.raises(ConnectionError) as exc:
+            RawClient("127.0.0.1", gw.port, "ann", PASSWORD, sample_db_fresh.dbname,
+                      params={"options": f"-c search_path={path.replace(' ', '')}"})
+        assert str(exc.value).startswith("42501: ") and "pg_catalog after another schema" in str(exc.value)
+        return
+    ann = RawClient("127.0.0.1", gw.port, "ann", PASSWORD, sample_db_fresh.dbname)
+    try:
+        (err,) = errors(ann.query(f"SET search_path = {path}"))
+        assert err.sqlstate == "42501" and "pg_catalog after" in err.message
+        ann.query("SELECT lower('X')")           # denied or the built-in: never public.lower
+        msgs = ann.query("SELECT upper('x')")
+        assert not errors(msgs)
+        assert b"000-00-0007" not in ann.received and b"X" in ann.received
+        assert not errors(ann.query("SET search_path = pg_catalog, public"))     # first: fine
+    finally:
+        ann.close()
+
+
 def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
     ann = _client(shadow_gateway)
     try:
