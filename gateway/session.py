@@ -64,7 +64,9 @@ _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under 
 #: how long statements under policy wait for the schema to be read after DDL
 _SCHEMA_HOLD_S = 5.0
 _REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
-_SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'')
+#: quoted text in error messages, with the quotes of translated messages too
+#: (German „…“ and »…«, French « … », ‘…’, “…”, 「…」): the values a message echoes
+_SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'|„[^“”]*[“”]|“[^”]*”|‘[^’]*’|«[^»]*»|»[^«]*«|「[^」]*」|『[^』]*』')
 _SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
 
 

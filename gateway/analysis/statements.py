@@ -36,6 +36,7 @@ SESSION_SETTINGS = frozenset({
     "role", "session_authorization", "search_path", "standard_conforming_strings",
     "backslash_quote", "client_encoding", "session_replication_role", "row_security",
     "session_preload_libraries", "local_preload_libraries", "default_transaction_read_only",
+    "lc_messages",      # translated errors quote values differently (the scrubber knows the common quotes)
 })
 
 _TRANSACTION_COMMANDS = {

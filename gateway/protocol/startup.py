@@ -216,7 +216,7 @@ def startup_settings(params: Mapping[str, str], *, restricted: bool) -> StartupS
                                         "operators could shadow the built-in ones"),
                                      "leave pg_catalog out of search_path (PostgreSQL searches it first) "
                                      "or put it first")
-        if (lk == "search_path" or lk in HARMLESS or lk.startswith(HARMLESS_PREFIXES)
+        if (lk == "search_path" or lk in HARMLESS or (lk.startswith(HARMLESS_PREFIXES) and lk != "lc_messages")
                 or (lk == "standard_conforming_strings" and value.strip().lower() in _ON)):
             upstream.pop(lk, None)
             upstream[lk] = value                      # one key per setting, the last one wins

@@ -113,6 +113,7 @@ def test_restricted_sessions_always_start_with_standard_conforming_strings_on():
     ({"options": "--session-authorization=postgres"}, "changes the database role"),
     ({"some_guc": "1"}, '"some_guc" is not allowed'),
     ({"options": "-c log_statement=none"}, '"log_statement" is not allowed'),
+    ({"lc_messages": "de_DE.UTF-8"}, '"lc_messages" is not allowed'),
     ({"options": "-B 100"}, '"-B" is not a setting'),
 ])
 def test_restricted_sessions_refuse_what_could_change_reading_or_rights(params, words):
