@@ -247,7 +247,9 @@ class Relay:
         self._up_skip = 0                   # bytes of the current upstream message still to pass
         self.plain = False                  # no statement hooks (Gate.plain), set at start
         self._plain_last: bytes | None = None   # the last Query/Parse a plain session's hook let go
-        self._rewrites: list[tuple[str, bytes]] = []
+        #: [marker, replacement error, ReadyForQuery messages still to come before the
+        #: one that ends the marker's sync point]
+        self._rewrites: list[list] = []
         self._scrub = False
         self._verdict_task: asyncio.Task | None = None
         self.done = asyncio.get_running_loop().create_future()
@@ -466,7 +468,10 @@ class Relay:
         if verdict.client:
             self.client_transport.write(verdict.client)
         if verdict.rewrites:
-            self._rewrites.extend(verdict.rewrites)
+            # answered after the ReadyForQuery of everything sent before it (a Query
+            # counts itself in inflight; a Parse/Bind's Sync is not counted yet)
+            ahead = self.inflight - (1 if verdict.upstream[:1] == b"Q" else 0)
+            self._rewrites.extend([marker, error, ahead] for marker, error in verdict.rewrites)
         if verdict.upstream:
             out.append(verdict.upstream)
         if verdict.close:
@@ -561,8 +566,11 @@ class Relay:
                     if self.inflight > 0:
                         self.inflight -= 1
                     if self._rewrites:
-                        self._rewrites.clear()              # unanswered rewrites never outlive a sync point
-                        watch_errors = self._scrub
+                        # a rewrite never outlives its sync point; later ones wait for theirs
+                        self._rewrites = [r for r in self._rewrites if r[2] > 0]
+                        for r in self._rewrites:
+                            r[2] -= 1
+                        watch_errors = bool(self._rewrites) or self._scrub
                         special = _UP_SPECIAL[(2 if watch_errors else 0) + (1 if track else 0)]
                     if not self.plain:
                         self.gate.on_ready(self, self.tx_status)
@@ -619,7 +627,7 @@ class Relay:
 
     def _rewrite_error(self, t: int, body: bytes) -> bytes | None:
         if t == 0x45 and self._rewrites:
-            for i, (marker, replacement) in enumerate(self._rewrites):
+            for i, (marker, replacement, _) in enumerate(self._rewrites):
                 if marker.encode() in body:
                     del self._rewrites[i]
                     return replacement
