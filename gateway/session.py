@@ -471,7 +471,8 @@ class PolicyGate(Gate):
         that what it analyses stays what PostgreSQL resolves:
 
         - ``SET search_path`` / ``RESET search_path``: allowed alone in a simple Query
-          outside a transaction block (where it cannot be rolled back behind our back);
+          outside a transaction block, with nothing sent before it still running
+          (where it cannot be rolled back behind our back);
           the gateway then analyses with the new path.
         - ``RESET ALL`` / ``DISCARD ALL``: the path goes back to the default (and DISCARD
           ALL forgets the session's cursors and prepared statements).
@@ -486,22 +487,26 @@ class PolicyGate(Gate):
         command = facts.command.upper()
         name = (facts.setting or ("", None))[0]
         if command == "DISCARD ALL" or name == "all":
-            if relay.tx_status != "I" or batched:
+            if relay.tx_status != "I" or batched or relay.inflight > 1:
                 return (facts, _deny("session:in-transaction", f"piigate: {command} is only allowed on its own, "
-                                     "outside a transaction block, for users under PII policy"))
+                                     "outside a transaction block, for users under PII policy",
+                                     hint="send it as a statement of its own once the ones before it have "
+                                          "completed"))
             s.search_path = self.engine_default_path(s)
             if command == "DISCARD ALL":
-                s.cursors.clear()
-                s.prepared.clear()
+                for table in (s.cursors, s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
+                    table.clear()
             return (facts, Decision(Effect.ALLOW, "session:reset", action=Action.SESSION))
         if command.startswith("DISCARD"):
             return (facts, Decision(Effect.ALLOW, "session:discard", action=Action.SESSION))
         if name == "search_path":
-            if command.startswith("SET LOCAL") or relay.tx_status != "I" or batched:
+            # relay.inflight > 1: statements sent before it are still running (a
+            # pipelined BEGIN would make it roll back behind the gateway's back)
+            if command.startswith("SET LOCAL") or relay.tx_status != "I" or batched or relay.inflight > 1:
                 return (facts, _deny("session:search-path", "piigate: search_path may only be changed by a "
                                      "statement of its own outside a transaction block",
-                                     hint="send SET search_path = ... as a separate statement, not in BEGIN ... "
-                                          "COMMIT, not with SET LOCAL"))
+                                     hint="send SET search_path = ... as a separate statement once the ones "
+                                          "before it have completed, not in BEGIN ... COMMIT, not with SET LOCAL"))
             value = facts.setting[1]
             new = (None if value is None or value.upper() == "DEFAULT"
                    else _parse_search_path(value, self.engine.db_user))

@@ -14,6 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from gateway.protocol import codec
+
 from .conftest import PASSWORD
 from .rawclient import RawClient, errors
 
@@ -458,6 +460,47 @@ def test_pg_catalog_cannot_be_put_after_a_schema_that_shadows_builtins(gateway_f
         assert not errors(msgs)
         assert b"000-00-0007" not in ann.received and b"X" in ann.received
         assert not errors(ann.query("SET search_path = pg_catalog, public"))     # first: fine
+    finally:
+        ann.close()
+
+
+@pytest.mark.parametrize("change", ["SET search_path = public", "RESET ALL", "DISCARD ALL"])
+def test_a_search_path_change_pipelined_behind_begin_cannot_be_rolled_back_behind_the_gateway(
+        shadow_gateway, change):
+    """BEGIN and the change sent in one write: the gateway sees the change while the
+    BEGIN is still running (the last ReadyForQuery said idle), so it would take it
+    as final; a ROLLBACK then restores "s2, public" in PostgreSQL while the gateway
+    resolved with the changed path, and "t" (s2.t, over customers.ssn) passed in
+    clear. The change is refused instead."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(codec.encode_query("BEGIN") + codec.encode_query(change))
+        first, second = ann._until_ready(), ann._until_ready()
+        assert not errors(first)
+        assert [e.sqlstate for e in errors(second)] == ["42501"]
+        assert not errors(ann.query("ROLLBACK"))
+        ann.received.clear()
+        msgs = ann.query("SELECT v FROM t WHERE id = 7")
+        assert not errors(msgs), errors(msgs)
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_refusal_pipelined_behind_other_queries_keeps_its_message(policy_gateway):
+    """Three Queries in one write, the last refused: its error arrives after two
+    ReadyForQuery messages and is still the gateway's 42501, not the marker's 42883."""
+    ann = _client(policy_gateway)
+    try:
+        ann.sock.sendall(codec.encode_query("SELECT 1") + codec.encode_query("SELECT 2")
+                         + codec.encode_query("SET ROLE postgres"))
+        answers = [ann._until_ready() for _ in range(3)]
+        assert not errors(answers[0]) and not errors(answers[1])
+        (err,) = errors(answers[2])
+        assert err.sqlstate == "42501" and err.message.startswith("p"), err.fields
+        assert "piigate_refused" not in err.message
+        assert not errors(ann.query("SELECT 3"))
     finally:
         ann.close()
 
