@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 
 from catalog.model import (
     BUILTIN_CATEGORIES, DEFAULT_SENSITIVITY, Catalog, CatalogEntry, ColumnRef, RelationRef,
-    Sensitivity,
+    Sensitivity, read_quoted_identifier,
 )
 
 #: sensitivity for a user-defined category that does not declare one
@@ -64,22 +64,13 @@ def parse_column_ref(text: str, default_schema: str = "public") -> ColumnRef:
     n = len(s)
     while True:
         if i < n and s[i] == '"':
-            j, buf = i + 1, []
-            while True:
-                if j >= n:
-                    raise ValueError(f"column reference {text!r}: unterminated quoted identifier")
-                if s[j] == '"':
-                    if j + 1 < n and s[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(s[j])
-                j += 1
-            if not buf:
+            quoted = read_quoted_identifier(s, i)
+            if quoted is None:
+                raise ValueError(f"column reference {text!r}: unterminated quoted identifier")
+            if not quoted[0]:
                 raise ValueError(f"column reference {text!r}: empty quoted identifier")
-            parts.append("".join(buf))
-            i = j + 1
+            parts.append(quoted[0])
+            i = quoted[1]
         else:
             j = s.find(".", i)
             j = n if j < 0 else j

@@ -123,3 +123,20 @@ class Catalog:
 
     def relations(self) -> frozenset[RelationRef]:
         return frozenset(c.relation for c in self.entries)
+
+
+def read_quoted_identifier(text: str, start: int) -> tuple[str, int] | None:
+    """The "quoted" identifier opening at ``text[start]`` (a ``"``), as PostgreSQL
+    reads it (``""`` is a quote): the name and the index just past its closing
+    quote, or None when it is not closed."""
+    i, n, buf = start + 1, len(text), []
+    while i < n:
+        if text[i] == '"':
+            if i + 1 < n and text[i + 1] == '"':
+                buf.append('"')
+                i += 2
+                continue
+            return "".join(buf), i + 1
+        buf.append(text[i])
+        i += 1
+    return None

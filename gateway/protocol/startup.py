@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from catalog.model import read_quoted_identifier
+
 #: settings that pass for sessions under policy: they change formatting, timing
 #: or planning, never how a statement is read or resolved
 HARMLESS = frozenset({
@@ -138,20 +140,11 @@ def split_identifier_list(value: str) -> list[str] | None:
         while i < n and value[i].isspace():
             i += 1
         if i < n and value[i] == '"':
-            j, name = i + 1, []
-            while j < n:
-                if value[j] == '"':
-                    if j + 1 < n and value[j + 1] == '"':
-                        name.append('"')
-                        j += 2
-                        continue
-                    break
-                name.append(value[j])
-                j += 1
-            else:
+            quoted = read_quoted_identifier(value, i)
+            if quoted is None:
                 return None                        # unterminated quote
-            names.append("".join(name))
-            i = j + 1
+            names.append(quoted[0])
+            i = quoted[1]
         else:
             j = i
             while j < n and value[j] != "," and not value[j].isspace():
