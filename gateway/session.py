@@ -53,6 +53,10 @@ _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop
 _DDL_START_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
                               rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
+#: CREATE TEMP TABLE/VIEW/SEQUENCE alone: other sessions never see temporary objects,
+#: so it needs no schema read (nor a hold of the sessions under policy)
+_TEMP_ONLY_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*create\s+(?:or\s+replace\s+)?(?:global\s+|local\s+)?"
+                              rb"(?:temp|temporary)\s+(?:table|view|sequence)\b[^;]*;?\s*$")
 #: first keywords of statements that never change the schema
 _NOT_DDL = (b"select", b"insert", b"update", b"delete", b"with", b"values", b"table ", b"begin", b"commit",
             b"end", b"rollback", b"abort", b"start", b"savepoint", b"release", b"set ", b"show", b"reset",
@@ -239,7 +243,7 @@ class PolicyGate(Gate):
         head = sql[:12].lstrip().lower()
         if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
             return True                   # never DDL: the same text needs no second look
-        if _DDL_START_BYTES.match(sql):
+        if _DDL_START_BYTES.match(sql) and not _TEMP_ONLY_BYTES.match(sql):
             relay.ddl_pending = True      # the schema is read again when its transaction ends
             return False                  # DDL: run again, it may change the schema again
         return True
@@ -439,7 +443,7 @@ class PolicyGate(Gate):
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
                 s.search_path = _parse_search_path(facts.setting[1], self.engine.db_user) or self.engine_default_path(s)
-            elif facts.kind is StatementKind.DDL:
+            elif facts.kind is StatementKind.DDL and not _temporary(facts):
                 relay.ddl_pending = True
             plans.append((facts, _UNRESTRICTED))
         if self.engine.audit is not None and not self.engine.audit.inline:
@@ -885,7 +889,7 @@ class PolicyGate(Gate):
     def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
         if decision.grant_id is not None:
             s.open_grants.add(decision.grant_id)
-        if facts.kind is StatementKind.DDL:
+        if facts.kind is StatementKind.DDL and not _temporary(facts):
             relay.ddl_pending = True      # re-read the schema once its transaction ends
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
@@ -1113,6 +1117,11 @@ def _comment_reason(sql: str) -> str | None:
         return None
     m = _REASON_COMMENT.search(sql)
     return m.group(1).strip() if m else None
+
+
+def _temporary(facts: StatementFacts) -> bool:
+    """DDL that only creates a temporary object: no other session can see it."""
+    return facts.creates is not None and facts.creates.schema == "pg_temp"
 
 
 def _meaning(facts: StatementFacts) -> tuple:
