@@ -341,8 +341,11 @@ class PolicyGate(Gate):
             try:
                 await asyncio.wait_for(asyncio.shield(hold), _SCHEMA_HOLD_S)
             except asyncio.TimeoutError:
-                log.warning("the schema was not read again within %.0f s after DDL; deciding with the "
+                log.warning("the schema was not read again within %.1f s after DDL; deciding with the "
                             "one read before", _SCHEMA_HOLD_S)
+                # release everyone: a read that never comes must not cost every later
+                # statement another wait
+                self.engine.schema_read(self.engine.ddl_generation)
         verdict = again()
         if verdict is not None and not isinstance(verdict, Verdict):
             verdict = await verdict

@@ -33,3 +33,36 @@ def test_plain_sessions(sql, reads_schema):
 def test_analysed_sessions(sql, temporary):
     (facts,) = analyze(sql, LiveSchema())
     assert _temporary(facts) is temporary
+
+
+async def test_a_schema_read_that_never_comes_holds_statements_once(monkeypatch):
+    """The hold after committed DDL is bounded: when the read does not come (the
+    refresh failed in a way that never reports), the first statement waits the
+    bound, and the hold is released for everyone after it."""
+    import asyncio
+    import time
+
+    from catalog.model import Catalog
+    from gateway import session as session_mod
+    from gateway.analysis import AnalysisCache
+    from gateway.server import Verdict
+    from gateway.session import Engine, PolicyGate
+    from policies.model import Policy
+
+    monkeypatch.setattr(session_mod, "_SCHEMA_HOLD_S", 0.2)
+    engine = Engine(schema=LiveSchema(), catalog=Catalog(), policy=Policy(rules=()), cache=AnalysisCache(),
+                    on_ddl=lambda: None)
+    gate = PolicyGate(engine)
+    engine.ddl_committed()
+    assert engine.schema_hold is not None
+    t0 = time.monotonic()
+    verdict = Verdict(b"decided")
+    assert await gate._after_schema_read(lambda: verdict) is verdict
+    assert 0.15 < time.monotonic() - t0 < 2
+    assert engine.schema_hold is None                # the next statement does not wait
+    engine.ddl_committed()
+    engine.schema_read(engine.ddl_generation - 1)    # a read that began before this DDL
+    assert engine.schema_hold is not None
+    engine.schema_read(engine.ddl_generation)
+    assert engine.schema_hold is None
+    await asyncio.sleep(0)
