@@ -141,6 +141,8 @@ class Engine:
         self.schema_hold: asyncio.Future | None = None
         self.ddl_generation = 0
         self._hold_generation = 0
+        #: sessions (relay keys) whose transaction forwarded DDL and has not ended
+        self.ddl_sessions: set = set()
         #: False while the schema has never been read (the database was unreachable at
         #: start): sessions under policy are refused until it is
         self.schema_ready = True
@@ -161,11 +163,23 @@ class Engine:
             found = ids[context] = len(ids) + 1
         return found
 
-    def ddl_committed(self) -> None:
-        """A session's transaction that ran DDL ended (committed or not): read the
-        schema again at once, and hold statements under policy until it is read."""
+    def ddl_started(self, session) -> None:
+        """A session forwarded DDL. Until its transaction ends and the schema has been
+        read again, statements under policy wait: one forwarded meanwhile could block
+        on the DDL's lock and, once it commits, have its names resolved by PostgreSQL
+        against the new objects, not the ones the gateway decided on."""
         if self.on_ddl is None:
             return
+        self.ddl_sessions.add(session)
+        if self.schema_hold is None or self.schema_hold.done():
+            self.schema_hold = asyncio.get_running_loop().create_future()
+
+    def ddl_committed(self, session=None) -> None:
+        """That session's transaction ended (committed or not): read the schema again
+        at once; the hold ends when it has been read (and no other DDL is in flight)."""
+        if self.on_ddl is None:
+            return
+        self.ddl_sessions.discard(session)
         self.ddl_generation += 1
         if self.schema_hold is None or self.schema_hold.done():
             self.schema_hold = asyncio.get_running_loop().create_future()
@@ -174,12 +188,15 @@ class Engine:
 
     def schema_read(self, generation: int) -> None:
         """A schema read that started when ``ddl_generation`` was ``generation`` is
-        over (read or failed): statements held for an earlier DDL go on."""
-        hold = self.schema_hold
-        if hold is not None and generation >= self._hold_generation:
-            self.schema_hold = None
-            if not hold.done():
-                hold.set_result(None)
+        over (read or failed): statements held for earlier DDL go on, unless more DDL
+        is still in flight."""
+        if generation >= self._hold_generation and not self.ddl_sessions:
+            self.release_hold()
+
+    def release_hold(self) -> None:
+        hold, self.schema_hold = self.schema_hold, None
+        if hold is not None and not hold.done():
+            hold.set_result(None)
 
     def under_policy(self, principal: Principal) -> bool:
         key = (principal.name, principal.roles, self.policy.version)
@@ -244,7 +261,7 @@ class PolicyGate(Gate):
         if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
             return True                   # never DDL: the same text needs no second look
         if _DDL_START_BYTES.match(sql) and not _TEMP_ONLY_BYTES.match(sql):
-            relay.ddl_pending = True      # the schema is read again when its transaction ends
+            self._ddl_forwarded(relay)
             return False                  # DDL: run again, it may change the schema again
         return True
 
@@ -281,7 +298,7 @@ class PolicyGate(Gate):
         (and audited) once; later executions get their own record, and one made under
         a grant that has since expired or been used up is refused."""
         s: SessionState = relay.state["s"]
-        if self.engine.schema_hold is not None and s.under_policy and not held:
+        if self.engine.schema_hold is not None and s.under_policy and not held and not relay.ddl_pending:
             return self._after_schema_read(lambda: self.on_bind(relay, frame, held=True) or Verdict(frame))
         body = frame[5:]
         p = body.find(b"\x00")
@@ -343,16 +360,23 @@ class PolicyGate(Gate):
             except asyncio.TimeoutError:
                 log.warning("the schema was not read again within %.1f s after DDL; deciding with the "
                             "one read before", _SCHEMA_HOLD_S)
-                # release everyone: a read that never comes must not cost every later
-                # statement another wait
-                self.engine.schema_read(self.engine.ddl_generation)
+                # release everyone: a read (or a commit) that does not come must not
+                # cost every later statement another wait; DDL in flight now is taken
+                # as done (a long migration stalls statements once, not throughout)
+                self.engine.ddl_sessions.clear()
+                self.engine.release_hold()
         verdict = again()
         if verdict is not None and not isinstance(verdict, Verdict):
             verdict = await verdict
         return verdict
 
     def on_ddl_committed(self, relay: Relay) -> None:
-        self.engine.ddl_committed()
+        self.engine.ddl_committed(relay.key)
+
+    def _ddl_forwarded(self, relay: Relay) -> None:
+        if not relay.ddl_pending:
+            relay.ddl_pending = True      # the schema is read again when its transaction ends
+            self.engine.ddl_started(relay.key)
 
     async def _bind_audited(self, relay, s: SessionState, frame: bytes, facts, decision) -> Verdict:
         refusal = await self._audit_decisions_async(relay, s, [(facts, decision)], s.reason)
@@ -378,7 +402,7 @@ class PolicyGate(Gate):
     def _handle(self, relay: Relay, frame: bytes, sql: str, *, extended: bool, name: str, held: bool = False):
         eng = self.engine
         s: SessionState = relay.state["s"]
-        if eng.schema_hold is not None and s.under_policy and not held:
+        if eng.schema_hold is not None and s.under_policy and not held and not relay.ddl_pending:
             return self._after_schema_read(
                 lambda: self._handle(relay, frame, sql, extended=extended, name=name, held=True))
         t0 = time.perf_counter()
@@ -386,7 +410,7 @@ class PolicyGate(Gate):
             # nothing to enforce and nothing to record: a plain relay (DDL still
             # triggers a schema refresh for the sessions that are under policy)
             if eng.on_ddl is not None and _DDL_START.match(sql):
-                relay.ddl_pending = True
+                self._ddl_forwarded(relay)
             if extended:
                 relay.state["parse_name"] = name
             return Verdict(frame)
@@ -447,7 +471,7 @@ class PolicyGate(Gate):
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
                 s.search_path = _parse_search_path(facts.setting[1], self.engine.db_user) or self.engine_default_path(s)
             elif facts.kind is StatementKind.DDL and not _temporary(facts):
-                relay.ddl_pending = True
+                self._ddl_forwarded(relay)
             plans.append((facts, _UNRESTRICTED))
         if self.engine.audit is not None and not self.engine.audit.inline:
             return self._audit_then(relay, s, plans, None, lambda: self._pass(relay, s, frame, plans, t0))
@@ -893,7 +917,7 @@ class PolicyGate(Gate):
         if decision.grant_id is not None:
             s.open_grants.add(decision.grant_id)
         if facts.kind is StatementKind.DDL and not _temporary(facts):
-            relay.ddl_pending = True      # re-read the schema once its transaction ends
+            self._ddl_forwarded(relay)    # re-read the schema once its transaction ends
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:

@@ -505,6 +505,39 @@ def test_a_refusal_pipelined_behind_other_queries_keeps_its_message(policy_gatew
         ann.close()
 
 
+def test_a_statement_sent_while_another_sessions_ddl_is_open_waits_for_it(shadow_gateway):
+    """The dba swaps t4 for a view over customers.ssn inside an open transaction.
+    Forwarded at once, ann's statement would block on the DDL's lock and, after the
+    COMMIT, PostgreSQL would resolve "t4" to the view: decided as the old table, it
+    came back in clear. The gateway holds it until the DDL's transaction has ended
+    and the schema is read, then decides it against the view (masked)."""
+    import threading
+    import time
+    dba = _client(shadow_gateway, "dba")
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(dba.query("CREATE TABLE t4 (id int, v text); "
+                                    "INSERT INTO t4 SELECT i, 'plain-' || i FROM generate_series(1, 10) i"))
+        assert not errors(ann.query("SELECT v FROM t4 WHERE id = 7"))
+        for sql in ("BEGIN", "ALTER TABLE t4 RENAME TO t4_old",
+                    "CREATE VIEW t4 AS SELECT id, ssn AS v FROM customers"):
+            assert not errors(dba.query(sql))
+        ann.received.clear()
+        answer: list = []
+        asking = threading.Thread(target=lambda: answer.append(ann.query("SELECT v FROM t4 WHERE id = 7")))
+        asking.start()
+        time.sleep(0.5)
+        assert not answer                                   # held (or blocked on the lock)
+        assert not errors(dba.query("COMMIT"))
+        asking.join(10)
+        (msgs,) = answer
+        assert not errors(msgs), errors(msgs)
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+        dba.close()
+
+
 def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
     ann = _client(shadow_gateway)
     try:

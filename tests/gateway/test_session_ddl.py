@@ -66,3 +66,27 @@ async def test_a_schema_read_that_never_comes_holds_statements_once(monkeypatch)
     engine.schema_read(engine.ddl_generation)
     assert engine.schema_hold is None
     await asyncio.sleep(0)
+
+
+async def test_ddl_in_flight_holds_until_its_transaction_ends_and_the_schema_is_read():
+    from catalog.model import Catalog
+    from gateway.analysis import AnalysisCache
+    from gateway.session import Engine
+    from policies.model import Policy
+
+    reads = []
+    engine = Engine(schema=LiveSchema(), catalog=Catalog(), policy=Policy(rules=()), cache=AnalysisCache(),
+                    on_ddl=lambda: reads.append(engine.ddl_generation))
+    engine.ddl_started("dba")
+    hold = engine.schema_hold
+    assert hold is not None and not reads               # nothing to read before it commits
+    engine.schema_read(engine.ddl_generation)           # a periodic read meanwhile
+    assert engine.schema_hold is hold and not hold.done()
+    engine.ddl_started("other")
+    engine.ddl_committed("dba")
+    assert reads == [1]
+    engine.schema_read(1)
+    assert not hold.done()                              # "other" is still in its transaction
+    engine.ddl_committed("other")
+    engine.schema_read(2)
+    assert hold.done() and engine.schema_hold is None
