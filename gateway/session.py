@@ -45,13 +45,15 @@ log = logging.getLogger("piigate.session")
 #: unrestricted users' statements longer than this are passed without analysis (it is
 #: only for the audit record then, and a multi-megabyte INSERT would stall the session)
 _UNRESTRICTED_ANALYSIS_LIMIT = 256 * 1024
-#: statements that may change the schema (a cheap check for unrestricted relaying)
+#: statements that may change the schema (a cheap check for unrestricted relaying);
+#: TRUNCATE, REFRESH MATERIALIZED VIEW, REINDEX and CLUSTER change data or storage,
+#: never what a name means: no schema read, no hold
 _DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|grant|revoke|"
-                        r"truncate|refresh|security|import|reindex|cluster)\b|.*;\s*(?:create|alter|drop|comment)\b")
+                        r"security|import)\b|.*;\s*(?:create|alter|drop|comment)\b")
 #: the same check on undecoded SQL (the keywords are ASCII in every client encoding
 #: PostgreSQL accepts)
 _DDL_START_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
-                              rb"grant|revoke|truncate|refresh|security|import|reindex|cluster)\b|"
+                              rb"grant|revoke|security|import)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
 #: CREATE TEMP TABLE/VIEW/SEQUENCE alone: other sessions never see temporary objects,
 #: so it needs no schema read (nor a hold of the sessions under policy)
@@ -470,7 +472,7 @@ class PolicyGate(Gate):
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
                 s.search_path = _parse_search_path(facts.setting[1], self.engine.db_user) or self.engine_default_path(s)
-            elif facts.kind is StatementKind.DDL and not _temporary(facts):
+            elif facts.kind is StatementKind.DDL and not _leaves_names_alone(facts):
                 self._ddl_forwarded(relay)
             plans.append((facts, _UNRESTRICTED))
         if self.engine.audit is not None and not self.engine.audit.inline:
@@ -916,7 +918,7 @@ class PolicyGate(Gate):
     def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
         if decision.grant_id is not None:
             s.open_grants.add(decision.grant_id)
-        if facts.kind is StatementKind.DDL and not _temporary(facts):
+        if facts.kind is StatementKind.DDL and not _leaves_names_alone(facts):
             self._ddl_forwarded(relay)    # re-read the schema once its transaction ends
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
@@ -1146,9 +1148,14 @@ def _comment_reason(sql: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def _temporary(facts: StatementFacts) -> bool:
-    """DDL that only creates a temporary object: no other session can see it."""
-    return facts.creates is not None and facts.creates.schema == "pg_temp"
+_DATA_ONLY_DDL = ("TRUNCATE", "REFRESH MATERIALIZED VIEW", "REINDEX", "CLUSTER")
+
+
+def _leaves_names_alone(facts: StatementFacts) -> bool:
+    """DDL that cannot change what a name means to another session: it only creates a
+    temporary object, or only changes data or storage."""
+    return ((facts.creates is not None and facts.creates.schema == "pg_temp")
+            or facts.command.upper().startswith(_DATA_ONLY_DDL))
 
 
 def _meaning(facts: StatementFacts) -> tuple:

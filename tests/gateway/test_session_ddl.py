@@ -1,13 +1,14 @@
 """Which statements make the gateway read the schema again (and hold the sessions
-under policy until it has): DDL, but not the creation of a temporary object, which
-no other session can see."""
+under policy until it has): DDL, but not the creation of a temporary object (no
+other session can see it) nor DDL that only changes data or storage (TRUNCATE,
+REFRESH MATERIALIZED VIEW, REINDEX, CLUSTER)."""
 from __future__ import annotations
 
 import pytest
 
 from gateway.analysis import analyze
 from gateway.schema import LiveSchema
-from gateway.session import _DDL_START_BYTES, _TEMP_ONLY_BYTES, _temporary
+from gateway.session import _DDL_START_BYTES, _TEMP_ONLY_BYTES, _leaves_names_alone
 
 
 @pytest.mark.parametrize("sql,reads_schema", [
@@ -20,19 +21,25 @@ from gateway.session import _DDL_START_BYTES, _TEMP_ONLY_BYTES, _temporary
     (b"CREATE TEMP TABLE x (a int); CREATE VIEW v AS SELECT 1", True),      # not only temporary
     (b"CREATE TEMP TABLE x (a text DEFAULT ';')", True),                     # unsure: read it
     (b"SELECT 1", False),
+    (b"TRUNCATE staging", False),                    # data, not what names mean
+    (b"REFRESH MATERIALIZED VIEW m", False),
+    (b"GRANT SELECT ON t TO someone", True),
+    (b"COMMENT ON COLUMN t.a IS 'pii:email'", True),   # the catalog changes
 ])
 def test_plain_sessions(sql, reads_schema):
     assert (bool(_DDL_START_BYTES.match(sql)) and not _TEMP_ONLY_BYTES.match(sql)) is reads_schema
 
 
-@pytest.mark.parametrize("sql,temporary", [
+@pytest.mark.parametrize("sql,leaves_names_alone", [
     ("CREATE TEMP TABLE x (a int)", True),
     ("CREATE TABLE x (a int)", False),
     ("CREATE VIEW v AS SELECT 1", False),
+    ("TRUNCATE customers", True),
+    ("REFRESH MATERIALIZED VIEW m", True),
 ])
-def test_analysed_sessions(sql, temporary):
+def test_analysed_sessions(sql, leaves_names_alone):
     (facts,) = analyze(sql, LiveSchema())
-    assert _temporary(facts) is temporary
+    assert _leaves_names_alone(facts) is leaves_names_alone
 
 
 async def test_a_schema_read_that_never_comes_holds_statements_once(monkeypatch):
