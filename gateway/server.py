@@ -470,7 +470,7 @@ class Relay:
         if verdict.rewrites:
             # answered after the ReadyForQuery of everything sent before it (a Query
             # counts itself in inflight; a Parse/Bind's Sync is not counted yet)
-            ahead = self.inflight - (1 if verdict.upstream[:1] == b"Q" else 0)
+            ahead = self.inflight - (1 if (verdict.upstream or b"")[:1] == b"Q" else 0)
             self._rewrites.extend([marker, error, ahead] for marker, error in verdict.rewrites)
         if verdict.upstream:
             out.append(verdict.upstream)
