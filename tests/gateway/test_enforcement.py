@@ -538,6 +538,26 @@ def test_a_statement_sent_while_another_sessions_ddl_is_open_waits_for_it(shadow
         dba.close()
 
 
+def test_a_refused_parse_pipelined_behind_another_sync_keeps_its_message(policy_gateway):
+    """The extended protocol: two Parse/Bind/Execute/Sync groups in one write, the
+    second refused; its error comes after the first ReadyForQuery and is still ours."""
+    import struct
+    ann = _client(policy_gateway)
+
+    def group(sql: str) -> bytes:
+        return (codec.encode_parse("", sql) + codec.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+                + codec.frame(b"E", b"\x00" + struct.pack("!i", 0)) + codec.frame(b"S"))
+
+    try:
+        ann.sock.sendall(group("SELECT 1") + group("SET ROLE postgres"))
+        first, second = ann._until_ready(), ann._until_ready()
+        assert not errors(first)
+        (err,) = errors(second)
+        assert err.sqlstate == "42501" and "piigate_refused" not in err.message, err.fields
+    finally:
+        ann.close()
+
+
 def test_sql_prepare_execute_after_the_search_path_changed_its_meaning(shadow_gateway):
     ann = _client(shadow_gateway)
     try:
