@@ -45,13 +45,10 @@ log = logging.getLogger("piigate.session")
 #: unrestricted users' statements longer than this are passed without analysis (it is
 #: only for the audit record then, and a multi-megabyte INSERT would stall the session)
 _UNRESTRICTED_ANALYSIS_LIMIT = 256 * 1024
-#: statements that may change the schema (a cheap check for unrestricted relaying);
-#: TRUNCATE, REFRESH MATERIALIZED VIEW, REINDEX and CLUSTER change data or storage,
-#: never what a name means: no schema read, no hold
-_DDL_START = re.compile(r"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|grant|revoke|"
-                        r"security|import)\b|.*;\s*(?:create|alter|drop|comment)\b")
-#: the same check on undecoded SQL (the keywords are ASCII in every client encoding
-#: PostgreSQL accepts)
+#: statements that may change the schema: a cheap check on undecoded SQL for sessions
+#: that are not analysed (the keywords are ASCII in every client encoding PostgreSQL
+#: accepts). TRUNCATE, REFRESH MATERIALIZED VIEW, REINDEX and CLUSTER change data or
+#: storage, never what a name means: no schema read, no hold
 _DDL_START_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*(?:create|alter|drop|comment|"
                               rb"grant|revoke|security|import)\b|"
                               rb".*;\s*(?:create|alter|drop|comment)\b")
@@ -173,8 +170,7 @@ class Engine:
         if self.on_ddl is None:
             return
         self.ddl_sessions.add(session)
-        if self.schema_hold is None or self.schema_hold.done():
-            self.schema_hold = asyncio.get_running_loop().create_future()
+        self._hold()
 
     def ddl_committed(self, session=None) -> None:
         """That session's transaction ended (committed or not): read the schema again
@@ -183,8 +179,7 @@ class Engine:
             return
         self.ddl_sessions.discard(session)
         self.ddl_generation += 1
-        if self.schema_hold is None or self.schema_hold.done():
-            self.schema_hold = asyncio.get_running_loop().create_future()
+        self._hold()
         self._hold_generation = self.ddl_generation
         self.on_ddl()
 
@@ -194,6 +189,10 @@ class Engine:
         is still in flight."""
         if generation >= self._hold_generation and not self.ddl_sessions:
             self.release_hold()
+
+    def _hold(self) -> None:
+        if self.schema_hold is None or self.schema_hold.done():
+            self.schema_hold = asyncio.get_running_loop().create_future()
 
     def release_hold(self) -> None:
         hold, self.schema_hold = self.schema_hold, None
@@ -262,7 +261,7 @@ class PolicyGate(Gate):
         head = sql[:12].lstrip().lower()
         if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
             return True                   # never DDL: the same text needs no second look
-        if _DDL_START_BYTES.match(sql) and not _TEMP_ONLY_BYTES.match(sql):
+        if _schema_ddl(sql):
             self._ddl_forwarded(relay)
             return False                  # DDL: run again, it may change the schema again
         return True
@@ -411,7 +410,7 @@ class PolicyGate(Gate):
         if not s.under_policy and eng.audit is None:
             # nothing to enforce and nothing to record: a plain relay (DDL still
             # triggers a schema refresh for the sessions that are under policy)
-            if eng.on_ddl is not None and _DDL_START.match(sql):
+            if eng.on_ddl is not None and _schema_ddl(sql.encode(relay.encoding, "replace")):
                 self._ddl_forwarded(relay)
             if extended:
                 relay.state["parse_name"] = name
@@ -1146,6 +1145,11 @@ def _comment_reason(sql: str) -> str | None:
         return None
     m = _REASON_COMMENT.search(sql)
     return m.group(1).strip() if m else None
+
+
+def _schema_ddl(sql: bytes) -> bool:
+    """Unanalysed SQL that may change what names mean to other sessions."""
+    return _DDL_START_BYTES.match(sql) is not None and _TEMP_ONLY_BYTES.match(sql) is None
 
 
 _DATA_ONLY_DDL = ("TRUNCATE", "REFRESH MATERIALIZED VIEW", "REINDEX", "CLUSTER")
