@@ -81,10 +81,11 @@ def _special(types: bytes) -> bytes:
 
 
 #: backend message types the relay must see whole, by (watching errors, tracking
-#: outcomes): ReadyForQuery, ParameterStatus, NotificationResponse and
-#: CopyBothResponse always; ErrorResponse/NoticeResponse when errors are rewritten or
-#: scrubbed; CommandComplete/ErrorResponse when outcomes are recorded
-_UP_SPECIAL = (_special(b"ZSAW"), _special(b"ZSAWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
+#: outcomes): ReadyForQuery, ParameterStatus, NotificationResponse, CopyBothResponse
+#: and ErrorResponse (a FATAL one means the server is about to close) always;
+#: NoticeResponse when errors are rewritten or scrubbed; CommandComplete when
+#: outcomes are recorded
+_UP_SPECIAL = (_special(b"ZSAWE"), _special(b"ZSAWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -264,6 +265,9 @@ class Relay:
         self._out_error: str | None = None
         self._out_rows = 0
         self._out_bytes = 0
+        #: the server sent a FATAL (or PANIC) error: it closes next, and that error,
+        #: not one of ours, is what the client must see
+        self._upstream_fatal = False
 
     # -- wiring -------------------------------------------------------------------------
     def start(self, leftover_client: bytes, leftover_upstream: bytes) -> None:
@@ -302,6 +306,11 @@ class Relay:
 
     def upstream_lost(self) -> None:
         if self.closed:
+            return
+        if self._upstream_fatal:
+            # e.g. pg_terminate_backend: the client has the server's own FATAL
+            # (57P01 "terminating connection due to administrator command")
+            self.close("upstream ended the session")
             return
         try:
             self.client_transport.write(codec.encode_error(
@@ -578,8 +587,12 @@ class Relay:
                         self.ddl_pending = False
                         self.gate.on_ddl_committed(self)
                 elif t == 0x45 or t == 0x4E:                # ErrorResponse / NoticeResponse
-                    if track and t == 0x45 and self._out_error is None:
-                        self._out_error = codec.decode_error_fields(data[pos + 5:end]).sqlstate or "XX000"
+                    if t == 0x45:
+                        err = codec.decode_error_fields(data[pos + 5:end])
+                        if (err.fields.get("V") or err.fields.get("S")) in ("FATAL", "PANIC"):
+                            self._upstream_fatal = True
+                        if track and self._out_error is None:
+                            self._out_error = err.sqlstate or "XX000"
                     if watch_errors:
                         replacement = self._rewrite_error(t, data[pos + 5:end])
                         if replacement is not None:

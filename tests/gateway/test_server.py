@@ -597,6 +597,35 @@ def test_drivers_see_their_backend_pid_as_postgresql_reports_it(gateway):
     wait_for(lambda: sessions(gateway) == [], what="the session to end")
 
 
+def test_a_terminated_backend_s_own_fatal_reaches_the_client(gateway, pg_server):
+    """PostgreSQL says why it ends a session (FATAL 57P01, then it closes): the client
+    gets that error and no second one of the gateway's (asyncpg's own test suite
+    checks the message of the error that ends the operation)."""
+    c = RawClient(gateway.port)
+    pid = next(m for m in c.login() if isinstance(m, BackendKeyData)).pid   # the backend's own
+    c.send(codec.encode_query("SELECT pg_sleep(10)"))
+    time.sleep(0.2)
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+    err = one_fatal(c.until_eof(), "57P01")
+    assert "terminating connection" in err.message
+
+
+async def test_asyncpg_reports_the_server_s_reason_when_its_backend_is_terminated(gateway, pg_server):
+    conn = await asyncpg.connect(gateway.dsn("postgres"), ssl=False)
+    other = await asyncpg.connect(pg_server.dsn("postgres"), ssl=False)
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        running = asyncio.ensure_future(conn.execute("SELECT pg_sleep(10)"))
+        await asyncio.sleep(0.2)
+        await other.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(asyncpg.ConnectionDoesNotExistError, match="terminating connection"):
+            await running
+    finally:
+        await other.close()
+        conn.terminate()
+
+
 async def test_asyncpg_server_pid_is_the_backend_pid(gateway):
     conn = await asyncpg.connect(gateway.dsn("postgres"), ssl=False)
     try:
