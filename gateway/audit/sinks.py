@@ -55,7 +55,14 @@ class FileSink:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-file")
         self._busy: asyncio.Future | None = None
         self.dirty = False                     # appended but not yet fsynced (group policy)
-        self._fd_lock = threading.Lock()       # fsync on the sink's thread vs. close/rotate
+        self._fd_lock = threading.Lock()       # fsync on a syncer thread vs. close/rotate
+        # group policy: one long-lived thread fsyncs group_ms after the first append
+        # of each window (start_syncer); the loop only ever sets a flag and, once per
+        # window, an Event: no future, no executor hand-off, no loop wake-up
+        self._syncer: threading.Thread | None = None
+        self._sync_wake = threading.Event()
+        self._sync_armed = False               # the syncer will fsync what is appended now
+        self._sync_stop = False
 
     # -- naming -----------------------------------------------------------------------
 
@@ -183,7 +190,9 @@ class FileSink:
             raise
 
     def sync_if_dirty(self) -> None:
-        """fsync what append_now wrote (runs on the sink's thread)."""
+        """fsync what append_now wrote (runs on a thread other than the loop's). The
+        lock makes sure the fd is the open file's: rotation and failure close it
+        under the same lock, so a closed (or reused) fd number is never fsynced."""
         with self._fd_lock:
             if self.dirty and self.fd is not None:
                 self.dirty = False
@@ -193,6 +202,58 @@ class FileSink:
         if self.dirty and self.cfg.fsync == "group":
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self.sync_if_dirty)
+
+    # -- group commit: the syncer thread -------------------------------------------------
+
+    def start_syncer(self, on_error) -> None:
+        """fsync="group": start the thread that fsyncs appended records ``group_ms``
+        after the first append of each window (``kick``). ``on_error(message)`` is
+        called on that thread when an fsync fails (the trail marks the sink failed)."""
+        if self.cfg.fsync != "group" or self._syncer is not None:
+            return
+        self._sync_stop = False
+        self._syncer = threading.Thread(target=self._sync_loop, args=(on_error,),
+                                        name="audit-fsync", daemon=True)
+        self._syncer.start()
+
+    def kick(self) -> None:
+        """After an append (on the loop's thread): make sure the syncer fsyncs it
+        within ``group_ms``. Costs an attribute test unless the syncer is idle."""
+        if not self._sync_armed and self._syncer is not None:
+            self._sync_armed = True
+            self._sync_wake.set()
+
+    def _sync_loop(self, on_error) -> None:
+        window = self.cfg.group_ms / 1000.0
+        wake = self._sync_wake
+        while True:
+            wake.wait()
+            wake.clear()
+            if self._sync_stop:
+                return
+            while True:
+                time.sleep(window)
+                try:
+                    self.sync_if_dirty()
+                except Exception as e:  # noqa: BLE001 - the thread must not die
+                    try:
+                        on_error(f"fsync: {type(e).__name__}: {e}")
+                    except Exception:  # noqa: BLE001
+                        pass
+                # disarm, then look again: an append that saw the syncer armed set
+                # dirty before testing it, so it is seen here (or it re-arms it)
+                self._sync_armed = False
+                if self._sync_stop or not self.dirty:
+                    break
+                self._sync_armed = True
+
+    def stop_syncer(self) -> threading.Thread | None:
+        """Ask the syncer thread to end (after its current window); returns it to join."""
+        t, self._syncer = self._syncer, None
+        if t is not None:
+            self._sync_stop = True
+            self._sync_wake.set()
+        return t
 
     def _append(self, data: bytes) -> None:
         view = memoryview(data)

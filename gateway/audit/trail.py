@@ -92,8 +92,9 @@ class AuditTrail:
         self._last_checkpoint = 0.0
         self._optional_tail: dict[int, asyncio.Task] = {}
         self._optional_pending: dict[int, int] = {}
-        self._sync_wake: asyncio.Event | None = None
-        self._syncer: asyncio.Task | None = None
+        self._batching = False       # completions/later records are written by a timer
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._window = 0.0
         self._later: list[dict] = []   # sanitized events to seal with the next write
         self._completions: dict[str, list[tuple]] = {}   # session -> outcomes not yet written
         f = self.file
@@ -121,15 +122,20 @@ class AuditTrail:
         self._running = True
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
         if self.file is not None and self.file.writes_inline:
-            # group: fsync once per window; both: write records queued with later()
-            self._sync_wake = asyncio.Event()
-            self._syncer = asyncio.create_task(self._group_syncer(), name="audit-fsync")
+            # both: records queued with later()/completed() are written group_ms after
+            # the first of them (a timer); group: the file sink's own thread fsyncs
+            # group_ms after the first append of each window
+            self._batching = True
+            self._window = self.file.cfg.group_ms / 1000.0
+            self.file.start_syncer(self._fsync_failed)
         try:
             await self.flush(required=True)
         except AuditUnavailable:
             self._running = False
             self._queue.put_nowait(_STOP)
             await self._writer
+            if self.file is not None:
+                self.file.stop_syncer()
             raise
         return self
 
@@ -141,14 +147,14 @@ class AuditTrail:
         self._running = False
         self._queue.put_nowait(_STOP)
         await self._writer
-        if self._syncer is not None:
-            self._syncer.cancel()
-            await asyncio.gather(self._syncer, return_exceptions=True)
-        if self.file is not None and self.file.cfg.fsync != "none":
-            try:
-                await self.file.group_sync() if self.file.cfg.fsync == "group" else None
-            except (OSError, RuntimeError):
-                pass
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.file is not None:
+            syncer = self.file.stop_syncer()
+            while syncer is not None and syncer.is_alive():
+                await asyncio.sleep(self._window / 2 or 0.001)
+        # (the file sink's close fsyncs what the syncer has not)
         tails = [t for t in self._optional_tail.values() if not t.done()]
         if tails:
             await asyncio.wait(tails, timeout=self.config.sink_timeout_ms / 1000.0)
@@ -253,8 +259,8 @@ class AuditTrail:
         f.last_written = head
         f.records_written += 1
         f.dirty = True
-        if not self._sync_wake.is_set():
-            self._sync_wake.set()
+        if not f._sync_armed:
+            f.kick()
         self.stats["records"] += 1
         return head.seq
 
@@ -272,7 +278,7 @@ class AuditTrail:
         cost per statement; an outcome needs to follow its statement, not precede
         anything. Kept in memory until then: a kill -9 can lose the last window's
         outcomes, never a decision record."""
-        if not self.inline or self._sync_wake is None:
+        if not self._batching or not self.inline:
             self.emit(_completion_event(session, [entry]))
             return
         pending = self._completions.get(session)
@@ -282,23 +288,27 @@ class AuditTrail:
         if len(pending) >= 500:
             self._later.append(_completion_event(session, self._completions.pop(session)))
             self._flush_later()
-        elif not self._sync_wake.is_set():
-            self._sync_wake.set()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self._window, self._flush_timer)
 
     def later(self, event: Mapping[str, Any]) -> None:
         """A record that must be written but need not precede anything (a statement's
         completion record): it is sealed and written with the next ``append``, or by
         the background syncer within ``group_ms``, whichever comes first. No future,
         no queue hop: this is per statement."""
-        if not self.inline or self._sync_wake is None:
+        if not self._batching or not self.inline:
             self.emit(event)
             return
         later = self._later
         later.append(sanitize(event))
         if len(later) >= 1000:
             self._flush_later()
-        elif not self._sync_wake.is_set():
-            self._sync_wake.set()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self._window, self._flush_timer)
+
+    def _flush_timer(self) -> None:
+        self._flush_handle = None
+        self._flush_later()
 
     def _flush_later(self) -> None:
         if self._completions:
@@ -352,8 +362,7 @@ class AuditTrail:
                 for s in self.sinks:
                     if s is not f:
                         self._write_optional(s, recs, lines, now)
-            if not self._sync_wake.is_set():
-                self._sync_wake.set()
+            f.kick()
             self.stats["records"] += len(lines)
             return chain.head.seq if item is not None else None
         # the general case: segment records, checkpoints and rotation as needed
@@ -385,25 +394,14 @@ class AuditTrail:
         for s in self.sinks:
             if s is not f:
                 self._write_optional(s, records, lines, now)
-        if self._sync_wake is not None and not self._sync_wake.is_set():
-            self._sync_wake.set()
+        f.kick()
         return errors
 
-    async def _group_syncer(self) -> None:
-        """fsync appended records once per ``group_ms`` window (group commit)."""
-        f = self.file
-        window = f.cfg.group_ms / 1000.0
-        while self._running:
-            await self._sync_wake.wait()
-            self._sync_wake.clear()
-            await asyncio.sleep(window)
-            self._flush_later()
-            try:
-                await f.group_sync()
-            except OSError as e:
-                self._mark_failed(f, f"fsync: {e}", self.clock())
-            except RuntimeError:          # the sink's thread is gone: the trail is closing
-                return
+    def _fsync_failed(self, message: str) -> None:
+        """The file sink's syncer thread could not fsync: the sink is failed from now
+        on (statements under policy are refused until it recovers in a new file).
+        Runs on that thread; ``_mark_failed`` publishes the failure last."""
+        self._mark_failed(self.file, message, self.clock())
 
     async def flush(self, required: bool = True) -> None:
         """Wait until everything queued before this call is written (or failed)."""
@@ -575,8 +573,7 @@ class AuditTrail:
                     if id(s) in self._failed:
                         log.warning("audit: %s sink recovered", s.kind)
                         del self._failed[id(s)]
-                    if self._sync_wake is not None:
-                        self._sync_wake.set()
+                    s.kick()
                 continue
             attempts.append(s)
         results = await asyncio.gather(
@@ -625,12 +622,15 @@ class AuditTrail:
         self._optional_tail[id(s)] = asyncio.create_task(run())
 
     def _mark_failed(self, sink: Any, msg: str, now: float) -> None:
-        if id(sink) not in self._failed:
-            log.error("audit: %s sink failed: %s", sink.kind, msg)
-        self._failed[id(sink)] = msg
+        # (also called on the file sink's syncer thread: _retry_at is set before
+        # _failed, which is what the loop's thread tests first)
+        first = id(sink) not in self._failed
         # from when the failure was seen, not when the batch began (a timeout is long)
         self._retry_at[id(sink)] = max(now, self.clock()) + self.config.retry_ms / 1000.0
         self.last_error = f"{sink.kind} sink: {msg}"
+        self._failed[id(sink)] = msg
+        if first:
+            log.error("audit: %s sink failed: %s", sink.kind, msg)
 
 
 class _Batch:

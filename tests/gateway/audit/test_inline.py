@@ -165,3 +165,55 @@ async def test_outcomes_are_batched_into_one_record_per_session(tmp_path):
         decision_seqs = {r["seq"] for r in recs if r["type"] == "statement.decision"}
         assert {o["decision_seq"] for r in outcomes for o in records.outcomes(r)} == decision_seqs
     assert verify(read_trail(trail_files(path))).ok
+
+
+async def test_a_failed_group_fsync_fails_closed_then_recovers_in_a_new_file(tmp_path, monkeypatch):
+    """fsync="group" runs on the file sink's own thread: when it fails, the sink is
+    failed at once (statements under policy are refused, /health says so), and the
+    trail recovers in a new file after retry_ms; the chain still verifies."""
+    from gateway.audit import sinks as sinks_mod
+    path = tmp_path / "s.jsonl"
+    trail = await AuditTrail(file_config(path, fsync="group", group_ms=5, retry_ms=200)).start()
+    try:
+        template = trail.template(decision(1))
+        trail.append_template(template, required=True)
+        await asyncio.sleep(0.05)
+        assert not trail.file.dirty and trail.healthy        # fsynced by the thread
+
+        def broken_fsync(fd):
+            raise OSError(5, "Input/output error")
+        monkeypatch.setattr(sinks_mod.os, "fsync", broken_fsync)
+        trail.append_template(template, required=True)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not trail.healthy:
+                break
+        assert not trail.healthy and "fsync" in trail.health()["last_error"]
+        with pytest.raises(AuditUnavailable):
+            trail.append_template(template, required=True)
+        monkeypatch.undo()
+        await asyncio.sleep(0.25)                             # retry_ms
+        seq = trail.append_template(template, required=True)
+        assert seq is not None and trail.healthy
+        assert len(trail_files(path)) == 2                    # recovered in a new file
+        await asyncio.sleep(0.05)
+        assert not trail.file.dirty
+    finally:
+        await trail.close()
+    assert verify(read_trail(trail_files(path))).ok
+
+
+async def test_the_group_syncer_fsyncs_within_group_ms_and_then_idles(tmp_path):
+    path = tmp_path / "w.jsonl"
+    async with AuditTrail(file_config(path, fsync="group", group_ms=20)) as trail:
+        f = trail.file
+        template = trail.template(decision(1))
+        for burst in range(3):
+            before = f.fsyncs
+            for _ in range(50):
+                trail.append_template(template)
+            assert f.dirty
+            await asyncio.sleep(0.1)
+            assert not f.dirty and 1 <= f.fsyncs - before <= 2
+        await asyncio.sleep(0.1)
+        assert not f._sync_armed                              # idle: nothing to do, no wake-ups
