@@ -104,6 +104,7 @@ class Runtime:
         self.metrics = None
         self._refresher: asyncio.Task | None = None
         self._refresh_now = asyncio.Event()
+        self.schema_reads = 0               # schema reads after the first (tests, metrics)
 
     async def start(self) -> Gateway:
         cfg, comps = self.cfg, self.comps
@@ -200,6 +201,27 @@ class Runtime:
         cfile = load_catalog_file(path) if path else None
         return build_catalog(cfile.entries if cfile else (), [], _empty_schema())
 
+    async def _ddl_settles(self, quiet_s: float = 0.2, longest_s: float = 2.0) -> None:
+        """Let a burst of DDL finish before reading: a read of a large schema costs the
+        event loop tenths of a second, and a migration creating 1,000 tables would
+        otherwise cause hundreds of them. Waits until no DDL has ended for ``quiet_s``
+        (``longest_s`` at most); cut short as soon as a statement under policy waits
+        for the read (Engine.hold_waiters; looked at every 10 ms)."""
+        eng = self.engine
+        if eng is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        give_up = now + longest_s
+        quiet_from, seen = now, eng.ddl_generation
+        while not eng.hold_waiters:
+            now = loop.time()
+            if eng.ddl_generation != seen:
+                quiet_from, seen = now, eng.ddl_generation
+            if now - quiet_from >= quiet_s or now >= give_up:
+                return
+            await asyncio.sleep(0.01)
+
     async def _refresh_loop(self) -> None:
         """Re-read the schema and catalog after DDL and on an interval (every second
         while it has never been read)."""
@@ -208,13 +230,13 @@ class Runtime:
             interval = self.cfg.catalog_refresh_s if ready else 1.0
             try:
                 await asyncio.wait_for(self._refresh_now.wait(), interval)
-                if self.engine is None or self.engine.schema_hold is None:
-                    await asyncio.sleep(0.2)      # let a burst of DDL finish
+                await self._ddl_settles()
             except asyncio.TimeoutError:
                 pass
             self._refresh_now.clear()
             # statements held for DDL committed before this point may go on after it
             generation = self.engine.ddl_generation if self.engine is not None else 0
+            self.schema_reads += 1
             try:
                 catalog, schema = await self._load_catalog_and_schema()
             except Exception as e:

@@ -142,6 +142,9 @@ class Engine:
         self._hold_generation = 0
         #: sessions (relay keys) whose transaction forwarded DDL and has not ended
         self.ddl_sessions: set = set()
+        #: statements under policy waiting for the schema hold: while there are none,
+        #: the schema reader lets a burst of DDL finish before it reads
+        self.hold_waiters = 0
         #: False while the schema has never been read (the database was unreachable at
         #: start): sessions under policy are refused until it is
         self.schema_ready = True
@@ -354,8 +357,10 @@ class PolicyGate(Gate):
     async def _after_schema_read(self, again):
         """Wait (a bounded time) for the schema read that committed DDL asked for,
         then decide the statement as if it had just arrived."""
-        hold = self.engine.schema_hold
+        eng = self.engine
+        hold = eng.schema_hold
         if hold is not None:
+            eng.hold_waiters += 1         # the schema reader reads at once (Runtime._ddl_settles)
             try:
                 await asyncio.wait_for(asyncio.shield(hold), _SCHEMA_HOLD_S)
             except asyncio.TimeoutError:
@@ -364,8 +369,10 @@ class PolicyGate(Gate):
                 # release everyone: a read (or a commit) that does not come must not
                 # cost every later statement another wait; DDL in flight now is taken
                 # as done (a long migration stalls statements once, not throughout)
-                self.engine.ddl_sessions.clear()
-                self.engine.release_hold()
+                eng.ddl_sessions.clear()
+                eng.release_hold()
+            finally:
+                eng.hold_waiters -= 1
         verdict = again()
         if verdict is not None and not isinstance(verdict, Verdict):
             verdict = await verdict
