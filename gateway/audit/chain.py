@@ -27,7 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.audit.records import utc_timestamp, CHECKPOINT, SEGMENT_START, stamp
+from gateway.audit.records import utc_second, utc_timestamp, CHECKPOINT, COMPLETION_FIELDS, \
+    SEGMENT_START, STATEMENT_COMPLETE, stamp
 
 GENESIS = "0" * 64
 
@@ -132,7 +133,14 @@ class ChainHead(NamedTuple):
 
 class Chain:
     """Turns events into chained records for one instance. Pure (the caller gives
-    the time). Not thread-safe: one writer owns it."""
+    the time). Not thread-safe: one writer owns it.
+
+    ``head`` is the last record's (seq, hash); the fast paths keep it as ``_seq``,
+    ``_hash`` and ``_prev`` (the hash as bytes, what the next record's line
+    needs) and make the ChainHead only when someone asks."""
+
+    __slots__ = ("instance", "signing_key", "key_id", "since_checkpoint", "_seq", "_hash", "_prev",
+                 "_head", "_ts_sec", "_ts_prefix", "_complete_format")
 
     def __init__(self, instance: str, head: ChainHead = ChainHead(),
                  signing_key: Ed25519PrivateKey | None = None):
@@ -141,6 +149,35 @@ class Chain:
         self.signing_key = signing_key
         self.key_id = key_id(signing_key.public_key()) if signing_key else None
         self.since_checkpoint = 0
+        self._ts_sec = -1
+        self._ts_prefix = b""
+        # the canonical bytes of a statement.complete record (sorted keys: fields,
+        # instance, prev, seq, session, statements, ts, type), every value but the
+        # chain's own and the session's rows serialised once
+        self._complete_format = (
+            b'{"fields":' + orjson.dumps(COMPLETION_FIELDS).replace(b"%", b"%%")
+            + b',"instance":' + orjson.dumps(instance).replace(b"%", b"%%")
+            + b',"prev":"%b","seq":%d,"session":%b,"statements":%b,"ts":"%b.%06dZ","type":'
+            + orjson.dumps(STATEMENT_COMPLETE) + b"}")
+
+    @property
+    def head(self) -> ChainHead:
+        h = self._head
+        if h is None:
+            h = self._head = ChainHead(self._seq, self._hash)
+        return h
+
+    @head.setter
+    def head(self, head: ChainHead) -> None:
+        self._head = head
+        self._seq = head.seq
+        self._hash = head.hash
+        self._prev = head.hash.encode()
+
+    @property
+    def seq(self) -> int:
+        """The last record's seq (``head.seq`` without making a ChainHead)."""
+        return self._seq
 
     def seal(self, event: Mapping[str, Any], unix_time: float) -> dict:
         """The next record: stamped, linked, signed if a checkpoint, hashed."""
@@ -180,12 +217,41 @@ class Chain:
         """The fastest path: a record whose fields are all fixed but the chain's own
         (``prev``, ``seq``, ``ts``), rendered from its template without building or
         serialising a dict. Produces the same bytes as ``seal_line`` would."""
-        seq = self.head.seq + 1
-        canon = template.render(self.head.hash, seq, utc_timestamp(unix_time))
+        seq = self._seq + 1
+        sec = int(unix_time)
+        if sec != self._ts_sec:
+            self._ts_prefix = utc_second(sec).encode()
+            self._ts_sec = sec
+        # ts as utc_timestamp() writes it: the second's prefix, then the microseconds
+        canon = template._fast % (self._prev, seq, self._ts_prefix, int((unix_time - sec) * 1_000_000))
         digest = hashlib.sha256(canon).hexdigest()
         self.since_checkpoint += 1
-        self.head = ChainHead(seq, digest)
-        return b'%b,"hash":"%b"}\n' % (canon[:-1], digest.encode())
+        self._seq = seq
+        self._hash = digest
+        self._head = None
+        prev = self._prev = digest.encode()
+        return b'%b,"hash":"%b"}\n' % (canon[:-1], prev)
+
+    def seal_completion(self, session: str, entries: list, unix_time: float) -> bytes:
+        """A ``statement.complete`` record (``{"type", "session", "fields",
+        "statements": entries}``) rendered straight into its canonical bytes: the
+        same line ``seal_line`` gives for that event (orjson writes each value as it
+        would inside the whole record)."""
+        seq = self._seq + 1
+        sec = int(unix_time)
+        if sec != self._ts_sec:
+            self._ts_prefix = utc_second(sec).encode()
+            self._ts_sec = sec
+        canon = self._complete_format % (self._prev, seq, orjson.dumps(session),
+                                         orjson.dumps(entries, option=orjson.OPT_SORT_KEYS),
+                                         self._ts_prefix, int((unix_time - sec) * 1_000_000))
+        digest = hashlib.sha256(canon).hexdigest()
+        self.since_checkpoint += 1
+        self._seq = seq
+        self._hash = digest
+        self._head = None
+        prev = self._prev = digest.encode()
+        return b'%b,"hash":"%b"}\n' % (canon[:-1], prev)
 
     def checkpoint_event(self, reason: str = "periodic") -> dict:
         return {"type": CHECKPOINT, "reason": reason}
@@ -202,12 +268,12 @@ class RecordTemplate:
     marker in each; if a marker does not come out exactly once (it could only be
     in the event by guessing 64 random bits) the template is not ``usable`` and
     the caller seals the event the ordinary way."""
-    __slots__ = ("event", "type", "_format")
+    __slots__ = ("event", "type", "_format", "_fast")
 
     def __init__(self, event: Mapping[str, Any], instance: str):
         self.event = dict(event)
         self.type = self.event.get("type")
-        self._format = None
+        self._format = self._fast = None
         nonce = secrets.token_hex(8)
         marks = {k: f"piigate-{nonce}-{k}" for k in ("prev", "seq", "ts")}
         record = {k: v for k, v in self.event.items() if k != "hash"}
@@ -222,6 +288,8 @@ class RecordTemplate:
         c, d = rest.split(tokens[2])
         esc = [x.replace(b"%", b"%%") for x in (a, b, c, d)]
         self._format = esc[0] + b'"%s"' + esc[1] + b"%d" + esc[2] + b'"%s"' + esc[3]
+        # the chain's own: ts as the second's prefix and the microseconds
+        self._fast = esc[0] + b'"%b"' + esc[1] + b"%d" + esc[2] + b'"%b.%06dZ"' + esc[3]
 
     @property
     def usable(self) -> bool:

@@ -43,13 +43,18 @@ COMMON_FIELDS = ("ts", "instance", "type", "seq")
 _TS_SECOND = [-1, ""]
 
 
+def utc_second(sec: int) -> str:
+    """``2026-11-29T00:35:18``: the part of :func:`utc_timestamp` up to the second."""
+    return datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def utc_timestamp(unix_time: float) -> str:
     """ISO-8601 UTC with microseconds: ``2026-11-29T00:35:18.123456Z``. The part up to
     the second is formatted once per second: this runs for every record on the
-    statement hot path."""
+    statement hot path. (``Chain.seal_template`` writes the same text itself.)"""
     sec = int(unix_time)
     if _TS_SECOND[0] != sec:
-        _TS_SECOND[1] = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _TS_SECOND[1] = utc_second(sec)
         _TS_SECOND[0] = sec
     micros = int((unix_time - sec) * 1_000_000)
     return f"{_TS_SECOND[1]}.{micros:06d}Z"

@@ -49,7 +49,10 @@ class FileSink:
         self.segment = 0
         self.size = 0
         self.opened_at = 0.0
-        self.last_written: ChainHead | None = None     # last record fully written to a file
+        # the last record fully written to a file (see last_written); the trail's
+        # statement hot path sets the two fields, not a ChainHead per record
+        self._lw_seq: int | None = None
+        self._lw_hash = ""
         self.fsyncs = 0
         self.records_written = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-file")
@@ -63,6 +66,18 @@ class FileSink:
         self._sync_wake = threading.Event()
         self._sync_armed = False               # the syncer will fsync what is appended now
         self._sync_stop = False
+
+    @property
+    def last_written(self) -> ChainHead | None:
+        """The seq and hash of the last record fully written to a file (None: none yet)."""
+        return None if self._lw_seq is None else ChainHead(self._lw_seq, self._lw_hash)
+
+    @last_written.setter
+    def last_written(self, head: ChainHead | None) -> None:
+        if head is None:
+            self._lw_seq, self._lw_hash = None, ""
+        else:
+            self._lw_seq, self._lw_hash = head.seq, head.hash
 
     # -- naming -----------------------------------------------------------------------
 

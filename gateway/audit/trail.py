@@ -95,7 +95,9 @@ class AuditTrail:
         self._batching = False       # completions/later records are written by a timer
         self._flush_handle: asyncio.TimerHandle | None = None
         self._window = 0.0
-        self._later: list[dict] = []   # sanitized events to seal with the next write
+        # sanitized events to seal with the next write, and (session, outcome rows)
+        # for a statement.complete record (Chain.seal_completion)
+        self._later: list[dict | tuple[str, list[tuple]]] = []
         self._completions: dict[str, list[tuple]] = {}   # session -> outcomes not yet written
         f = self.file
         self._inline_sinks = (f is not None and f.writes_inline
@@ -234,7 +236,7 @@ class AuditTrail:
         here with one write(): it runs before every statement under policy is
         forwarded. Everything else goes through ``_write_now``."""
         f = self.file
-        if (template._format is None or self._later or self._failed
+        if (template._fast is None or self._later or self._failed
                 or not self._running or not self._inline_sinks or f.fd is None or len(self.sinks) > 1):
             return self._write_now(template, required)
         chain = self.chain
@@ -244,7 +246,6 @@ class AuditTrail:
                 or now - f.opened_at >= cfg.rotate_seconds):
             return self._write_now(template, required)
         line = chain.seal_template(template, now)
-        head = chain.head
         try:
             written = os.write(f.fd, line)
             f.size += written
@@ -256,13 +257,14 @@ class AuditTrail:
             if self.fail_closed if required is None else required:
                 raise AuditUnavailable(f"audit trail unavailable: file sink: {type(e).__name__}: {e}") from None
             return None
-        f.last_written = head
+        seq = f._lw_seq = chain._seq
+        f._lw_hash = chain._hash
         f.records_written += 1
         f.dirty = True
         if not f._sync_armed:
             f.kick()
         self.stats["records"] += 1
-        return head.seq
+        return seq
 
     def template(self, event: Mapping[str, Any]) -> RecordTemplate:
         """A prepared record for an event that will be appended many times as is
@@ -286,7 +288,7 @@ class AuditTrail:
             pending = self._completions[session] = []
         pending.append(entry)
         if len(pending) >= 500:
-            self._later.append(_completion_event(session, self._completions.pop(session)))
+            self._later.append((session, self._completions.pop(session)))
             self._flush_later()
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(self._window, self._flush_timer)
@@ -313,7 +315,8 @@ class AuditTrail:
     def _flush_later(self) -> None:
         if self._completions:
             completions, self._completions = self._completions, {}
-            self._later.extend(_completion_event(sid, entries) for sid, entries in completions.items())
+            # (session, rows): sealed by Chain.seal_completion, or as _completion_event
+            self._later.extend(completions.items())
         if self._later and self._running and self.inline:
             try:
                 self._write_now(None, False)
@@ -342,7 +345,8 @@ class AuditTrail:
                 and (not is_template or item.usable)
                 and (item is None or is_template or item.get("type") not in (CHECKPOINT, "segment.start"))):
             # the common case: no segment to open, no checkpoint due, nothing failed
-            lines = [chain.seal_line(ev, now)[1] for ev in later]
+            lines = [chain.seal_completion(ev[0], ev[1], now) if type(ev) is tuple
+                     else chain.seal_line(ev, now)[1] for ev in later]
             later.clear()
             if item is not None:
                 lines.append(chain.seal_template(item, now) if is_template else chain.seal_line(item, now)[1])
@@ -370,7 +374,7 @@ class AuditTrail:
         for rec in self._segment_records(now):
             out.add_sealed(rec)
         for ev in later:
-            out.add(ev)
+            out.add(_completion_event(*ev) if type(ev) is tuple else ev)
         later.clear()
         rec = out.add(item.event if is_template else item) if item is not None else None
         errors = self._write_inline(out.records, out.lines, now)

@@ -49,6 +49,21 @@ def test_a_template_renders_exactly_what_sealing_the_event_gives(event):
     assert rec["seq"] == 3 and rec["instance"] == "gw-1" and rec["hash"] == chain_mod.record_hash(rec)
 
 
+@pytest.mark.parametrize("instance,session", [("gw-1", "6fd817106dd7305b"), ("h%st:5432", 'ses"sion\\zoë %d')])
+def test_a_completion_record_renders_exactly_what_sealing_the_event_gives(instance, session):
+    from gateway.audit.trail import _completion_event
+    by_dict, direct = Chain(instance), Chain(instance)
+    rows = [(3, "fp1", "ok", 1, 66, 0.25, "I"), (None, "fp%d", "42501", 0, 0, 12.0, "E"),
+            (7, "fp", "ok", 2 ** 40, 1, 1e-05, "T")]
+    for i in range(3):
+        now = time.time() + i + 0.999999
+        _, line = by_dict.seal_line(_completion_event(session, rows[:i + 1]), now)
+        assert direct.seal_completion(session, rows[:i + 1], now) == line
+        assert direct.head == by_dict.head
+    rec = orjson.loads(line)
+    assert records.outcomes(rec)[2]["rows"] == 2 ** 40 and rec["hash"] == chain_mod.record_hash(rec)
+
+
 def test_an_event_that_contains_a_marker_is_not_templated(monkeypatch):
     monkeypatch.setattr(chain_mod.secrets, "token_hex", lambda n: "f00d")
     template = RecordTemplate({"type": "x", "note": "piigate-f00d-seq"}, "gw-1")
