@@ -140,7 +140,7 @@ class Chain:
     needs) and make the ChainHead only when someone asks."""
 
     __slots__ = ("instance", "signing_key", "key_id", "since_checkpoint", "_seq", "_hash", "_prev",
-                 "_head", "_ts_sec", "_ts_prefix", "_complete_format")
+                 "_head", "_ts_sec", "_ts_prefix", "_complete_head", "_complete_hash", "_complete_format")
 
     def __init__(self, instance: str, head: ChainHead = ChainHead(),
                  signing_key: Ed25519PrivateKey | None = None):
@@ -153,12 +153,13 @@ class Chain:
         self._ts_prefix = b""
         # the canonical bytes of a statement.complete record (sorted keys: fields,
         # instance, prev, seq, session, statements, ts, type), every value but the
-        # chain's own and the session's rows serialised once
-        self._complete_format = (
-            b'{"fields":' + orjson.dumps(COMPLETION_FIELDS).replace(b"%", b"%%")
-            + b',"instance":' + orjson.dumps(instance).replace(b"%", b"%%")
-            + b',"prev":"%b","seq":%d,"session":%b,"statements":%b,"ts":"%b.%06dZ","type":'
-            + orjson.dumps(STATEMENT_COMPLETE) + b"}")
+        # chain's own and the session's rows serialised once; the fixed head is
+        # hashed once
+        self._complete_head = (b'{"fields":' + orjson.dumps(COMPLETION_FIELDS)
+                               + b',"instance":' + orjson.dumps(instance) + b',"prev":')
+        self._complete_hash = hashlib.sha256(self._complete_head)
+        self._complete_format = (b'"%b","seq":%d,"session":%b,"statements":%b,"ts":"%b.%06dZ","type":'
+                                 + orjson.dumps(STATEMENT_COMPLETE) + b"}")
 
     @property
     def head(self) -> ChainHead:
@@ -222,15 +223,19 @@ class Chain:
         if sec != self._ts_sec:
             self._ts_prefix = utc_second(sec).encode()
             self._ts_sec = sec
-        # ts as utc_timestamp() writes it: the second's prefix, then the microseconds
-        canon = template._fast % (self._prev, seq, self._ts_prefix, int((unix_time - sec) * 1_000_000))
-        digest = hashlib.sha256(canon).hexdigest()
+        # the canonical bytes are the template's fixed head (hashed once, in
+        # advance) and this tail; ts as utc_timestamp() writes it: the second's
+        # prefix, then the microseconds
+        tail = template._tail % (self._prev, seq, self._ts_prefix, int((unix_time - sec) * 1_000_000))
+        h = template._head_hash.copy()
+        h.update(tail)
+        digest = h.hexdigest()
         self.since_checkpoint += 1
         self._seq = seq
         self._hash = digest
         self._head = None
         prev = self._prev = digest.encode()
-        return b'%b,"hash":"%b"}\n' % (canon[:-1], prev)
+        return b'%b%b,"hash":"%b"}\n' % (template._head, tail[:-1], prev)
 
     def seal_completion(self, session: str, entries: list, unix_time: float) -> bytes:
         """A ``statement.complete`` record (``{"type", "session", "fields",
@@ -242,16 +247,18 @@ class Chain:
         if sec != self._ts_sec:
             self._ts_prefix = utc_second(sec).encode()
             self._ts_sec = sec
-        canon = self._complete_format % (self._prev, seq, orjson.dumps(session),
-                                         orjson.dumps(entries, option=orjson.OPT_SORT_KEYS),
-                                         self._ts_prefix, int((unix_time - sec) * 1_000_000))
-        digest = hashlib.sha256(canon).hexdigest()
+        tail = self._complete_format % (self._prev, seq, orjson.dumps(session),
+                                        orjson.dumps(entries, option=orjson.OPT_SORT_KEYS),
+                                        self._ts_prefix, int((unix_time - sec) * 1_000_000))
+        h = self._complete_hash.copy()
+        h.update(tail)
+        digest = h.hexdigest()
         self.since_checkpoint += 1
         self._seq = seq
         self._hash = digest
         self._head = None
         prev = self._prev = digest.encode()
-        return b'%b,"hash":"%b"}\n' % (canon[:-1], prev)
+        return b'%b%b,"hash":"%b"}\n' % (self._complete_head, tail[:-1], prev)
 
     def checkpoint_event(self, reason: str = "periodic") -> dict:
         return {"type": CHECKPOINT, "reason": reason}
@@ -268,12 +275,12 @@ class RecordTemplate:
     marker in each; if a marker does not come out exactly once (it could only be
     in the event by guessing 64 random bits) the template is not ``usable`` and
     the caller seals the event the ordinary way."""
-    __slots__ = ("event", "type", "_format", "_fast")
+    __slots__ = ("event", "type", "_format", "_head", "_head_hash", "_tail")
 
     def __init__(self, event: Mapping[str, Any], instance: str):
         self.event = dict(event)
         self.type = self.event.get("type")
-        self._format = self._fast = None
+        self._format = self._tail = None
         nonce = secrets.token_hex(8)
         marks = {k: f"piigate-{nonce}-{k}" for k in ("prev", "seq", "ts")}
         record = {k: v for k, v in self.event.items() if k != "hash"}
@@ -288,8 +295,12 @@ class RecordTemplate:
         c, d = rest.split(tokens[2])
         esc = [x.replace(b"%", b"%%") for x in (a, b, c, d)]
         self._format = esc[0] + b'"%s"' + esc[1] + b"%d" + esc[2] + b'"%s"' + esc[3]
-        # the chain's own: ts as the second's prefix and the microseconds
-        self._fast = esc[0] + b'"%b"' + esc[1] + b"%d" + esc[2] + b'"%b.%06dZ"' + esc[3]
+        # for Chain.seal_template: the bytes before the first hole, and their sha256
+        # state (most of a decision record: hashed once, not per statement), then
+        # the rest, whose ts hole takes the second's prefix and the microseconds
+        self._head = a
+        self._head_hash = hashlib.sha256(a)
+        self._tail = b'"%b"' + esc[1] + b"%d" + esc[2] + b'"%b.%06dZ"' + esc[3]
 
     @property
     def usable(self) -> bool:

@@ -236,7 +236,7 @@ class AuditTrail:
         here with one write(): it runs before every statement under policy is
         forwarded. Everything else goes through ``_write_now``."""
         f = self.file
-        if (template._fast is None or self._later or self._failed
+        if (template._tail is None or self._later or self._failed
                 or not self._running or not self._inline_sinks or f.fd is None or len(self.sinks) > 1):
             return self._write_now(template, required)
         chain = self.chain
