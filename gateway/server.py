@@ -99,6 +99,28 @@ class Verdict:
     close: bool = False
 
 
+def failing_verdict(kind: bytes, error: bytes, encoding: str, *, name: str = "",
+                    before: tuple[str, ...] = ()) -> Verdict:
+    """In place of a client message of ``kind`` (Query, Parse, Bind, FunctionCall), one
+    that PostgreSQL fails at once (it names a function or statement that does not
+    exist, ``piigate_refused_<random>``), with ``error`` sent to the client in place
+    of PostgreSQL's. The protocol's replies keep their order: pipelined messages up to
+    the client's Sync are skipped as after any error, and ReadyForQuery follows.
+    ``before``: statements of a Query that run first; ``name``: the Parse's statement."""
+    marker = f"piigate_refused_{secrets.token_hex(6)}"
+    failing = f"SELECT pg_catalog.{marker}()"
+    if kind == b"P":
+        upstream = codec.encode_parse(name, failing, (), encoding)
+    elif kind == b"B":           # binds the (missing) statement named by the marker
+        upstream = codec.frame(b"B", b"\x00" + marker.encode() + b"\x00" + b"\x00\x00" * 3)
+    else:                        # Query; a FunctionCall is answered as a Query is
+        upstream = codec.encode_query(";\n".join([*before, failing]), encoding)
+    return Verdict(upstream, rewrites=((marker, error),))
+
+
+_CANCELLED = codec.encode_error("57014", "canceling statement due to user request")
+
+
 class Gate:
     """Statement hook. The default lets everything through (issue 2's transparent relay)."""
 
@@ -268,6 +290,10 @@ class Relay:
         #: the server sent a FATAL (or PANIC) error: it closes next, and that error,
         #: not one of ours, is what the client must see
         self._upstream_fatal = False
+        #: the client message whose verdict is being awaited (the session is busy)
+        self.pending_frame = b""
+        #: a CancelRequest came while that message was still in the gateway
+        self.cancel_requested = False
 
     # -- wiring -------------------------------------------------------------------------
     def start(self, leftover_client: bytes, leftover_upstream: bytes) -> None:
@@ -450,6 +476,8 @@ class Relay:
                     self._write_upstream(out, buf, start, pos)
                     self._consumed(buf, end)
                     self._busy = True
+                    self.pending_frame = frame
+                    self.cancel_requested = False
                     self.client_transport.pause_reading()
                     task = self._verdict_task = asyncio.ensure_future(self._await_verdict(verdict))
                     self.gateway.track(task)
@@ -502,6 +530,10 @@ class Relay:
             return
         if self.closed:
             return
+        if self.cancel_requested:
+            self.cancel_requested = False
+            if verdict.upstream and not verdict.rewrites and not verdict.close:
+                verdict = self.cancelled_verdict()
         out: list = []
         self._apply(verdict, out)
         if out:
@@ -512,6 +544,16 @@ class Relay:
         self._drain_client(self._cbuf)
         if not self._busy and not self.closed:
             self.client_transport.resume_reading()
+
+    def cancelled_verdict(self) -> Verdict:
+        """The client cancelled the statement it is waiting for while that statement was
+        still in the gateway (its audit record being written, or waiting for a schema
+        read): PostgreSQL drops a cancel that reaches an idle backend, so the gateway
+        answers the statement with 57014 itself and it never runs."""
+        frame = self.pending_frame
+        kind = frame[:1]
+        name = codec.decode_frontend(b"P", frame[5:], self.encoding).name if kind == b"P" else ""
+        return failing_verdict(kind, _CANCELLED, self.encoding, name=name)
 
     def set_client_encoding(self, name: str) -> None:
         """The client's encoding decides how Query/Parse bytes are read. Encodings that
@@ -909,8 +951,10 @@ class Gateway:
             return           # like PostgreSQL: no answer, whatever the key
         held = relay.state.get("cancel")
         if held is not None:
-            held.set()       # a statement held for approval: it was never sent upstream
+            held.set()       # a statement held (approval, schema read): never sent upstream
             return
+        if relay._busy:
+            relay.cancel_requested = True      # still in the gateway: answered with 57014
         up = relay.upstream_conn
         await send_cancel(self.config.upstream, up.backend_pid, up.backend_secret)
 

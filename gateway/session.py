@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -36,7 +35,7 @@ from .audit.records import TrustedEvent
 from .protocol import codec
 from .protocol.startup import catalog_not_first, split_identifier_list
 from .schema import LiveSchema
-from .server import Gate, Relay, Verdict
+from .server import Gate, Relay, Verdict, failing_verdict
 
 log = logging.getLogger("piigate.session")
 
@@ -303,7 +302,7 @@ class PolicyGate(Gate):
         a grant that has since expired or been used up is refused."""
         s: SessionState = relay.state["s"]
         if self.engine.schema_hold is not None and s.under_policy and not held and not relay.ddl_pending:
-            return self._after_schema_read(lambda: self.on_bind(relay, frame, held=True) or Verdict(frame))
+            return self._after_schema_read(relay, lambda: self.on_bind(relay, frame, held=True) or Verdict(frame))
         body = frame[5:]
         p = body.find(b"\x00")
         q = body.find(b"\x00", p + 1)
@@ -354,15 +353,18 @@ class PolicyGate(Gate):
         self._track(relay, ((seq, facts.fingerprint),))
         return None
 
-    async def _after_schema_read(self, again):
+    async def _after_schema_read(self, relay, again):
         """Wait (a bounded time) for the schema read that committed DDL asked for,
-        then decide the statement as if it had just arrived."""
+        then decide the statement as if it had just arrived. A cancel from the client
+        ends the wait: the statement is answered with 57014 and never runs."""
         eng = self.engine
         hold = eng.schema_hold
         if hold is not None:
             eng.hold_waiters += 1         # the schema reader reads at once (Runtime._ddl_settles)
+            cancel = relay.state["cancel"] = asyncio.Event()
             try:
-                await asyncio.wait_for(asyncio.shield(hold), _SCHEMA_HOLD_S)
+                if await _first_of(_bounded(hold, _SCHEMA_HOLD_S), cancel) == ("cancelled", None):
+                    return relay.cancelled_verdict()
             except asyncio.TimeoutError:
                 log.warning("the schema was not read again within %.1f s after DDL; deciding with the "
                             "one read before", _SCHEMA_HOLD_S)
@@ -373,6 +375,7 @@ class PolicyGate(Gate):
                 eng.release_hold()
             finally:
                 eng.hold_waiters -= 1
+                relay.state.pop("cancel", None)
         verdict = again()
         if verdict is not None and not isinstance(verdict, Verdict):
             verdict = await verdict
@@ -394,10 +397,7 @@ class PolicyGate(Gate):
         return Verdict(frame)
 
     def _refuse_bind(self, relay, refusal: Refusal) -> Verdict:
-        marker = f"piigate_refused_{secrets.token_hex(6)}"
-        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
-        body = b"\x00" + marker.encode() + b"\x00" + b"\x00\x00" + b"\x00\x00" + b"\x00\x00"
-        return Verdict(codec.frame(b"B", body), rewrites=((marker, err),))
+        return failing_verdict(b"B", _error(refusal), relay.encoding)
 
     def on_function_call(self, relay: Relay, frame: bytes):
         s: SessionState = relay.state["s"]
@@ -412,7 +412,7 @@ class PolicyGate(Gate):
         s: SessionState = relay.state["s"]
         if eng.schema_hold is not None and s.under_policy and not held and not relay.ddl_pending:
             return self._after_schema_read(
-                lambda: self._handle(relay, frame, sql, extended=extended, name=name, held=True))
+                relay, lambda: self._handle(relay, frame, sql, extended=extended, name=name, held=True))
         t0 = time.perf_counter()
         if not s.under_policy and eng.audit is None:
             # nothing to enforce and nothing to record: a plain relay (DDL still
@@ -937,17 +937,10 @@ class PolicyGate(Gate):
                 table.pop(facts.prepared_name, None)
 
     def _refuse_simple(self, relay, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
-        marker = f"piigate_refused_{secrets.token_hex(6)}"
-        failing = f"SELECT pg_catalog.{marker}()"
-        sql = ";\n".join([*(prefix or []), failing])
-        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
-        return Verdict(codec.encode_query(sql, relay.encoding), rewrites=((marker, err),))
+        return failing_verdict(b"Q", _error(refusal), relay.encoding, before=tuple(prefix or ()))
 
     def _refuse_parse(self, relay, name: str, refusal: Refusal) -> Verdict:
-        marker = f"piigate_refused_{secrets.token_hex(6)}"
-        err = codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
-        return Verdict(codec.encode_parse(name, f"SELECT pg_catalog.{marker}()", (), relay.encoding),
-                       rewrites=((marker, err),))
+        return failing_verdict(b"P", _error(refusal), relay.encoding, name=name)
 
     # -- audit and metrics --------------------------------------------------------------------
     def _audit_decisions(self, relay, s: SessionState, plans, reason, *, fail_closed: bool) -> Refusal | None:
@@ -1115,6 +1108,10 @@ class PolicyGate(Gate):
         m.observe_statement(time.perf_counter() - t0)
 
 
+def _error(refusal: Refusal) -> bytes:
+    return codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
+
+
 def _deny(rule: str, message: str, hint: str | None = None) -> Decision:
     return Decision(Effect.DENY, rule, (message,) + ((hint,) if hint else ()),
                     action=Action.UNKNOWN, message=message)
@@ -1203,6 +1200,11 @@ def _parse_guc_search_path(value: str | None, db_user: str) -> tuple[str, ...] |
 def _reencode_parse(frame: bytes, sql: str, encoding: str) -> bytes:
     msg = codec.decode_frontend(b"P", frame[5:], encoding)
     return codec.encode_parse(msg.name, sql, msg.param_types, encoding)
+
+
+async def _bounded(future: asyncio.Future, seconds: float):
+    """Wait for ``future`` (not cancelling it: others wait for it too) at most ``seconds``."""
+    await asyncio.wait_for(asyncio.shield(future), seconds)
 
 
 async def _first_of(waiting: Awaitable, cancel: asyncio.Event):

@@ -12,7 +12,7 @@ import time
 
 from gateway.protocol import codec
 from gateway.protocol.codec import BackendParser
-from gateway.protocol.messages import Authentication, ErrorResponse, ReadyForQuery
+from gateway.protocol.messages import Authentication, BackendKeyData, ErrorResponse, ReadyForQuery
 from gateway.protocol.scram import ScramClient
 
 
@@ -37,6 +37,8 @@ class RawClient:
                     scram.verify(msg.data)
             elif isinstance(msg, ErrorResponse) and not msg.notice:
                 raise ConnectionError(f"{msg.sqlstate}: {msg.message}")
+            elif isinstance(msg, BackendKeyData):
+                self.key = msg                 # for a CancelRequest
             elif isinstance(msg, ReadyForQuery):
                 break
         self.received.clear()

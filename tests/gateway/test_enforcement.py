@@ -561,6 +561,38 @@ def test_a_statement_sent_while_another_sessions_ddl_is_open_waits_for_it(shadow
         dba.close()
 
 
+def test_a_statement_held_for_a_schema_read_can_be_cancelled(shadow_gateway):
+    """Ctrl-C while a statement waits for another session's DDL to end: the wait ends
+    at once with 57014, the statement never runs, and the session goes on."""
+    import socket
+    import threading
+    import time
+    dba = _client(shadow_gateway, "dba")
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(dba.query("CREATE TABLE t5 (id int, v text)"))
+        assert not errors(dba.query("BEGIN"))
+        assert not errors(dba.query("ALTER TABLE t5 ADD COLUMN w text"))
+        answer: list = []
+        asking = threading.Thread(target=lambda: answer.append(ann.query("SELECT v FROM t5")))
+        asking.start()
+        time.sleep(0.3)
+        assert not answer                                   # held: the DDL's transaction is open
+        t0 = time.monotonic()
+        with socket.create_connection(("127.0.0.1", shadow_gateway.port), timeout=5) as k:
+            k.sendall(codec.encode_cancel(ann.key.pid, ann.key.secret))
+            assert k.recv(1) == b""                         # no answer, as PostgreSQL does
+        asking.join(10)
+        (msgs,) = answer
+        assert [e.sqlstate for e in errors(msgs)] == ["57014"], msgs
+        assert time.monotonic() - t0 < 2                    # not the 5 s bound of the hold
+        assert not errors(dba.query("COMMIT"))
+        assert not errors(ann.query("SELECT v FROM t5"))
+    finally:
+        ann.close()
+        dba.close()
+
+
 def test_a_refused_parse_pipelined_behind_another_sync_keeps_its_message(policy_gateway):
     """The extended protocol: two Parse/Bind/Execute/Sync groups in one write, the
     second refused; its error comes after the first ReadyForQuery and is still ours."""

@@ -30,7 +30,7 @@ from gateway.protocol.messages import (
     GSSENC_REQUEST_CODE, Authentication, BackendKeyData, ErrorResponse, Opaque, ParameterStatus, ReadyForQuery,
 )
 from gateway.protocol.scram import ScramClient
-from gateway.server import Gate
+from gateway.server import Gate, Verdict
 
 from .conftest import PASSWORD
 
@@ -563,6 +563,49 @@ def test_raw_cancel_right_and_wrong_keys(gateway):
     msgs = c.until_ready()
     assert [e.sqlstate for e in errors(msgs)] == ["57014"]
     assert time.monotonic() - t0 < 5
+
+
+class _SlowGate(Gate):
+    """Takes a second to decide each Query and Parse (as an audit sink that must
+    confirm a record, or a schema read after DDL, would), then lets it through."""
+
+    async def _later(self, frame):
+        await asyncio.sleep(1.0)
+        return Verdict(frame)
+
+    def on_query(self, relay, frame, sql):
+        return self._later(frame)
+
+    def on_parse(self, relay, frame, name, sql):
+        return self._later(frame)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_cancel_while_the_statement_is_still_in_the_gateway_cancels_it(gateway_factory, protocol):
+    """PostgreSQL drops a cancel that reaches an idle backend: a statement cancelled
+    while the gateway was still deciding it would run anyway once forwarded (asyncpg's
+    timeout tests ran pg_sleep(10) to its end). The gateway answers it with 57014 and
+    never sends it."""
+    gw = gateway_factory(gate_factory=lambda cfg: _SlowGate())
+    c = RawClient(gw.port)
+    c.login()
+    sql = "SELECT pg_sleep(3)"
+    if protocol == "simple":
+        c.send(codec.encode_query(sql))
+    else:
+        c.send(codec.encode_parse("", sql) + codec.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+               + codec.frame(b"E", b"\x00" + struct.pack("!i", 0)) + codec.frame(b"S"))
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    k = RawClient(gw.port)
+    k.send(codec.encode_cancel(c.key.pid, c.key.secret))
+    assert k.recv_msg() is None
+    msgs = c.until_ready()
+    assert [e.sqlstate for e in errors(msgs)] == ["57014"], msgs
+    assert errors(msgs)[0].message == "canceling statement due to user request"
+    assert time.monotonic() - t0 < 2.5           # not after the 3 s sleep
+    c.send(codec.encode_query("SELECT 1"))         # the session goes on
+    assert not errors(c.until_ready())
 
 
 def test_backend_key_has_the_upstream_pid_and_the_gateways_secret(gateway):

@@ -64,7 +64,10 @@ async def test_a_schema_read_that_never_comes_holds_statements_once(monkeypatch)
     assert engine.schema_hold is not None
     t0 = time.monotonic()
     verdict = Verdict(b"decided")
-    assert await gate._after_schema_read(lambda: verdict) is verdict
+    from types import SimpleNamespace
+    session = SimpleNamespace(state={})              # what the hold uses of a Relay
+    assert await gate._after_schema_read(session, lambda: verdict) is verdict
+    assert "cancel" not in session.state
     assert 0.15 < time.monotonic() - t0 < 2
     assert engine.schema_hold is None                # the next statement does not wait
     engine.ddl_committed()
