@@ -315,6 +315,10 @@ class PolicyGate(Gate):
             refusal = self._recheck_prepared(relay, s, name, facts, decision)
             if refusal is not None:
                 return self._refuse_bind(relay, refusal)
+        if p > 0:
+            # a named portal is a cursor to SQL too (asyncpg's cursor.forward() sends
+            # MOVE on it): FETCH/MOVE/CLOSE on it read what this statement was decided as
+            s.cursors[body[:p].decode(relay.encoding, "replace")] = decision.grant_id
         if first_pending:
             s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
             return None
@@ -948,13 +952,16 @@ class PolicyGate(Gate):
         audit = self.engine.audit
         if audit is None:
             return None
-        seqs = relay.state["decision_seqs"] = []      # for the completion records (_inflight)
+        required = fail_closed or s.under_policy
+        # (decision seq, fingerprint) per statement: for the completion records (_inflight)
+        tracked = relay.state["decision_seqs"] = []
         try:
             for item in plans:
-                seqs.append(audit.append_template(self._decision_template(relay, s, item[0], item[1], reason),
-                                                  required=fail_closed or s.under_policy))
+                facts = item[0]
+                tracked.append((audit.append_template(self._decision_template(relay, s, facts, item[1], reason),
+                                                      required=required), facts.fingerprint))
         except Exception as e:
-            return self._audit_refusal(e, fail_closed or s.under_policy)
+            return self._audit_refusal(e, required)
         return None
 
     def _decision_template(self, relay, s: SessionState, facts: StatementFacts, decision: Decision, reason):
@@ -980,12 +987,12 @@ class PolicyGate(Gate):
 
     async def _audit_decisions_async(self, relay, s: SessionState, plans, reason) -> Refusal | None:
         audit = self.engine.audit
-        seqs = relay.state["decision_seqs"] = []
+        tracked = relay.state["decision_seqs"] = []
         try:
             for item in plans:
                 rec = await audit.record(self._decision_event(relay, s, item[0], item[1], reason),
                                          required=s.under_policy)
-                seqs.append(rec.get("seq") if rec else None)
+                tracked.append((rec.get("seq") if rec else None, item[0].fingerprint))
         except Exception as e:
             return self._audit_refusal(e, s.under_policy)
         return None
@@ -1063,8 +1070,16 @@ class PolicyGate(Gate):
         """Remember what was forwarded; on_ready writes its completion record."""
         if self.engine.audit is None:
             return
-        seqs = relay.state.pop("decision_seqs", None) or ()
-        self._track(relay, [(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)])
+        tracked = relay.state.pop("decision_seqs", None)
+        if tracked is None or len(tracked) != len(plans):
+            # a record that was not written (not required) has no seq
+            seqs = [t[0] for t in tracked or ()]
+            tracked = [(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)]
+        inflight = relay.state.get("inflight")
+        if inflight is None:
+            inflight = relay.state["inflight"] = []
+        inflight.append((tracked, time.perf_counter()))
+        relay.track = True
 
     @staticmethod
     def _track(relay, statements) -> None:

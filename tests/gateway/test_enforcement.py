@@ -685,6 +685,30 @@ async def test_masked_results_keep_names_order_and_types(policy_gateway, sample_
         await masked.close()
 
 
+async def test_a_protocol_level_portal_is_a_cursor_to_sql_too(policy_gateway, sample_db_fresh):
+    """asyncpg's cursor binds a named portal and moves it with SQL (MOVE FORWARD n
+    <portal>): the gateway knows the portal from the Bind, decided (and masked) as
+    its statement was, so MOVE and FETCH on it pass and still read masked rows."""
+    direct = await asyncpg.connect(sample_db_fresh.dsn)
+    gw = await asyncpg.connect(policy_gateway.dsn(policy_gateway.dbname, user="ann"))
+    try:
+        sql = "SELECT id, city, ssn FROM customers ORDER BY id"
+        async with gw.transaction():
+            cur = await gw.cursor(sql)
+            await cur.forward(2)
+            row = await cur.fetchrow()
+        expected = (await direct.fetch(sql))[2]
+        assert (row["id"], row["city"]) == (expected["id"], expected["city"])
+        assert row["ssn"] != expected["ssn"]
+        with pytest.raises(asyncpg.PostgresError) as refused:       # a portal it never bound
+            async with gw.transaction():
+                await gw.execute("MOVE FORWARD 1 not_bound_here")
+        assert refused.value.sqlstate == "42501"
+    finally:
+        await direct.close()
+        await gw.close()
+
+
 async def test_non_pii_statements_return_exactly_what_postgres_returns(policy_gateway, sample_db_fresh):
     queries = ["SELECT id, customer_id, amount FROM orders ORDER BY id",
                "SELECT city, count(*) FROM customers GROUP BY city ORDER BY city",
