@@ -456,10 +456,16 @@ class PolicyGate(Gate):
         plans = []
         needs_async = eng.audit is not None and not eng.audit.inline
         multi = len(facts_list) > 1
+        # the last statement of a simple Query is as final as one on its own: those
+        # before it run (and were decided) before it, none after it can fail and roll
+        # it back (asyncpg's pool ends its reset script with RESET ALL), unless one
+        # before it opens a transaction block ("BEGIN; SET search_path = ...")
+        last = facts_list[-1] if multi and not any(
+            f.kind is StatementKind.TRANSACTION for f in facts_list) else None
         for facts in facts_list:
             intercepted = self._intercept_setting(s, facts)
             if intercepted is None:
-                intercepted = self._session_statement(relay, s, facts, multi or extended)
+                intercepted = self._session_statement(relay, s, facts, extended or (multi and facts is not last))
             if intercepted is not None:
                 plans.append(intercepted)
                 continue
@@ -514,8 +520,8 @@ class PolicyGate(Gate):
         that what it analyses stays what PostgreSQL resolves:
 
         - ``SET search_path`` / ``RESET search_path``: allowed alone in a simple Query
-          outside a transaction block, with nothing sent before it still running
-          (where it cannot be rolled back behind our back);
+          (or as its last statement) outside a transaction block, with nothing sent
+          before it still running (where it cannot be rolled back behind our back);
           the gateway then analyses with the new path.
         - ``RESET ALL`` / ``DISCARD ALL``: the path goes back to the default (and DISCARD
           ALL forgets the session's cursors and prepared statements).

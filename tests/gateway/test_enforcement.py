@@ -511,6 +511,30 @@ def test_a_search_path_change_pipelined_behind_begin_cannot_be_rolled_back_behin
         ann.close()
 
 
+def test_reset_all_ending_a_query_is_allowed_but_not_after_begin(shadow_gateway):
+    """asyncpg's pool resets a connection with one Query ending in RESET ALL: as the
+    last statement it is final, and the path goes back to the session's start. After
+    a BEGIN in the same Query a ROLLBACK could undo it behind the gateway's back, so
+    it is refused there (and "t" still means s2.t, masked)."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = s2, public"))
+        msgs = ann.query("SELECT pg_catalog.pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL")
+        assert not errors(msgs), errors(msgs)
+        ann.received.clear()
+        assert not errors(ann.query("SELECT v FROM t WHERE id = 7")) and b"plain-7" in ann.received
+        for sql in ("SET search_path = s2, public; BEGIN; RESET ALL", "BEGIN; SET search_path = public"):
+            assert not errors(ann.query("SET search_path = s2, public"))
+            assert [e.sqlstate for e in errors(ann.query(sql))] == ["42501"], sql
+            ann.query("ROLLBACK")
+            ann.received.clear()
+            msgs = ann.query("SELECT v FROM t WHERE id = 7")
+            assert not errors(msgs) and _rows(msgs) == 1
+            assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+
+
 def test_a_refusal_pipelined_behind_other_queries_keeps_its_message(policy_gateway):
     """Three Queries in one write, the last refused: its error arrives after two
     ReadyForQuery messages and is still the gateway's 42501, not the marker's 42883."""
