@@ -88,6 +88,7 @@ class AuditTrail:
         self._queue: asyncio.Queue | None = None
         self._writer: asyncio.Task | None = None
         self._running = False
+        self.inline = False
         self._last_sync = 0.0
         self._last_checkpoint = 0.0
         self._optional_tail: dict[int, asyncio.Task] = {}
@@ -121,7 +122,7 @@ class AuditTrail:
         self.chain = Chain(self.config.instance, head or ChainHead(), self.config.signing_key)
         self._queue = asyncio.Queue()
         self._last_checkpoint = self.clock()
-        self._running = True
+        self._set_running(True)
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
         if self.file is not None and self.file.writes_inline:
             # both: records queued with later()/completed() are written group_ms after
@@ -133,7 +134,7 @@ class AuditTrail:
         try:
             await self.flush(required=True)
         except AuditUnavailable:
-            self._running = False
+            self._set_running(False)
             self._queue.put_nowait(_STOP)
             await self._writer
             if self.file is not None:
@@ -146,7 +147,7 @@ class AuditTrail:
         if not self._running:
             return
         self._flush_later()
-        self._running = False
+        self._set_running(False)
         self._queue.put_nowait(_STOP)
         await self._writer
         if self._flush_handle is not None:
@@ -209,11 +210,12 @@ class AuditTrail:
         self._queue.put_nowait(pending)
         return pending.future
 
-    @property
-    def inline(self) -> bool:
-        """True when ``append`` can write synchronously: the only required sink is a
-        file with fsync group/none (other sinks are written behind)."""
-        return self._running and self._inline_sinks
+    def _set_running(self, running: bool) -> None:
+        self._running = running
+        #: True when ``append`` can write synchronously: the trail is running and the
+        #: only required sink is a file with fsync group/none (other sinks are written
+        #: behind). An attribute, not a property: it is read for every statement.
+        self.inline = running and self._inline_sinks
 
     def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> None:
         """Seal and write one event *now*, on the caller's thread: when this returns,
@@ -237,7 +239,7 @@ class AuditTrail:
         forwarded. Everything else goes through ``_write_now``."""
         f = self.file
         if (template._tail is None or self._later or self._failed
-                or not self._running or not self._inline_sinks or f.fd is None or len(self.sinks) > 1):
+                or not self.inline or f.fd is None or len(self.sinks) > 1):
             return self._write_now(template, required)
         chain = self.chain
         now = self.clock()
@@ -280,7 +282,7 @@ class AuditTrail:
         cost per statement; an outcome needs to follow its statement, not precede
         anything. Kept in memory until then: a kill -9 can lose the last window's
         outcomes, never a decision record."""
-        if not self._batching or not self.inline:
+        if not self.inline or not self._batching:
             self.emit(_completion_event(session, [entry]))
             return
         pending = self._completions.get(session)
