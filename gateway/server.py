@@ -290,6 +290,8 @@ class Relay:
         #: the server sent a FATAL (or PANIC) error: it closes next, and that error,
         #: not one of ours, is what the client must see
         self._upstream_fatal = False
+        #: ErrorResponses from the server so far (a Gate compares counts across a statement)
+        self.errors_seen = 0
         #: the client message whose verdict is being awaited (the session is busy)
         self.pending_frame = b""
         #: a CancelRequest came while that message was still in the gateway
@@ -630,6 +632,7 @@ class Relay:
                         self.gate.on_ddl_committed(self)
                 elif t == 0x45 or t == 0x4E:                # ErrorResponse / NoticeResponse
                     if t == 0x45:
+                        self.errors_seen += 1
                         err = codec.decode_error_fields(data[pos + 5:end])
                         if (err.fields.get("V") or err.fields.get("S")) in ("FATAL", "PANIC"):
                             self._upstream_fatal = True

@@ -78,6 +78,8 @@ class SessionState:
     under_policy: bool
     search_path: tuple[str, ...]
     context: RequestContext
+    #: the search_path the client gave at startup: what RESET and DEFAULT go back to
+    startup_path: tuple[str, ...] | None = None
     reason: str | None = None
     grants: list = field(default_factory=list)          # Grant objects redeemed from tokens
     cursors: dict = field(default_factory=dict)         # SQL cursor name -> grant id or None
@@ -225,10 +227,11 @@ class PolicyGate(Gate):
         info = relay.info
         principal = Principal(info.user.name, info.user.roles)
         eng = self.engine
+        startup_path = _parse_guc_search_path(info.search_path, eng.db_user)
         relay.state["s"] = SessionState(
             principal=principal, under_policy=eng.under_policy(principal),
-            search_path=(_parse_guc_search_path(info.search_path, eng.db_user)
-                         or _default_search_path(eng.schema, principal)),
+            search_path=startup_path or _default_search_path(eng.schema, principal),
+            startup_path=startup_path,
             context=RequestContext(client_addr=info.client_addr, application_name=info.application_name,
                                    database=info.database),
             context_id=eng.context_id((principal, info.client_addr, info.application_name)))
@@ -311,6 +314,8 @@ class PolicyGate(Gate):
         if entry is None:
             return None
         facts, decision, first_pending, ctx = entry
+        if "path_check" in relay.state and s.under_policy:
+            return self._refuse_bind(relay, _PATH_PENDING)
         if s.under_policy and not self._same_context(s, ctx):
             refusal = self._recheck_prepared(relay, s, name, facts, decision)
             if refusal is not None:
@@ -417,6 +422,9 @@ class PolicyGate(Gate):
         if eng.schema_hold is not None and s.under_policy and not held and not relay.ddl_pending:
             return self._after_schema_read(
                 relay, lambda: self._handle(relay, frame, sql, extended=extended, name=name, held=True))
+        if "path_check" in relay.state and s.under_policy:
+            refusal = _PATH_PENDING
+            return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
         t0 = time.perf_counter()
         if not s.under_policy and eng.audit is None:
             # nothing to enforce and nothing to record: a plain relay (DDL still
@@ -465,7 +473,8 @@ class PolicyGate(Gate):
         for facts in facts_list:
             intercepted = self._intercept_setting(s, facts)
             if intercepted is None:
-                intercepted = self._session_statement(relay, s, facts, extended or (multi and facts is not last))
+                intercepted = self._session_statement(relay, s, facts, extended or (multi and facts is not last),
+                                                      after_others=multi)
             if intercepted is not None:
                 plans.append(intercepted)
                 continue
@@ -513,9 +522,13 @@ class PolicyGate(Gate):
         return then()
 
     def engine_default_path(self, s: SessionState) -> tuple[str, ...]:
-        return _default_search_path(self.engine.schema, s.principal)
+        """What RESET ALL, DISCARD ALL and search_path = DEFAULT go back to: as in
+        PostgreSQL, the session's start value (a startup setting wins over the role's
+        and the server's)."""
+        return s.startup_path or _default_search_path(self.engine.schema, s.principal)
 
-    def _session_statement(self, relay, s: SessionState, facts: StatementFacts, batched: bool):
+    def _session_statement(self, relay, s: SessionState, facts: StatementFacts, batched: bool,
+                           after_others: bool = False):
         """Session statements that poolers and drivers send, handled by the gateway so
         that what it analyses stays what PostgreSQL resolves:
 
@@ -542,6 +555,7 @@ class PolicyGate(Gate):
                                      hint="send it as a statement of its own once the ones before it have "
                                           "completed"))
             s.search_path = self.engine_default_path(s)
+            self._path_changed(relay, after_others)
             if command == "DISCARD ALL":
                 for table in (s.cursors, s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
                     table.clear()
@@ -566,6 +580,7 @@ class PolicyGate(Gate):
                                      hint="leave pg_catalog out of search_path (PostgreSQL searches it first) "
                                           "or put it first"))
             s.search_path = new or self.engine_default_path(s)
+            self._path_changed(relay, after_others)
             return (facts, Decision(Effect.ALLOW, "session:search-path", (f"search_path is now {s.search_path}",),
                                     action=Action.SESSION))
         if name in ("role", "session_authorization") and (facts.setting[1] or "default").lower() in ("none", "default"):
@@ -576,6 +591,15 @@ class PolicyGate(Gate):
         if name == "client_encoding" and (facts.setting[1] or "").replace("-", "").upper() in ("UTF8", "UNICODE"):
             return (facts, Decision(Effect.ALLOW, "session:client-encoding", action=Action.SESSION))
         return None
+
+    @staticmethod
+    def _path_changed(relay, after_others: bool) -> None:
+        """The search_path change is taken as done when decided. As the last statement
+        of a Query it runs only if every statement before it succeeds: on_ready ends
+        the session if the server reported an error meanwhile (the gateway could no
+        longer tell which search_path is in effect)."""
+        if after_others:
+            relay.state["path_check"] = relay.errors_seen
 
     def _cached_decision(self, relay, s: SessionState, facts: StatementFacts, sql: str, reason) -> Decision:
         """decide() is pure; for statements whose facts depend on nothing but their
@@ -1098,6 +1122,15 @@ class PolicyGate(Gate):
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:
+        if "path_check" in relay.state and relay.state.pop("path_check") != relay.errors_seen:
+            # after the server's own error and ReadyForQuery have reached the client,
+            # before anything else the client sends is read
+            asyncio.get_running_loop().call_soon(
+                relay.fatal, "42501", "piigate: a statement before the search_path change in the same query failed, "
+                        "so the change may not have happened; the gateway can no longer tell how names "
+                        "resolve in this session and has closed it", "reconnect; change search_path in a "
+                        "query of its own")
+            return
         s: SessionState = relay.state.get("s")
         if s is not None and status == "I" and s.open_grants:
             s.open_grants.clear()
@@ -1127,6 +1160,14 @@ class PolicyGate(Gate):
         for item in plans:
             m.decision(item[1].effect.value)
         m.observe_statement(time.perf_counter() - t0)
+
+
+#: a statement pipelined behind a Query whose last statement changes search_path: that
+#: change happens only if the statements before it succeed, so until its ReadyForQuery
+#: the gateway cannot know how names in this statement resolve
+_PATH_PENDING = Refusal("42501", "piigate: this statement was sent before the query that changes search_path "
+                        "had completed, so the gateway cannot tell how its names resolve",
+                        "send it once that query's result has arrived")
 
 
 def _error(refusal: Refusal) -> bytes:

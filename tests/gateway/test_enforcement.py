@@ -234,6 +234,26 @@ def shadow_gateway(gateway_factory, pg_server, sample_db_fresh, tmp_path):
     return gw
 
 
+@pytest.mark.parametrize("reset", ["RESET ALL", "RESET search_path", "SET search_path TO DEFAULT",
+                                   "DISCARD ALL"])
+def test_reset_goes_back_to_the_startup_search_path_as_postgres_does(shadow_gateway, reset):
+    """PostgreSQL resets search_path to the session's start value, and a startup
+    setting is that value: after RESET "t" is still s2.t (over customers.ssn). The
+    gateway went back to the server's default (public.t) and passed it unmasked
+    (found by red-teaming; no leak with the sample schema, one with this one)."""
+    ann = RawClient("127.0.0.1", shadow_gateway.port, "ann", PASSWORD, shadow_gateway.dbname,
+                    params={"options": r"-c search_path=s2,\ public"})
+    try:
+        assert not errors(ann.query(reset))
+        ann.received.clear()
+        msgs = ann.query("SELECT v FROM t WHERE id = 7")
+        assert not errors(msgs), errors(msgs)
+        assert _rows(msgs) == 1
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+
+
 def _rows(msgs) -> int:
     return sum(getattr(m, "type", None) == b"D" for m in msgs)
 
@@ -531,6 +551,39 @@ def test_reset_all_ending_a_query_is_allowed_but_not_after_begin(shadow_gateway)
             msgs = ann.query("SELECT v FROM t WHERE id = 7")
             assert not errors(msgs) and _rows(msgs) == 1
             assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_reset_all_after_a_failing_statement_in_the_same_query_ends_the_session(shadow_gateway):
+    """"SELECT 1/0; RESET ALL": the error skips RESET ALL, so the path PostgreSQL
+    keeps (s2 first: "t" is the view over customers.ssn) is not the one the gateway
+    took; it cannot go on deciding for this session and closes it."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(codec.encode_query("SELECT 1/0; RESET ALL"))
+        msgs = []
+        with pytest.raises(ConnectionError):
+            while True:
+                msgs.append(ann._next())
+        assert [e.sqlstate for e in errors(msgs)] == ["22012", "42501"], msgs
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+    # pipelined right behind it, a statement cannot be decided until the change is known
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(codec.encode_query("SELECT 1/0; RESET ALL") + codec.encode_query("SELECT v FROM t"))
+        msgs = []
+        with pytest.raises(ConnectionError):
+            while True:
+                msgs.append(ann._next())
+        codes = [e.sqlstate for e in errors(msgs)]
+        assert codes[0] == "22012" and set(codes[1:]) == {"42501"}, msgs   # refused, or ended first
+        assert errors(msgs)[-1].fields["S"] == "FATAL"
+        assert b"000-00-0007" not in ann.received and b"plain-7" not in ann.received
     finally:
         ann.close()
 
