@@ -662,7 +662,18 @@ class Relay:
                     # the notifying backend's pid when it is one of our sessions
                     (upid,) = _I32.unpack_from(data, pos + 5)
                     ours = self.gateway.client_pid_of(upid)
-                    if ours is not None:
+                    # under PII policy a payload is withheld: a trigger can send
+                    # row_to_json(NEW) of a customer, and nothing there is masked
+                    channel_end = data.find(b"\x00", pos + 9, end) if self._scrub else -1
+                    if channel_end >= 0 and channel_end + 2 < end:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(data[last:pos])
+                        channel = data[pos + 9:channel_end + 1]
+                        pieces.append(b"A" + _I32.pack(4 + 4 + len(channel) + 1)
+                                      + _I32.pack(upid if ours is None else ours) + channel + b"\x00")
+                        last = end
+                    elif ours is not None:
                         if pieces is None:
                             pieces = []
                         pieces.append(data[last:pos + 5])

@@ -254,6 +254,40 @@ def test_reset_goes_back_to_the_startup_search_path_as_postgres_does(shadow_gate
         ann.close()
 
 
+def test_notification_payloads_are_withheld_under_policy_even_where_listen_is_allowed(
+        gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """The sample trigger sends row_to_json(NEW) of a customer on every update. Where
+    a policy lets analysts LISTEN, the notification reaches them with its channel and
+    sender but without the payload (nothing in it is masked); users not under policy
+    get it whole."""
+    import time
+    text = _policy_config(pg_server, sample_db_fresh.dbname, tmp_path)
+    (tmp_path / "policy.toml").write_text(POLICY + """
+[[rule]]
+name = "analysts-may-listen"
+roles = ["analyst"]
+actions = ["session"]
+effect = "allow"
+""")
+    gw = gateway_factory(config_text=text)
+    ann = RawClient("127.0.0.1", gw.port, "ann", PASSWORD, sample_db_fresh.dbname)
+    dba = RawClient("127.0.0.1", gw.port, "dba", PASSWORD, sample_db_fresh.dbname)
+    try:
+        for c in (ann, dba):
+            assert not errors(c.query("LISTEN customer_events")), c
+        dba.received.clear()
+        assert not errors(dba.query("UPDATE customers SET city = city WHERE id = 7"))
+        assert b"000-00-0007" in dba.received                         # unrestricted: whole
+        time.sleep(0.3)
+        ann.received.clear()
+        assert not errors(ann.query("SELECT 1"))
+        assert b"customer_events" in ann.received                     # it arrived
+        assert b"000-00-0007" not in ann.received and b'"ssn"' not in ann.received
+    finally:
+        ann.close()
+        dba.close()
+
+
 def _rows(msgs) -> int:
     return sum(getattr(m, "type", None) == b"D" for m in msgs)
 
