@@ -232,3 +232,22 @@ async def test_the_group_syncer_fsyncs_within_group_ms_and_then_idles(tmp_path):
             assert not f.dirty and 1 <= f.fsyncs - before <= 2
         await asyncio.sleep(0.1)
         assert not f._sync_armed                              # idle: nothing to do, no wake-ups
+
+
+async def test_completion_records_that_cannot_be_written_fail_the_sink(tmp_path):
+    path = tmp_path / "c.jsonl"
+    trail = await AuditTrail(file_config(path, fsync="group", group_ms=5, retry_ms=60000)).start()
+    try:
+        template = trail.template(decision(1))
+        seq = trail.append_template(template, required=True)
+        trail.completed("s1", (seq, "fp", "ok", 1, 10, 0.5, "I"))
+        os.close(trail.file.fd)
+        r, w = os.pipe()
+        os.close(w)
+        trail.file.fd = r                             # write() fails from now on
+        await asyncio.sleep(0.05)                     # the timer tries to write the outcome
+        assert not trail.healthy
+        with pytest.raises(AuditUnavailable):
+            trail.append_template(template, required=True)
+    finally:
+        await trail.close()
