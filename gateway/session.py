@@ -91,6 +91,11 @@ class SessionState:
     #: on besides its text (PolicyGate._context)
     statements: dict = field(default_factory=dict)
     grant_expiry: dict = field(default_factory=dict)    # grant id -> expires_at (unix time)
+    #: grants with a limited number of uses: a statement prepared (or a cursor declared)
+    #: under one used it once; executing it again needs it prepared again
+    counted_grants: set = field(default_factory=set)
+    #: SQL-level prepared statements executed once already (for counted grants)
+    executed: set = field(default_factory=set)
     #: grants used since the session was last idle (inside the open transaction)
     open_grants: set = field(default_factory=set)
     totp_code: str | None = None                        # SET piigate.totp: self-service step-up
@@ -312,7 +317,20 @@ class PolicyGate(Gate):
         name = body[p + 1:q].decode(relay.encoding, "replace")
         entry = s.statements.get(name)
         if entry is None:
-            return None
+            if not s.under_policy:
+                return None
+            meaning = s.prepared_meaning.get(name)
+            if meaning is None:
+                # not prepared through this session's gateway: nothing decided it
+                return self._refuse_bind(relay, Refusal(
+                    "26000", f"piigate: prepared statement {name!r} was not prepared through the gateway in "
+                    "this session", "prepare it again"))
+            # a SQL-level PREPARE bound at protocol level: checked as EXECUTE would be
+            first = name not in s.executed
+            s.executed.add(name)
+            entry = (meaning[0], meaning[1], False, meaning[2])
+            if first and meaning[1].grant_id in s.counted_grants:
+                entry = (meaning[0], meaning[1], True, meaning[2])
         facts, decision, first_pending, ctx = entry
         if "path_check" in relay.state and s.under_policy:
             return self._refuse_bind(relay, _PATH_PENDING)
@@ -324,15 +342,15 @@ class PolicyGate(Gate):
             # a named portal is a cursor to SQL too (asyncpg's cursor.forward() sends
             # MOVE on it): FETCH/MOVE/CLOSE on it read what this statement was decided as
             s.cursors[body[:p].decode(relay.encoding, "replace")] = decision.grant_id
+        lapsed = self._grant_lapsed(s, decision.grant_id)
+        if lapsed is not None:
+            return self._refuse_bind(relay, lapsed)
         if first_pending:
-            s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
-            return None
-        if decision.grant_id is not None:
-            expires = s.grant_expiry.get(decision.grant_id)
-            if expires is not None and time.time() >= expires:
-                refusal = Refusal("42501", f"piigate: grant {decision.grant_id} has expired; this prepared "
-                                  "statement needs approval again", "run the statement again to request access")
-                return self._refuse_bind(relay, refusal)
+            if name in s.statements:
+                s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
+                return None
+        elif decision.grant_id in s.counted_grants:
+            return self._refuse_bind(relay, _used_up(decision.grant_id))
         audit = self.engine.audit
         if audit is None:
             return None
@@ -660,6 +678,17 @@ class PolicyGate(Gate):
                             action=Action.UNKNOWN,
                             message=f"piigate: {name!r} is not a cursor or prepared statement declared in "
                                     "this session through the gateway")
+        if not facts.command.upper().startswith(("CLOSE", "DEALLOCATE")):
+            lapsed = self._grant_lapsed(s, table[name])
+            if lapsed is not None:
+                return Decision(Effect.DENY, "grant-lapsed", (lapsed.message,), action=Action.UNKNOWN,
+                                message=lapsed.message)
+            if facts.kind is StatementKind.PREPARE and table[name] in s.counted_grants:
+                if name in s.executed:
+                    used = _used_up(table[name])
+                    return Decision(Effect.DENY, "grant-used", (used.message,), action=Action.UNKNOWN,
+                                    message=used.message)
+                s.executed.add(name)
         meaning = s.prepared_meaning.get(name) if facts.kind is StatementKind.PREPARE else None
         if meaning is not None and not self._same_context(s, meaning[2]):
             refusal = self._recheck_prepared(None, s, name, meaning[0], meaning[1])
@@ -668,6 +697,18 @@ class PolicyGate(Gate):
                                 action=Action.UNKNOWN, message=refusal.message)
         return Decision(Effect.ALLOW, "declared-through-gateway",
                         (f"{name!r} was decided when it was declared",), action=Action.READ)
+
+    @staticmethod
+    def _grant_lapsed(s: SessionState, grant_id) -> Refusal | None:
+        """A prepared statement or cursor decided under a grant that has since expired
+        or been revoked (revoked() sets its expiry to 0) is not used again."""
+        if grant_id is None:
+            return None
+        expires = s.grant_expiry.get(grant_id)
+        if expires is not None and time.time() >= expires:
+            return Refusal("42501", f"piigate: grant {grant_id} has expired or been revoked; this prepared "
+                           "statement or cursor was decided under it", "run the statement again to request access")
+        return None
 
     def _context(self, s: SessionState) -> tuple:
         """What a prepared statement's meaning depends on besides its text. PostgreSQL
@@ -768,6 +809,8 @@ class PolicyGate(Gate):
         except Exception as e:   # invalid, used, expired, wrong user, Redis down
             return (facts, _deny("grant-token", f"piigate: grant token refused: {e}"))
         s.grants.append(grant)
+        if getattr(grant, "expires_at", None):
+            s.grant_expiry[grant.id] = grant.expires_at
         return (facts, Decision(Effect.ALLOW, "piigate-setting", (f"grant token redeemed as {grant.id}",),
                                 action=Action.SESSION, grant_id=grant.id), "SET piigate.grant_token = 'redeemed'")
 
@@ -875,6 +918,8 @@ class PolicyGate(Gate):
     def _redecide_with(self, s, facts, reason, grant, first: Decision) -> Decision:
         if getattr(grant, "expires_at", None):
             s.grant_expiry[grant.id] = grant.expires_at
+        if getattr(grant, "uses_left", None) is not None:
+            s.counted_grants.add(grant.id)
         decision = self._decide(s, facts, reason, grants=[grant, *s.grants])
         if decision.effect is Effect.APPROVE:
             return _deny("grant-not-covering", f"piigate: grant {grant.id} does not cover this statement")
@@ -1177,6 +1222,11 @@ def _error(refusal: Refusal) -> bytes:
 def _deny(rule: str, message: str, hint: str | None = None) -> Decision:
     return Decision(Effect.DENY, rule, (message,) + ((hint,) if hint else ()),
                     action=Action.UNKNOWN, message=message)
+
+def _used_up(grant_id: str) -> Refusal:
+    return Refusal("42501", f"piigate: grant {grant_id} allows a limited number of uses, and this prepared "
+                   "statement has had its use", "prepare the statement again (that uses the grant once more)")
+
 
 
 def _hint_for(decision: Decision) -> str | None:

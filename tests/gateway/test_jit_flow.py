@@ -326,3 +326,69 @@ async def test_one_time_token_works_once_and_only_for_its_user(jit_gateway):
     with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SET piigate.grant_token = '{token}'")           # used once already
+
+
+async def test_statements_and_cursors_decided_under_a_grant_stop_with_it(jit_gateway):
+    """A prepared statement (SQL or protocol level) or a WITH HOLD cursor decided under
+    a grant must not outlive it: after the revoke, EXECUTE, FETCH and protocol Binds
+    of them are refused (before, they went on returning clear values)."""
+    import struct
+    from gateway.protocol import codec
+    from .rawclient import RawClient, errors
+    gw = jit_gateway(hold=1)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    raw = None
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-21'")
+        grant = await _approve_pending_for(gw, conn, "SELECT email FROM customers WHERE id = 1")
+        conn.execute("PREPARE p AS SELECT email FROM customers WHERE id < 4 ORDER BY id")
+        conn.execute("DECLARE cur CURSOR WITH HOLD FOR SELECT email FROM customers ORDER BY id")
+        assert conn.execute("EXECUTE p").fetchone() == ("user01@example.invalid",)
+        assert conn.execute("FETCH 1 FROM cur").fetchone() == ("user01@example.invalid",)
+        raw = RawClient("127.0.0.1", gw.port, "sam", PASSWORD, gw.dbname, timeout=10)
+        assert not errors(raw.query("SET piigate.reason = 'TICKET-21'"))
+        assert not errors(raw.query("PREPARE q AS SELECT email FROM customers WHERE id = 2"))
+        status, body = await _post(gw.admin, f"/api/v1/grants/{grant['id']}/revoke", {})
+        assert status == 200, body
+        await asyncio.sleep(0.3)
+        for sql in ("EXECUTE p", "FETCH 1 FROM cur", "MOVE 1 IN cur"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                conn.execute(sql)
+            assert grant["id"] in str(exc.value), sql
+        # the protocol-level route to a SQL-level prepared statement
+        raw.received.clear()
+        raw.sock.sendall(codec.frame(b"B", b"\x00q\x00" + struct.pack("!hhh", 0, 0, 0))
+                         + codec.frame(b"E", b"\x00" + struct.pack("!i", 0)) + codec.frame(b"S"))
+        msgs = raw._until_ready()
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+        assert b"example.invalid" not in raw.received
+        conn.execute("CLOSE cur")
+    finally:
+        conn.close()
+        if raw is not None:
+            raw.close()
+
+
+async def test_a_grant_with_one_use_covers_one_execution(jit_gateway):
+    """uses = 1: the statement it was approved for runs once; executing a statement
+    prepared under it again needs the grant again (before, every later Bind ran)."""
+    gw = jit_gateway(hold=1)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-22'")
+        sql = "SELECT email FROM customers WHERE id = %s"
+        t, box = _run_in_thread(lambda: conn.execute(sql, (1,), prepare=True).fetchone())
+        req = await _pending(gw.admin)
+        status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/approve",
+                                   {"duration": "5m", "scope": "columns", "uses": 1})
+        assert status in (200, 201), body
+        t.join(10)
+        assert box.get("value") == ("user01@example.invalid",), box
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+            conn.execute(sql, (2,), prepare=True).fetchone()      # the same prepared statement again
+        assert "limited number of uses" in str(exc.value) or "approval" in str(exc.value)
+    finally:
+        conn.close()
+
+
+# -- statement scope: the grant covers the statement the approver saw, nothing else -------------
