@@ -290,8 +290,10 @@ class Relay:
         #: the server sent a FATAL (or PANIC) error: it closes next, and that error,
         #: not one of ours, is what the client must see
         self._upstream_fatal = False
-        #: ErrorResponses from the server so far (a Gate compares counts across a statement)
+        #: ErrorResponses and ReadyForQuery messages from the server so far (a Gate
+        #: compares counts to learn whether what it forwarded in a sync group ran)
         self.errors_seen = 0
+        self.ready_count = 0
         #: the client message whose verdict is being awaited (the session is busy)
         self.pending_frame = b""
         #: a CancelRequest came while that message was still in the gateway
@@ -615,6 +617,7 @@ class Relay:
                     break
                 if t == 0x5A:                               # ReadyForQuery
                     self.tx_status = chr(data[pos + 5])
+                    self.ready_count += 1
                     self.last_activity = time.monotonic()
                     if self.inflight > 0:
                         self.inflight -= 1

@@ -699,6 +699,27 @@ class PolicyGate(Gate):
                         (f"{name!r} was decided when it was declared",), action=Action.READ)
 
     @staticmethod
+    def _forget_unmade(relay, created: dict) -> None:
+        """The sync group that this ReadyForQuery ends created prepared statements and
+        cursors (as the gateway decided them). If the server reported an error in it,
+        some may not exist, or an older one of the same name still does (PostgreSQL
+        refuses a duplicate name, and skips everything after an error until Sync): the
+        gateway forgets them all, so they are refused rather than run as something the
+        gateway did not decide (prepare them again)."""
+        done = relay.ready_count
+        errored = relay.errors_seen != relay.state.get("errors_at_ready", 0)
+        s: SessionState = relay.state["s"]
+        for gid in [g for g in created if g <= done]:
+            entries = created.pop(gid)
+            if errored and gid == done:
+                for kind, name in entries:
+                    tables = {"cursor": (s.cursors,),
+                              "prepared": (s.prepared, s.prepared_meaning, s.bind_templates),
+                              "statement": (s.statements, s.bind_templates)}[kind]
+                    for table in tables:
+                        table.pop(name, None)
+
+    @staticmethod
     def _grant_lapsed(s: SessionState, grant_id) -> Refusal | None:
         """A prepared statement or cursor decided under a grant that has since expired
         or been revoked (revoked() sets its expiry to 0) is not used again."""
@@ -961,7 +982,7 @@ class PolicyGate(Gate):
                     break
             else:
                 texts.append(facts.sql)
-            self._remember(relay, s, facts, decision)
+            self._remember(relay, s, facts, decision, extended)
         if not audited:
             audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
         relay.state.pop("last_request", None)
@@ -976,6 +997,8 @@ class PolicyGate(Gate):
             if extended and plans and self.watches_binds:
                 name = relay.state.get("parse_name", "")
                 s.statements[name] = (plans[0][0], plans[0][1], True, self._context(s))
+                if name:
+                    _created(relay, "statement", name, extended)
         if refusal is not None:
             if extended:
                 return self._refuse_parse(relay, name, refusal)
@@ -1000,16 +1023,19 @@ class PolicyGate(Gate):
             relay.fatal("42501", f"piigate: grant {grant_id} was revoked; this session had a transaction or "
                         "cursor open under it and has been ended", "reconnect; request access again if needed")
 
-    def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision) -> None:
+    def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision,
+                  extended: bool = False) -> None:
         if decision.grant_id is not None:
             s.open_grants.add(decision.grant_id)
         if facts.kind is StatementKind.DDL and not _leaves_names_alone(facts):
             self._ddl_forwarded(relay)    # re-read the schema once its transaction ends
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
+            _created(relay, "cursor", facts.cursor_name, extended)
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
             s.prepared[facts.prepared_name] = decision.grant_id
             s.prepared_meaning[facts.prepared_name] = (facts.inner, decision, self._context(s))
+            _created(relay, "prepared", facts.prepared_name, extended)
         elif (facts.kind is StatementKind.PREPARE and facts.prepared_name
               and facts.command.upper().startswith("DEALLOCATE")):
             for table in (s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
@@ -1167,6 +1193,10 @@ class PolicyGate(Gate):
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:
+        created = relay.state.get("created")
+        if created:
+            self._forget_unmade(relay, created)
+        relay.state["errors_at_ready"] = relay.errors_seen
         if "path_check" in relay.state and relay.state.pop("path_check") != relay.errors_seen:
             # after the server's own error and ReadyForQuery have reached the client,
             # before anything else the client sends is read
@@ -1215,6 +1245,22 @@ _PATH_PENDING = Refusal("42501", "piigate: this statement was sent before the qu
                         "send it once that query's result has arrived")
 
 
+def _created(relay, kind: str, name: str, extended: bool) -> None:
+    """Note a prepared statement or cursor made by what is being forwarded, under the
+    ReadyForQuery that will end its sync group (a Query is its own; a Parse's is the
+    next Sync's), for PolicyGate._forget_unmade."""
+    group = relay.ready_count + relay.inflight + (1 if extended else 0)
+    created = relay.state.get("created")
+    if created is None:
+        created = relay.state["created"] = {}
+    created.setdefault(group, []).append((kind, name))
+
+
+def _used_up(grant_id: str) -> Refusal:
+    return Refusal("42501", f"piigate: grant {grant_id} allows a limited number of uses, and this prepared "
+                   "statement has had its use", "prepare the statement again (that uses the grant once more)")
+
+
 def _error(refusal: Refusal) -> bytes:
     return codec.encode_error(refusal.sqlstate, refusal.message, hint=refusal.hint, detail=refusal.detail)
 
@@ -1222,11 +1268,6 @@ def _error(refusal: Refusal) -> bytes:
 def _deny(rule: str, message: str, hint: str | None = None) -> Decision:
     return Decision(Effect.DENY, rule, (message,) + ((hint,) if hint else ()),
                     action=Action.UNKNOWN, message=message)
-
-def _used_up(grant_id: str) -> Refusal:
-    return Refusal("42501", f"piigate: grant {grant_id} allows a limited number of uses, and this prepared "
-                   "statement has had its use", "prepare the statement again (that uses the grant once more)")
-
 
 
 def _hint_for(decision: Decision) -> str | None:

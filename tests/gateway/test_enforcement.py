@@ -288,6 +288,61 @@ effect = "allow"
         dba.close()
 
 
+def _bind_execute(name: str) -> bytes:
+    import struct
+    return (codec.frame(b"B", b"\x00" + name.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+            + codec.frame(b"E", b"\x00" + struct.pack("!i", 0)) + codec.frame(b"S"))
+
+
+@pytest.mark.parametrize("how", ["protocol", "sql"])
+def test_a_duplicate_prepare_does_not_replace_what_the_gateway_knows(shadow_gateway, how):
+    """PostgreSQL refuses a second statement of the same name (42P05) and keeps the
+    first. The gateway had taken the second as the statement's text, so after a
+    search_path change it re-checked "SELECT 1" and let the first (now s2.t, over
+    customers.ssn) run in clear. Now what the failed group made is forgotten, and
+    executing the name is refused until it is prepared again."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = public, s2"))
+        if how == "protocol":
+            first = ann.prepare("s1", "SELECT v FROM t WHERE id = 7")
+            second = ann.prepare("s1", "SELECT 1")
+        else:
+            first = ann.query("PREPARE s1 AS SELECT v FROM t WHERE id = 7")
+            second = ann.query("PREPARE s1 AS SELECT 1")
+        assert not errors(first)
+        assert [e.sqlstate for e in errors(second)] == ["42P05"]
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.received.clear()
+        if how == "protocol":
+            ann.sock.sendall(_bind_execute("s1"))
+            msgs = ann._until_ready()
+        else:
+            msgs = ann.query("EXECUTE s1")
+        assert errors(msgs), msgs
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_sql_prepare_bound_at_protocol_level_is_checked_after_a_search_path_change(shadow_gateway):
+    """PREPARE p decided as public.t; after SET search_path = s2, public PostgreSQL
+    re-plans it as s2.t. EXECUTE p was refused, but a protocol Bind of "p" skipped
+    every check and returned the SSN in clear."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = public, s2"))
+        assert not errors(ann.query("PREPARE p AS SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.received.clear()
+        ann.sock.sendall(_bind_execute("p"))
+        msgs = ann._until_ready()
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
 def _rows(msgs) -> int:
     return sum(getattr(m, "type", None) == b"D" for m in msgs)
 
