@@ -514,7 +514,10 @@ class PolicyGate(Gate):
         plans = []
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
-                s.search_path = _parse_search_path(facts.setting[1], self.engine.db_user) or self.engine_default_path(s)
+                value = facts.setting[1]
+                s.search_path = ((None if value is None or value.upper() == "DEFAULT"
+                                  else _parse_search_path(value, self.engine.db_user))
+                                 or self.engine_default_path(s))
             elif facts.kind is StatementKind.DDL and not _leaves_names_alone(facts):
                 self._ddl_forwarded(relay)
             plans.append((facts, _UNRESTRICTED))
@@ -1331,13 +1334,15 @@ def _default_search_path(schema: LiveSchema, principal: Principal) -> tuple[str,
 
 
 def _parse_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
-    """A search_path as the analyser reports a SET (names already unquoted and case
-    folded, comma separated). "$user" is the role the session runs as upstream:
-    PostgreSQL searches a schema of that name first when there is one, so dropping
-    it would let such a schema shadow what the gateway resolves."""
+    """A search_path as the analyser reports a SET: names as PostgreSQL writes the
+    list (quoted where needed: SET search_path = 'a,b' names the one schema "a,b").
+    "$user" is the role the session runs as upstream: PostgreSQL searches a schema of
+    that name first when there is one, so dropping it would let such a schema shadow
+    what the gateway resolves."""
     if not value:
         return None
-    return _user_path([p.strip() for p in value.split(",")], db_user)
+    names = split_identifier_list(value)
+    return _user_path(names, db_user) if names is not None else None
 
 
 def _user_path(names: list[str], db_user: str) -> tuple[str, ...] | None:

@@ -426,7 +426,21 @@ def _truthy(arg) -> bool:
     return True
 
 
-def _set_value(b: dict) -> str | None:
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
+
+
+def _quote_name(name: str) -> str:
+    """A list element as PostgreSQL writes it for a GUC_LIST_QUOTE setting."""
+    if _PLAIN_NAME.match(name) and name != "default":
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _set_value(b: dict, names: bool = False) -> str | None:
+    """The value of a SET. ``names``: a list of names (search_path), where each element,
+    written as an identifier or as a string, is one name: 'a,b' is the single schema
+    "a,b" to PostgreSQL, not two. Elements are then quoted as PostgreSQL quotes them,
+    to be read back with protocol.startup.split_identifier_list."""
     k = b.get("kind", "VAR_SET_VALUE")
     if k in ("VAR_RESET", "VAR_RESET_ALL"):
         return None
@@ -438,7 +452,7 @@ def _set_value(b: dict) -> str | None:
     for a in b.get("args", ()):
         c = a.get("A_Const") or a.get("TypeCast", {}).get("arg", {}).get("A_Const") or {}
         if "sval" in c:
-            vals.append(c["sval"].get("sval", ""))
+            vals.append(_quote_name(c["sval"].get("sval", "")) if names else c["sval"].get("sval", ""))
         elif "ival" in c:
             vals.append(str(c["ival"].get("ival", 0)))
         elif "fval" in c:
@@ -461,7 +475,7 @@ def _set(b: dict, extra: dict) -> tuple[K, str]:
         if name.upper().startswith("TRANSACTION"):
             return K.TRANSACTION, "SET " + name.upper()
         return K.SET, "SET " + name.upper()
-    extra["setting"] = (name, _set_value(b))
+    extra["setting"] = (name, _set_value(b, names=name == "search_path"))
     shown = {"role": "ROLE", "session_authorization": "SESSION AUTHORIZATION"}.get(name, name)
     verb = "RESET" if k == "VAR_RESET" else ("SET LOCAL" if b.get("is_local") else "SET")
     return (K.SESSION if name in SESSION_SETTINGS else K.SET), f"{verb} {shown}"
