@@ -852,8 +852,11 @@ class PolicyGate(Gate):
         colcats = {e.column: e.category for e in categories}
         action = decision.action
         try:
+            # a statement grant covers the exact text under the search_path it was decided
+            # under (not the fingerprint: it ignores constants, IN-list lengths and aliases)
+            key = await eng.jit.statement_key(facts.sql, s.search_path) if facts.sql else ""
             grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
-                                                      facts.fingerprint, now=time.time(),
+                                                      key, now=time.time(),
                                                       column_categories=colcats)
             if grant is not None:
                 return self._redecide_with(s, facts, reason, grant, decision)
@@ -861,7 +864,8 @@ class PolicyGate(Gate):
             req = await eng.jit.create_request(
                 s.principal.name, action, requirement=decision.approval, roles=s.principal.roles,
                 columns=pii_cols, categories=cats, fingerprint=facts.fingerprint,
-                redacted_sql=facts.redacted_sql or "", reason=reason, session_id=relay.info.session_id,
+                redacted_sql=facts.redacted_sql or "", statement_key=key, reason=reason,
+                session_id=relay.info.session_id,
                 auto_approved_by=auto, duration_s=decision.auto_approve_duration_s)
         except Exception as e:
             kind = type(e).__name__
@@ -915,7 +919,7 @@ class PolicyGate(Gate):
                 eng.metrics.hold_ended()
         if outcome == "approved":
             grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
-                                                      facts.fingerprint, now=time.time(),
+                                                      key, now=time.time(),
                                                       column_categories=colcats)
             if grant is not None:
                 return self._redecide_with(s, facts, reason, grant, decision)
@@ -940,11 +944,15 @@ class PolicyGate(Gate):
         return None
 
     def _redecide_with(self, s, facts, reason, grant, first: Decision) -> Decision:
+        """Decide again with ``grant``, which the JIT layer found to cover this statement
+        (for a statement grant: its exact text under this search_path). decide() compares
+        fingerprints only, so it gets a view of the grant for this statement alone."""
         if getattr(grant, "expires_at", None):
             s.grant_expiry[grant.id] = grant.expires_at
         if getattr(grant, "uses_left", None) is not None:
             s.counted_grants.add(grant.id)
-        decision = self._decide(s, facts, reason, grants=[grant, *s.grants])
+        view = grant.view_for(facts.fingerprint) if hasattr(grant, "view_for") else grant
+        decision = self._decide(s, facts, reason, grants=[view, *s.grants])
         if decision.effect is Effect.APPROVE:
             return _deny("grant-not-covering", f"piigate: grant {grant.id} does not cover this statement")
         if decision.grant_id is None and decision.effect in (Effect.ALLOW, Effect.MASK):

@@ -19,7 +19,11 @@ How a decision is reached:
      ``delete_pii``; export: ``export``; ...).
 4. APPROVE is lifted to ALLOW by a grant of this principal for this action that is
    not expired and covers the statement (its fingerprint) or every catalogued
-   column touched (by column or category). DENY is never lifted.
+   column touched (by column or category). DENY is never lifted. A fingerprint
+   alone does not identify a statement (it ignores constants, IN-list lengths and
+   aliases): the JIT layer checks a statement grant against the exact text and
+   search_path and only then hands decide() a view carrying this fingerprint
+   (``gateway.jit.model.Grant.view_for``).
 5. MASK comes with a MaskPlan over every catalogued column of every relation
    touched (not only those named), using the rule's strategy override, else the
    category default; columns a rule allows raw are left out.

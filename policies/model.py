@@ -71,7 +71,10 @@ class GrantView:
     action: Action
     columns: frozenset[ColumnRef] = frozenset()      # empty with categories empty: by fingerprint only
     categories: frozenset[str] = frozenset()
-    fingerprint: str | None = None                   # when the grant is for one statement only
+    #: a statement grant: the fingerprint of the one statement the JIT layer found it
+    #: covers (exact text and search_path, Grant.view_for); otherwise a value no
+    #: statement's fingerprint equals (Grant.view), so it lifts nothing by itself
+    fingerprint: str | None = None
     expires_at: float = 0.0
 
 

@@ -92,7 +92,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scope", choices=["statement", "columns"], required=True)
     p.add_argument("--column", action="append", default=[], help="schema.table.column (repeat)")
     p.add_argument("--category", action="append", default=[], help="PII category (repeat)")
-    p.add_argument("--fingerprint", help="the statement fingerprint (scope statement)")
+    p.add_argument("--statement-key", "--fingerprint", dest="fingerprint", metavar="KEY",
+                   help="scope statement: the access request's statement key (sk1:..., shown by "
+                        "'requests show'); a fingerprint is refused, it matches other statements")
     p.add_argument("--ttl", required=True, help="redeem before: 1h, 30m ...")
     p.add_argument("--duration", required=True, help="the grant lasts: 15m ...")
     p.add_argument("--uses", type=int, default=1)
@@ -169,6 +171,14 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if args.json else text)
 
 
+def _statement_text(g: dict) -> str:
+    """A statement grant: the redacted text the approver saw and its key's head (the
+    key binds the exact text and search_path)."""
+    key = g.get("statement_key") or ""
+    shown = g.get("redacted_sql") or g.get("fingerprint") or "-"
+    return f"statement {shown} [{key[:12] + '...' if key else 'no key: covers nothing'}]"
+
+
 def _request_text(r: dict) -> str:
     need = r.get("requirement", {}).get("approvals", 1)
     lines = [f"request   {r['id']}  ({r['state']})",
@@ -176,6 +186,7 @@ def _request_text(r: dict) -> str:
              f"action    {r['action']}",
              f"touches   {_scope_text(r) or '-'}",
              f"statement {r.get('redacted_sql') or '-'}",
+             f"key       {r.get('statement_key') or '- (scope columns only)'}",
              f"reason    {r.get('reason') or '-'}",
              f"created   {_when(r['created_at'])}  session {r.get('session_id') or '-'}",
              f"approvals {len(r.get('approvals', []))}/{need}: "
@@ -240,7 +251,7 @@ def cmd_grants_list(args: argparse.Namespace) -> None:
     q = f"?{urllib.parse.urlencode({'user': args.user})}" if args.user else ""
     data = call(args, "GET", f"grants{q}")
     rows = [(g["id"], g["principal"], g["action"],
-             f"statement {g['fingerprint']}" if g["scope"] == "statement" else _scope_text(g),
+             _statement_text(g) if g["scope"] == "statement" else _scope_text(g),
              _left(g["expires_at"]), "unlimited" if g["uses_left"] is None else g["uses_left"],
              ",".join(g["approved_by"]), g["how"]) for g in data["grants"]]
     _emit(args, data, table(rows, ["ID", "USER", "ACTION", "SCOPE", "LEFT", "USES", "APPROVED BY",

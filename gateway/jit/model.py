@@ -18,6 +18,9 @@ stays ``pending``. Every other transition raises ``IllegalTransition``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -46,6 +49,27 @@ TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
 }
 
 SCOPES = frozenset({"statement", "columns"})
+
+#: the version prefix of statement keys (``statement_key``)
+STATEMENT_KEY_VERSION = "sk1"
+
+
+def statement_key(sql: str, search_path: Iterable[str], secret: bytes) -> str:
+    """What a statement-scoped grant is bound to: the statement's exact text (literals
+    included) and the search_path it was decided under, as a keyed hash.
+
+    Not the pg_query fingerprint: it ignores constants (``IN (7) LIMIT 1`` and
+    ``IN (1,...,10) LIMIT 50``), IN-list lengths and alias names (``SELECT t.a FROM
+    (SELECT id AS a, ssn AS b ...) t`` and the same with the aliases swapped), so a
+    grant keyed on it covered statements that expose other rows and columns. Not the
+    normalized text either: its ``$n`` stand for constants that change what is
+    exposed. And not without the search_path: the same text under another path can
+    read other relations. The text can hold PII literals (a guessed SSN), so only an
+    HMAC of it is kept (in Redis and in audit records), never the text; the request's
+    ``redacted_sql`` is what approvers read."""
+    message = json.dumps([list(search_path), sql], separators=(",", ":"), ensure_ascii=False)
+    digest = hmac.new(secret, message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return f"{STATEMENT_KEY_VERSION}:{digest}"
 
 
 class IllegalTransition(Exception):
@@ -146,7 +170,10 @@ class Approval:
 @dataclass(frozen=True, slots=True)
 class AccessRequest:
     """A held statement's plea for access. Never contains PII values:
-    ``redacted_sql`` has its literals replaced by the analyzer."""
+    ``redacted_sql`` has its literals replaced by the analyzer, ``statement_key`` is
+    a keyed hash of the exact text and search_path (``statement_key()``), what a
+    statement-scoped grant for this request covers. Requests recorded before
+    statement keys existed have none: they can only be granted scope "columns"."""
     id: str
     principal: str
     action: Action
@@ -157,6 +184,7 @@ class AccessRequest:
     categories: frozenset[str] = frozenset()
     fingerprint: str = ""
     redacted_sql: str = ""
+    statement_key: str = ""
     reason: str | None = None
     session_id: str = ""
     instance: str = ""
@@ -182,7 +210,8 @@ class AccessRequest:
             "action": self.action.value,
             "columns": [column_to_json(c) for c in sorted(self.columns)],
             "categories": sorted(self.categories), "fingerprint": self.fingerprint,
-            "redacted_sql": self.redacted_sql, "reason": self.reason,
+            "redacted_sql": self.redacted_sql, "statement_key": self.statement_key,
+            "reason": self.reason,
             "session_id": self.session_id, "instance": self.instance,
             "created_at": self.created_at, "requirement": dict(self.requirement),
             "state": self.state.value, "approvals": [a.to_dict() for a in self.approvals],
@@ -197,7 +226,8 @@ class AccessRequest:
             action=Action(d["action"]),
             columns=frozenset(column_from_json(c) for c in d.get("columns", ())),
             categories=frozenset(d.get("categories", ())), fingerprint=d.get("fingerprint", ""),
-            redacted_sql=d.get("redacted_sql", ""), reason=d.get("reason"),
+            redacted_sql=d.get("redacted_sql", ""), statement_key=d.get("statement_key") or "",
+            reason=d.get("reason"),
             session_id=d.get("session_id", ""), instance=d.get("instance", ""),
             created_at=float(d["created_at"]), requirement=dict(d.get("requirement", {})),
             state=RequestState(d.get("state", "pending")),
@@ -209,9 +239,13 @@ class AccessRequest:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """Time-boxed access. ``scope`` "statement": only statements with ``fingerprint``;
-    "columns": the action on ``columns`` and/or any column of ``categories``.
-    ``uses_left`` None means unlimited until ``expires_at``."""
+    """Time-boxed access. ``scope`` "statement": only the statement the approver saw,
+    by ``statement_key`` (its exact text and search_path; ``fingerprint`` and
+    ``redacted_sql`` are kept for display), and only while it touches no catalogued
+    column beyond the request's ``columns``; "columns": the action on ``columns``
+    and/or any column of ``categories``. ``uses_left`` None means unlimited until
+    ``expires_at``. A statement grant recorded before statement keys (fingerprint
+    only) still loads but covers nothing."""
     id: str
     principal: str
     action: Action
@@ -225,12 +259,14 @@ class Grant:
     uses_left: int | None = None
     approved_by: tuple[str, ...] = ()
     how: str = "manual"                              # manual | auto:<rule> | totp | token | hook
+    statement_key: str | None = None                 # scope statement: statement_key() of it
+    redacted_sql: str = ""                           # scope statement: what the approver saw
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"grant scope {self.scope!r}: expected 'statement' or 'columns'")
-        if self.scope == "statement" and not self.fingerprint:
-            raise ValueError("a statement-scoped grant needs the statement's fingerprint")
+        if self.scope == "statement" and not (self.statement_key or self.fingerprint):
+            raise ValueError("a statement-scoped grant needs the statement's key")
         if self.scope == "columns" and not (self.columns or self.categories):
             raise ValueError("a columns-scoped grant needs at least one column or category")
         if self.uses_left is not None and self.uses_left < 0:
@@ -244,9 +280,15 @@ class Grant:
         return now < self.expires_at and (self.uses_left is None or self.uses_left > 0)
 
     def covers(self, action: Action, columns: Iterable[ColumnRef], categories: Iterable[str],
-               fingerprint: str | None,
+               statement_key: str | None,
                column_categories: Mapping[ColumnRef, str] | None = None) -> bool:
         """Does this grant lift an ``approve`` for that statement? Scope only, not time.
+
+        A statement grant covers the statement whose ``statement_key`` (exact text and
+        search_path) is its own and, when it was granted for a request, only while the
+        catalogued columns it touches are among those the approver saw (the same text
+        can come to read others after a schema change). A pg_query fingerprint never
+        matches a statement key.
 
         ``columns`` are the catalogued columns the statement touches and ``categories``
         their categories. Without ``column_categories`` the check is conservative: every
@@ -257,7 +299,11 @@ class Grant:
         if action != self.action:
             return False
         if self.scope == "statement":
-            return bool(fingerprint) and fingerprint == self.fingerprint
+            if not (self.statement_key and statement_key
+                    and hmac.compare_digest(statement_key, self.statement_key)):
+                return False
+            # (a token's grant names no request: its issuer chose the key, not columns)
+            return self.request_id is None or frozenset(columns) <= self.columns
         cols, cats = frozenset(columns), frozenset(categories)
         if not cols and not cats:
             return False
@@ -269,16 +315,29 @@ class Grant:
         return (bool(cols) and cols <= self.columns) or (bool(cats) and cats <= self.categories)
 
     def view(self) -> GrantView:
+        """What decide() sees of this grant for any statement. A statement grant shows
+        its statement key where decide() compares fingerprints, so it never lifts a
+        statement on its own (decide() knows no search_path or exact text): the JIT
+        layer checks ``covers`` and hands decide() ``view_for`` that one statement."""
         return GrantView(grant_id=self.id, principal=self.principal, action=self.action,
                          columns=self.columns if self.scope == "columns" else frozenset(),
                          categories=self.categories if self.scope == "columns" else frozenset(),
-                         fingerprint=self.fingerprint if self.scope == "statement" else None,
+                         fingerprint=(self.statement_key or f"{STATEMENT_KEY_VERSION}:none")
+                         if self.scope == "statement" else None,
                          expires_at=self.expires_at)
+
+    def view_for(self, fingerprint: str) -> GrantView:
+        """The view for one statement ``covers`` has accepted, with that statement's
+        fingerprint: decide() then lifts it for that statement only."""
+        if self.scope != "statement":
+            return self.view()
+        return dataclasses.replace(self.view(), fingerprint=fingerprint or None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "request_id": self.request_id, "principal": self.principal,
             "action": self.action.value, "scope": self.scope, "fingerprint": self.fingerprint,
+            "statement_key": self.statement_key, "redacted_sql": self.redacted_sql,
             "columns": [column_to_json(c) for c in sorted(self.columns)],
             "categories": sorted(self.categories), "created_at": self.created_at,
             "expires_at": self.expires_at, "uses_left": self.uses_left,
@@ -294,6 +353,7 @@ class Grant:
             categories=frozenset(d.get("categories", ())), created_at=float(d["created_at"]),
             expires_at=float(d["expires_at"]), uses_left=d.get("uses_left"),
             approved_by=tuple(d.get("approved_by", ())), how=d.get("how", "manual"),
+            statement_key=d.get("statement_key") or None, redacted_sql=d.get("redacted_sql") or "",
         )
 
 
@@ -349,9 +409,10 @@ def check_approval(request: AccessRequest, approver: str, approver_groups: Itera
     if scope == "columns" and not (request.columns or request.categories):
         raise ApprovalRefused("scope", "this request names no columns or categories; "
                                        "grant scope 'statement' instead")
-    if scope == "statement" and not request.fingerprint:
-        raise ApprovalRefused("scope", "this request has no statement fingerprint; "
-                                       "grant scope 'columns' instead")
+    if scope == "statement" and not request.statement_key:
+        raise ApprovalRefused("scope", "this request has no statement key (it was recorded before "
+                                       "statement grants were bound to the exact statement); grant "
+                                       "scope 'columns', or let the user run the statement again")
     if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
         raise ApprovalRefused("uses", f"uses must be a positive integer or null (unlimited), got {uses!r}")
 
@@ -406,11 +467,20 @@ def grant_for(request: AccessRequest, approvers: tuple[str, ...], grant_id: str,
 
 def make_grant(request: AccessRequest, grant_id: str, now: float, duration_s: float, scope: str,
                uses: int | None, approved_by: tuple[str, ...], how: str) -> Grant:
+    """The grant for ``request``. A statement grant takes the request's statement key
+    and columns (it covers that statement while it touches no others); ValueError for
+    a statement grant of a request without a statement key."""
+    statement = scope == "statement"
+    if statement and not request.statement_key:
+        raise ValueError(f"access request {request.id} has no statement key: "
+                         "it can only be granted scope 'columns'")
     return Grant(
         id=grant_id, request_id=request.id, principal=request.principal, action=request.action,
         scope=scope, created_at=now, expires_at=now + duration_s,
-        fingerprint=request.fingerprint if scope == "statement" else None,
-        columns=request.columns if scope == "columns" else frozenset(),
+        fingerprint=request.fingerprint if statement else None,
+        columns=request.columns,
         categories=request.categories if scope == "columns" else frozenset(),
         uses_left=uses, approved_by=approved_by, how=how,
+        statement_key=request.statement_key if statement else None,
+        redacted_sql=request.redacted_sql if statement else "",
     )

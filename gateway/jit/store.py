@@ -14,6 +14,8 @@ Redis layout (``P`` is the configured prefix, e.g. ``piigate:``)::
     P revoked:<grant id>    string  revocation marker (outlives the grant)
     P token-used:<jti>      string  a redeemed one-time token
     P totp-used:<user>:<n>  string  a TOTP time step already used by that user
+    P statement-key-secret  string  the HMAC key of statement keys (shared by every
+                                    instance on this Redis; made once, never expires)
     P events                channel {"type": approved|denied|abandoned|expired|revoked, ...}
 
 Rules kept here:
@@ -55,7 +57,7 @@ from gateway.jit.hook import DecisionHook
 from gateway.jit.model import (
     AccessRequest, Approval, ApprovalOutcome, ApprovalRefused, Grant, IllegalTransition,
     RequestState, SCOPES, apply_approval, check_approval, check_reason, make_grant, requirement_from_dict,
-    requirement_to_dict,
+    requirement_to_dict, statement_key as _statement_key, STATEMENT_KEY_VERSION,
 )
 from gateway.jit.notify import Notifier
 from policies.model import Action, ApprovalRequirement, GrantView
@@ -225,6 +227,23 @@ class JitService:
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
+    @_guard
+    async def statement_key(self, sql: str, search_path: Iterable[str]) -> str:
+        """The key a statement-scoped grant for ``sql`` under ``search_path`` is bound
+        to (``gateway.jit.model.statement_key``). The HMAC secret lives in Redis, made
+        once by whichever instance needs it first, so every instance computes the same
+        keys and audit records (which carry the key, never the text) cannot be checked
+        against guessed literals without it. It is read every time (one GET, on the
+        approval path only): an instance never keeps a secret Redis has lost."""
+        name = f"{self.p}statement-key-secret"
+        raw = await self.redis.get(name)
+        if raw is None:
+            await self.redis.set(name, secrets.token_hex(32), nx=True)
+            raw = await self.redis.get(name)
+        if not raw:
+            raise JitUnavailable("the statement key secret could not be read from Redis")
+        return _statement_key(sql, search_path, bytes(raw))
+
     # ------------------------------------------------------------------ keys
 
     def _k_req(self, rid: str) -> str:
@@ -261,6 +280,7 @@ class JitService:
                 "principal": req.principal, "action": req.action.value,
                 "columns": [[c.schema, c.table, c.column] for c in sorted(req.columns)],
                 "categories": sorted(req.categories), "fingerprint": req.fingerprint,
+                "statement_key": req.statement_key or None,
                 "reason": req.reason, "session_id": req.session_id,
                 "approve_url": self.config.approve_url or None, **extra}
 
@@ -269,6 +289,7 @@ class JitService:
         return {"type": f"jit.grant.{kind}", "at": now, "grant_id": grant.id,
                 "request_id": grant.request_id, "principal": grant.principal,
                 "action": grant.action.value, "scope": grant.scope,
+                "statement_key": grant.statement_key,
                 "expires_at": grant.expires_at, "uses": grant.uses_left,
                 "approved_by": list(grant.approved_by), "how": grant.how, **extra}
 
@@ -336,16 +357,17 @@ class JitService:
     async def find_covering_grant(self, principal: str, action: Action,
                                   columns: Iterable[ColumnRef] = frozenset(),
                                   categories: Iterable[str] = frozenset(),
-                                  fingerprint: str | None = None, now: float | None = None,
+                                  statement_key: str | None = None, now: float | None = None,
                                   column_categories: Mapping[ColumnRef, str] | None = None,
                                   ) -> Grant | None:
         """A live grant covering this statement, with one use consumed atomically when
         it is counted; None when there is none. Unlimited grants are preferred (they
-        cost nothing), then the one expiring first."""
+        cost nothing), then the one expiring first. ``statement_key`` is the
+        statement's ``statement_key()`` (a fingerprint matches no statement grant)."""
         now = self.clock() if now is None else now
         cols, cats = frozenset(columns), frozenset(categories)
         candidates = [g for g in await self._live_grants(principal, now)
-                      if g.covers(action, cols, cats, fingerprint, column_categories)]
+                      if g.covers(action, cols, cats, statement_key, column_categories)]
         candidates.sort(key=lambda g: (g.uses_left is not None, g.expires_at))
         for grant in candidates:
             result = int(await self._consume(keys=[self._k_grant(grant.id), self._k_revoked(grant.id)],
@@ -445,7 +467,7 @@ class JitService:
                              requirement: ApprovalRequirement | Mapping[str, Any] = ApprovalRequirement(),
                              roles: Iterable[str] = (), columns: Iterable[ColumnRef] = (),
                              categories: Iterable[str] = (), fingerprint: str = "",
-                             redacted_sql: str = "", reason: str | None = None,
+                             redacted_sql: str = "", statement_key: str = "", reason: str | None = None,
                              session_id: str = "", instance: str | None = None,
                              auto_approved_by: str | None = None, duration_s: int | None = None,
                              scope: str | None = None, uses: int | None = None,
@@ -465,7 +487,7 @@ class JitService:
             id=_new_id("req"), principal=principal, action=Action(action), created_at=now,
             requirement=req_dict, roles=frozenset(roles), columns=frozenset(columns),
             categories=frozenset(categories), fingerprint=fingerprint, redacted_sql=redacted_sql,
-            reason=reason, session_id=session_id,
+            statement_key=statement_key, reason=reason, session_id=session_id,
             instance=self.instance if instance is None else instance)
         grant = None
         if auto_approved_by is not None:
@@ -509,7 +531,7 @@ class JitService:
 
     @staticmethod
     def _default_scope(request: AccessRequest, req: ApprovalRequirement) -> str:
-        if request.fingerprint and "statement" in req.scopes:
+        if request.statement_key and "statement" in req.scopes:
             return "statement"
         return "columns"
 
@@ -878,10 +900,16 @@ class JitService:
     def issue_token(self, principal: str, action: Action, scope: str, *, issued_by: str,
                     ttl_s: float, duration_s: int, columns: Iterable[ColumnRef] = (),
                     categories: Iterable[str] = (), fingerprint: str | None = None,
-                    uses: int | None = 1, now: float | None = None) -> tuple[str, tokens_mod.TokenClaims]:
+                    uses: int | None = 1, now: float | None = None,
+                    statement_key: str | None = None) -> tuple[str, tokens_mod.TokenClaims]:
         """Sign a single-use token binding ``principal`` to a scope; (token, claims).
         Raises JitNotConfigured without [jit].token_key, ApprovalRefused / ValueError
-        for bad terms (nobody issues a token to themselves)."""
+        for bad terms (nobody issues a token to themselves).
+
+        A statement-scoped token is bound to a statement key (an access request's
+        ``statement_key``); a pg_query fingerprint is refused (it matches statements
+        with other constants and aliases). ``fingerprint`` may carry the key (the
+        admin API and CLI pass it there)."""
         if not self.config.token_key:
             raise JitNotConfigured("one-time tokens need [jit].token_key (or token_key_env)")
         now = self.clock() if now is None else now
@@ -891,11 +919,17 @@ class JitService:
             raise ValueError(f"ttl_s must be in (0, {self.config.token_max_ttl_s:g}]")
         if isinstance(duration_s, bool) or not isinstance(duration_s, int) or duration_s <= 0:
             raise ValueError("duration_s must be a positive integer")
+        if statement_key is None and fingerprint and fingerprint.startswith(f"{STATEMENT_KEY_VERSION}:"):
+            statement_key, fingerprint = fingerprint, None
+        if scope == "statement" and not statement_key:
+            raise ValueError("a statement-scoped token needs the statement key of the access request "
+                             f"it is for ({STATEMENT_KEY_VERSION}:..., shown as statement_key); a "
+                             "fingerprint would also match statements with other constants or aliases")
         claims = tokens_mod.TokenClaims(
             jti=secrets.token_hex(12), sub=principal, action=Action(action), scope=scope,
             exp=now + ttl_s, duration_s=duration_s, issued_by=issued_by, issued_at=now,
             fingerprint=fingerprint, columns=frozenset(columns),
-            categories=frozenset(categories), uses=uses)
+            categories=frozenset(categories), uses=uses, statement_key=statement_key)
         # Building the grant it would give validates the scope now, not at redemption.
         self._grant_from_claims(claims, now)
         token = tokens_mod.sign(claims, self.config.token_key)
@@ -912,7 +946,8 @@ class JitService:
                      scope=claims.scope, created_at=now, expires_at=now + claims.duration_s,
                      fingerprint=claims.fingerprint if claims.scope == "statement" else None,
                      columns=claims.columns, categories=claims.categories, uses_left=claims.uses,
-                     approved_by=(claims.issued_by,), how="token")
+                     approved_by=(claims.issued_by,), how="token",
+                     statement_key=claims.statement_key if claims.scope == "statement" else None)
 
     @_guard
     async def redeem_token(self, token: str, principal: str, now: float | None = None) -> Grant:

@@ -39,6 +39,7 @@ class TokenClaims:
     columns: frozenset[ColumnRef] = frozenset()
     categories: frozenset[str] = frozenset()
     uses: int | None = 1                             # uses of the resulting grant
+    statement_key: str | None = None                 # scope statement: what the grant covers
 
     def to_dict(self) -> dict[str, Any]:
         return {"jti": self.jti, "sub": self.sub, "action": self.action.value,
@@ -46,7 +47,8 @@ class TokenClaims:
                 "issued_by": self.issued_by, "issued_at": self.issued_at,
                 "fingerprint": self.fingerprint,
                 "columns": [column_to_json(c) for c in sorted(self.columns)],
-                "categories": sorted(self.categories), "uses": self.uses}
+                "categories": sorted(self.categories), "uses": self.uses,
+                "statement_key": self.statement_key}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TokenClaims":
@@ -55,7 +57,8 @@ class TokenClaims:
                      issued_by=str(d.get("issued_by", "")), issued_at=float(d.get("issued_at", 0)),
                      fingerprint=d.get("fingerprint"),
                      columns=frozenset(column_from_json(c) for c in d.get("columns", ())),
-                     categories=frozenset(d.get("categories", ())), uses=d.get("uses", 1))
+                     categories=frozenset(d.get("categories", ())), uses=d.get("uses", 1),
+                     statement_key=d.get("statement_key"))
         if claims.scope not in SCOPES:
             raise ValueError(f"scope {claims.scope!r}")
         return claims

@@ -392,3 +392,112 @@ async def test_a_grant_with_one_use_covers_one_execution(jit_gateway):
 
 
 # -- statement scope: the grant covers the statement the approver saw, nothing else -------------
+
+async def _approve_statement(gw, conn, sql: str, params=None, prepare=None) -> tuple[dict, object]:
+    """Hold ``sql``, approve its request with scope statement; (request, first row)."""
+    before = {r["id"] for r in await _all_pending(gw.admin)}    # earlier ones left pending
+    t, box = _run_in_thread(lambda: conn.execute(sql, params, prepare=prepare).fetchall())
+    try:
+        deadline = time.monotonic() + 10
+        while not (fresh := [r for r in await _all_pending(gw.admin) if r["id"] not in before]):
+            assert time.monotonic() < deadline, "no new pending request"
+            await asyncio.sleep(0.05)
+        req = fresh[0]
+        status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/approve",
+                                   {"duration": "2m", "scope": "statement"})
+        assert status in (200, 201), body
+        t.join(10)
+    finally:
+        t.join(10)
+    assert "value" in box, box
+    return req, box["value"]
+
+
+async def _all_pending(admin: str) -> list[dict]:
+    headers = {"Authorization": f"Bearer {APPROVER_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{admin}/api/v1/requests", params={"state": "pending"}) as r:
+            return (await r.json())["requests"]
+
+
+def _refused(conn, sql: str, params=None, prepare=None) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(sql, params, prepare=prepare).fetchall()
+
+
+async def test_statement_grant_does_not_cover_other_constants_or_in_list_lengths(jit_gateway):
+    """Approved: IN (7) LIMIT 1. Same fingerprint, other exposure: IN (1..10) LIMIT 50
+    returned ten SSNs in clear (the grant compared pg_query fingerprints only)."""
+    gw = jit_gateway(hold=2)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-31'")
+        approved = "SELECT id, ssn FROM customers WHERE id IN (7) LIMIT 1"
+        req, rows = await _approve_statement(gw, conn, approved)
+        assert rows == [(7, "000-00-0007")]
+        assert "000-00-0007" not in str(req) and "IN ($1) LIMIT $2" in req["redacted_sql"]
+        assert conn.execute(approved).fetchall() == [(7, "000-00-0007")]     # the same statement again
+        wider = "SELECT id, ssn FROM customers WHERE id IN (1,2,3,4,5,6,7,8,9,10) LIMIT 50"
+        _refused(conn, wider)
+        _refused(conn, "SELECT id, ssn FROM customers WHERE id IN (8) LIMIT 1")
+        _refused(conn, "SELECT id, ssn FROM customers WHERE id IN (7) LIMIT 50")
+    finally:
+        conn.close()
+
+
+async def test_statement_grant_for_a_parameter_does_not_cover_an_in_list(jit_gateway):
+    gw = jit_gateway(hold=2)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-32'")
+        _, rows = await _approve_statement(gw, conn, "SELECT id, ssn FROM customers WHERE id = %s", (3,),
+                                           prepare=True)
+        assert rows == [(3, "000-00-0003")]
+        _refused(conn, "SELECT id, ssn FROM customers WHERE id IN (1,2,3)")
+        _refused(conn, "SELECT id, ssn FROM customers WHERE id IN (%s, %s, %s)", (1, 2, 3), prepare=True)
+    finally:
+        conn.close()
+
+
+async def test_statement_grant_does_not_cover_swapped_aliases(jit_gateway):
+    """Output and table aliases are not in the fingerprint: swapping them turned an
+    approved statement that returns ids into one that returns every SSN."""
+    gw = jit_gateway(hold=2)
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-33'")
+        _, rows = await _approve_statement(
+            gw, conn, "SELECT t.a FROM (SELECT id::text AS a, ssn AS b FROM customers) t LIMIT 1")
+        assert rows and not rows[0][0].startswith("000-")
+        _refused(conn, "SELECT t.a FROM (SELECT id::text AS b, ssn AS a FROM customers) t LIMIT 100")
+        conn.execute("SET piigate.reason = 'TICKET-34'")
+        _, rows = await _approve_statement(
+            gw, conn, "SELECT x.id FROM (SELECT id FROM customers) x, (SELECT ssn AS id FROM customers) y LIMIT 1")
+        assert rows and isinstance(rows[0][0], int)
+        _refused(conn, "SELECT x.id FROM (SELECT id FROM customers) y, (SELECT ssn AS id FROM customers) x LIMIT 1")
+    finally:
+        conn.close()
+
+
+async def test_statement_grant_is_bound_to_the_search_path(gateway_factory, pg_server, sample_db_fresh,
+                                                          tmp_path, redis_url, redis_prefix):
+    """The same text under another search_path reads other relations: not covered."""
+    with psycopg.connect(str(sample_db_fresh), autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA other; CREATE TABLE other.customers (LIKE public.customers); "
+                      "INSERT INTO other.customers SELECT * FROM public.customers; "
+                      "COMMENT ON COLUMN other.customers.ssn IS 'pii:ssn'")
+    gw = gateway_factory(config_text=_config(pg_server, sample_db_fresh.dbname, tmp_path, redis_url,
+                                             redis_prefix, hold=2))
+    gw.dbname, gw.admin = sample_db_fresh.dbname, f"http://127.0.0.1:{gw.runtime.admin_port}"
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True)
+    try:
+        conn.execute("SET piigate.reason = 'TICKET-35'")
+        sql = "SELECT id, ssn FROM customers WHERE id IN (7) LIMIT 1"
+        _, rows = await _approve_statement(gw, conn, sql)
+        assert rows == [(7, "000-00-0007")]
+        conn.execute("SET search_path = other, public")
+        _refused(conn, sql)
+        conn.execute("RESET search_path")
+        assert conn.execute(sql).fetchall() == [(7, "000-00-0007")]
+    finally:
+        conn.close()

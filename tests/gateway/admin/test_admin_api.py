@@ -55,7 +55,8 @@ def auth(who: str) -> dict:
 async def pending(service, principal="alice", **req):
     req.setdefault("approver_groups", frozenset({"dba"}))
     return await service.create_request(principal, Action.READ, columns={EMAIL}, categories={"email"},
-                                        fingerprint="fp", requirement=ApprovalRequirement(**req),
+                                        fingerprint="fp", statement_key="sk1:fp",
+                                        requirement=ApprovalRequirement(**req),
                                         redacted_sql="SELECT email FROM customers WHERE id = $1")
 
 
@@ -155,7 +156,7 @@ async def test_approve_wakes_holder_then_revoke(env):
     assert [g["id"] for g in grants["grants"]] == [grant.id]
     resp = await client.post(f"/api/v1/grants/{grant.id}/revoke", headers=auth("carol"))
     assert resp.status == 200 and (await resp.json())["revoked"]["id"] == grant.id
-    assert await service.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp") is None
+    assert await service.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "sk1:fp") is None
     await error_of(await client.post(f"/api/v1/grants/{grant.id}/revoke", headers=auth("carol")), 404)
 
 

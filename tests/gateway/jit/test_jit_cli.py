@@ -68,6 +68,7 @@ async def test_module_entry_point_reads_environment(api):
 async def new_request(service):
     return await service.create_request(
         "alice", Action.READ, columns={EMAIL}, categories={"email"}, fingerprint="fp",
+        statement_key="sk1:" + "ab" * 32,
         requirement=ApprovalRequirement(approver_groups=frozenset({"dba"})),
         redacted_sql="SELECT email FROM customers WHERE id = $1", reason="INC-9 refund")
 
@@ -80,6 +81,7 @@ async def test_list_show_approve_revoke(api):
     assert req.id in out and "alice" in out and "public.customers.email" in out and "0/1" in out
     code, out, _ = await piigate(url, "requests", "show", req.id)
     assert code == 0 and "INC-9 refund" in out and "SELECT email FROM customers" in out
+    assert "key       sk1:" + "ab" * 32 in out
     waiter = asyncio.create_task(service.wait_for_decision(req.id, timeout=20))
     code, out, err = await piigate(url, "requests", "approve", req.id, "--duration", "15m",
                                    "--uses", "1", "--comment", "ok")
@@ -90,7 +92,7 @@ async def test_list_show_approve_revoke(api):
     code, out, _ = await piigate(url, "grants", "list", "--json")
     assert code == 0 and [g["id"] for g in json.loads(out)["grants"]] == [grant.id]
     code, out, _ = await piigate(url, "grants", "list")
-    assert grant.id in out and "statement fp" in out
+    assert grant.id in out and "statement SELECT email FROM customers WHERE id = $1 [sk1:abababab...]" in out
     code, out, _ = await piigate(url, "grants", "revoke", grant.id)
     assert code == 0 and f"revoked {grant.id}" in out
     code, out, err = await piigate(url, "grants", "revoke", grant.id)

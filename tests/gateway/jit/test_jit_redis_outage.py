@@ -76,7 +76,9 @@ async def test_redis_down_then_back(own_redis):
             await asyncio.wait_for(waiter, 10)
         print(f"\nhold noticed the outage after {time.perf_counter() - t0:.2f}s")
         with pytest.raises(JitUnavailable):
-            await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp")
+            await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "sk1:fp")
+        with pytest.raises(JitUnavailable):
+            await jit.statement_key("SELECT email FROM customers", ("public",))
         with pytest.raises(JitUnavailable):
             await jit.create_request("alice", Action.READ, fingerprint="fp")
 
@@ -85,7 +87,8 @@ async def test_redis_down_then_back(own_redis):
         while True:                 # the pool reconnects by itself; give it a moment
             try:
                 req2 = await jit.create_request("alice", Action.READ, columns={EMAIL},
-                                                categories={"email"}, fingerprint="fp")
+                                                categories={"email"}, fingerprint="fp",
+                                                statement_key="sk1:fp")
                 break
             except JitUnavailable:
                 if time.monotonic() > deadline:
@@ -98,6 +101,6 @@ async def test_redis_down_then_back(own_redis):
         kind, grant = await waiter
         assert kind == "approved"
         print(f"after recovery approve -> wake {1000 * (time.perf_counter() - t1):.1f} ms")
-        assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp")).id == grant.id
+        assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "sk1:fp")).id == grant.id
     finally:
         await jit.close()

@@ -11,11 +11,14 @@ from gateway.jit import (
     ApprovalRefused, Conflict, JitConfig, NotFound, ReasonRequired, RequestState, TokenRejected,
 )
 from gateway.jit import totp
+from gateway.jit.model import statement_key
 from policies.model import Action, ApprovalRequirement
 
 
 EMAIL = ColumnRef("public", "customers", "email")
 SSN = ColumnRef("public", "customers", "ssn")
+#: what the session computes for the held statement (gateway.jit.model.statement_key)
+SK_EMAIL = statement_key("SELECT email FROM customers WHERE id = 1", ("public",), b"test-secret")
 REQ = ApprovalRequirement(approver_groups=frozenset({"dba"}), max_duration_s=3600)
 
 
@@ -23,6 +26,7 @@ async def new_request(jit, principal="alice", requirement=REQ, **kw):
     kw.setdefault("columns", {EMAIL})
     kw.setdefault("categories", {"email"})
     kw.setdefault("fingerprint", "fp-email")
+    kw.setdefault("statement_key", SK_EMAIL)
     return await jit.create_request(principal, Action.READ, requirement=requirement,
                                     redacted_sql="SELECT email FROM customers WHERE id = $1",
                                     session_id="s1", **kw)
@@ -47,11 +51,19 @@ async def test_create_approve_wakes_waiter_fast(jit, audit_log):
     types = [e["type"] for e in audit_log.events]
     assert types[:1] == ["jit.request.created"] and "jit.grant.created" in types
     # The grant lifts the same statement, and only it.
-    assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email")).id == grant.id
-    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-other") is None
-    assert await jit.find_covering_grant("mallory", Action.READ, {EMAIL}, {"email"}, "fp-email") is None
+    assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL)).id == grant.id
+    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "sk1:other") is None
+    assert await jit.find_covering_grant("mallory", Action.READ, {EMAIL}, {"email"}, SK_EMAIL) is None
     views = await jit.find_grants("alice", Action.READ)
-    assert [v.grant_id for v in views] == [grant.id] and views[0].fingerprint == "fp-email"
+    assert [v.grant_id for v in views] == [grant.id] and views[0].fingerprint == SK_EMAIL
+    # a fingerprint, what statement grants were keyed on, matches nothing
+    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email") is None
+    # the key binds the exact text and the search_path
+    k = await jit.statement_key("SELECT email FROM customers WHERE id = 1", ("public",))
+    assert k.startswith("sk1:") and k == await jit.statement_key("SELECT email FROM customers WHERE id = 1",
+                                                                 ["public"])
+    assert k != await jit.statement_key("SELECT email FROM customers WHERE id = 2", ("public",))
+    assert k != await jit.statement_key("SELECT email FROM customers WHERE id = 1", ("other", "public"))
 
 
 async def test_wait_times_out_and_request_stays_pending(jit):
@@ -112,13 +124,13 @@ async def test_quorum_of_two(jit):
     req = await new_request(jit, requirement=ApprovalRequirement(approvals=2))
     first = await jit.approve(req.id, "bob", (), 600, "columns")
     assert first.grant is None and first.request.state is RequestState.PENDING
-    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email") is None
+    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL) is None
     with pytest.raises(ApprovalRefused):
         await jit.approve(req.id, "bob", (), 600, "columns")
     second = await jit.approve(req.id, "carol", (), 300, "columns")
     assert second.grant is not None and second.grant.approved_by == ("bob", "carol")
     assert second.grant.scope == "columns" and second.grant.duration_s == 300
-    assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-x")).id == second.grant.id
+    assert (await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "sk1:x")).id == second.grant.id
 
 
 async def test_concurrent_approvers_make_one_grant(jit):
@@ -135,7 +147,7 @@ async def test_one_time_grant_used_exactly_once_by_50_sessions(jit):
     outcome = await jit.approve(req.id, "bob", {"dba"}, 600, "statement", uses=1)
     assert outcome.grant.uses_left == 1
     results = await asyncio.gather(*(
-        jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email")
+        jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL)
         for _ in range(50)))
     used = [g for g in results if g is not None]
     assert len(used) == 1 and used[0].uses_left == 0
@@ -144,7 +156,7 @@ async def test_one_time_grant_used_exactly_once_by_50_sessions(jit):
 async def test_counted_grant_three_uses(jit):
     req = await new_request(jit)
     await jit.approve(req.id, "bob", {"dba"}, 600, "statement", uses=3)
-    lefts = [await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email")
+    lefts = [await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL)
              for _ in range(4)]
     assert [g.uses_left if g else None for g in lefts] == [2, 1, 0, None]
 
@@ -157,9 +169,9 @@ async def test_expiry_by_reader_clock_despite_longer_ttl(jit):
     key = jit._k_grant(outcome.grant.id)
     await jit.redis.expire(key, 7200)           # and a TTL longer than the grant
     now = time.time()
-    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email", now=now)
+    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL, now=now)
     later = approved_at + 3600
-    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, "fp-email",
+    assert await jit.find_covering_grant("alice", Action.READ, {EMAIL}, {"email"}, SK_EMAIL,
                                          now=later) is None
     assert await jit.find_grants("alice", now=later) == ()
     assert await jit.redis.exists(key)          # Redis still has it: the clock check decided
@@ -292,10 +304,14 @@ async def test_one_time_token(make_jit, redis_prefix):
     assert await jit.find_covering_grant("ci-bot", Action.READ, {EMAIL}, {"email"}, None) is None
     # Expired tokens never work, even unused.
     late, claims2 = jit.issue_token("ci-bot", Action.READ, "statement", issued_by="bob", ttl_s=10,
-                                    duration_s=60, fingerprint="fp")
+                                    duration_s=60, fingerprint=SK_EMAIL)
     with pytest.raises(TokenRejected, match="expired"):
         await jit.redeem_token(late, "ci-bot", now=claims2.exp)
-    assert (await jit.redeem_token(late, "ci-bot", now=claims2.exp - 1)).fingerprint == "fp"
+    assert (await jit.redeem_token(late, "ci-bot", now=claims2.exp - 1)).statement_key == SK_EMAIL
+    # statement tokens are bound to a statement key, never a fingerprint
+    with pytest.raises(ValueError, match="statement key"):
+        jit.issue_token("ci-bot", Action.READ, "statement", issued_by="bob", ttl_s=10, duration_s=60,
+                        fingerprint="fp")
 
 
 SECRET_B32 = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
