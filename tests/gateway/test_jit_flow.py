@@ -501,3 +501,35 @@ async def test_statement_grant_is_bound_to_the_search_path(gateway_factory, pg_s
         assert conn.execute(sql).fetchall() == [(7, "000-00-0007")]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "half-close"])
+async def test_a_client_gone_while_its_statement_is_held_leaves_the_gateway_serving(jit_gateway, how):
+    """A held statement whose client disconnects (closes, resets, or half-closes)
+    while it waits: the request is abandoned, the session ends, and the gateway goes
+    on serving everyone else (a red-team run saw the process exit once around here)."""
+    import socket
+    import struct
+    from gateway.protocol import codec
+    from .rawclient import RawClient, errors
+    gw = jit_gateway(hold=2)
+    raw = RawClient("127.0.0.1", gw.port, "sam", PASSWORD, gw.dbname, timeout=10)
+    assert not errors(raw.query("SET piigate.reason = 'TICKET-41'"))
+    raw.sock.sendall(codec.encode_query("SELECT email FROM customers WHERE id = 4"))
+    await _pending(gw.admin)
+    if how == "reset":
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        raw.sock.close()
+    elif how == "half-close":
+        raw.sock.shutdown(socket.SHUT_WR)
+    else:
+        raw.sock.close()
+    await asyncio.sleep(3)                                   # past the hold timeout
+    assert gw.runtime is not None and not gw.loop.is_closed() and gw.thread.is_alive()
+    conn = psycopg.connect(gw.dsn(gw.dbname, user="lee"), autocommit=True)
+    try:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        conn.close()
+        if how == "half-close":
+            raw.sock.close()
