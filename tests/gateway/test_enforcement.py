@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import asyncpg
@@ -287,7 +288,6 @@ effect = "allow"
 
 
 def _bind_execute(name: str) -> bytes:
-    import struct
     return (codec.frame(b"B", b"\x00" + name.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
             + codec.frame(b"E", b"\x00" + struct.pack("!i", 0)) + codec.frame(b"S"))
 
@@ -947,3 +947,45 @@ def test_a_malformed_query_under_policy_closes_only_that_session(policy_gateway,
         assert not errors(other.query("SELECT id FROM customers WHERE id = 1"))
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("payload", [
+    b"SELECT ssn FROM customers WHERE id = 7 /* \xff\xfe */",            # not UTF-8
+    b"SELECT 1\x00SELECT ssn FROM customers WHERE id = 7",              # a NUL inside the text
+    b"SELECT ssn FROM customers WHERE id = 7 -- \xc3",                  # a cut multibyte character
+])
+def test_malformed_query_text_never_reaches_postgres_in_clear(policy_gateway, payload):
+    """Query bytes the gateway cannot read as the session's encoding, or with a NUL
+    inside: refused (or the connection closed as a protocol violation), never
+    forwarded for PostgreSQL to read its own way."""
+    ann = _client(policy_gateway)
+    try:
+        ann.sock.sendall(b"Q" + struct.pack("!i", len(payload) + 5) + payload + b"\x00")
+        try:
+            msgs = ann._until_ready()
+        except ConnectionError:
+            msgs = None                                      # 08P01: this connection closed
+        if msgs is not None:
+            assert errors(msgs), msgs
+        assert b"000-00-0007" not in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_masked_portal_read_in_pieces_stays_masked(policy_gateway):
+    """Execute with a row limit (PortalSuspended) and again: every piece comes from
+    the rewritten statement."""
+    ann = _client(policy_gateway)
+    try:
+        ann.sock.sendall(codec.encode_parse("", "SELECT id, ssn FROM customers ORDER BY id")
+                         + codec.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+                         + codec.frame(b"E", b"\x00" + struct.pack("!i", 3))
+                         + codec.frame(b"E", b"\x00" + struct.pack("!i", 3))
+                         + codec.frame(b"S"))
+        msgs = ann._until_ready()
+        assert not errors(msgs), errors(msgs)
+        assert sum(getattr(m, "type", None) == b"s" for m in msgs) == 2     # PortalSuspended twice
+        assert _rows(msgs) == 6
+        assert b"000-00-000" not in ann.received
+    finally:
+        ann.close()
