@@ -248,7 +248,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 async def issue_token(request: web.Request) -> web.Response:
     body = await read_body(request, {"user", "action", "scope", "columns", "categories",
-                                     "fingerprint", "ttl", "duration", "uses"},
+                                     "statement_key", "fingerprint", "ttl", "duration", "uses"},
                            {"user", "action", "scope", "ttl", "duration"})
     who, cfg = approver_of(request), request.app[CONFIG]
     if cfg.token_issuer_groups and not (who.groups & cfg.token_issuer_groups):
@@ -278,7 +278,8 @@ async def issue_token(request: web.Request) -> web.Response:
             user, action, _scope(body, "statement"), issued_by=who.name,
             ttl_s=parse_duration(body["ttl"], "ttl"),
             duration_s=parse_duration(body["duration"], "duration"), columns=columns,
-            categories=cats, fingerprint=_opt_str(body, "fingerprint", 200), uses=uses)
+            categories=cats, fingerprint=_opt_str(body, "fingerprint", 200),
+            statement_key=_opt_str(body, "statement_key", 200), uses=uses)
     except ValueError as e:
         raise ApiError(422, "bad_terms", str(e)) from None
     await service.record_token_issued(claims)
@@ -340,6 +341,7 @@ ROUTES: tuple[Route, ...] = (
                                "scope": {"enum": ["statement", "columns"]},
                                "columns": {"type": "array", "items": {"type": "string"}},
                                "categories": {"type": "array", "items": {"type": "string"}},
+                               "statement_key": {"type": "string"},
                                "fingerprint": {"type": "string"}, "ttl": _DUR, "duration": _DUR,
                                "uses": {"type": ["integer", "null"], "minimum": 1}}},
           statuses=(201, 400, 403, 422)),

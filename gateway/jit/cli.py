@@ -270,7 +270,7 @@ def cmd_tokens_issue(args: argparse.Namespace) -> None:
                             "columns": args.column, "categories": args.category,
                             "ttl": args.ttl, "duration": args.duration, "uses": args.uses}
     if args.fingerprint:
-        body["fingerprint"] = args.fingerprint
+        body["statement_key"] = args.fingerprint
     data = call(args, "POST", "tokens", body)
     _emit(args, data, f"{data['token']}\n\nfor {data['user']}, redeem before "
                       f"{_when(data['expires_at'])} with:\n  {data['how_to_use']}")

@@ -921,7 +921,7 @@ class JitService:
             raise ValueError("duration_s must be a positive integer")
         if statement_key is None and fingerprint and fingerprint.startswith(f"{STATEMENT_KEY_VERSION}:"):
             statement_key, fingerprint = fingerprint, None
-        if scope == "statement" and not statement_key:
+        if scope == "statement" and not (statement_key or "").startswith(f"{STATEMENT_KEY_VERSION}:"):
             raise ValueError("a statement-scoped token needs the statement key of the access request "
                              f"it is for ({STATEMENT_KEY_VERSION}:..., shown as statement_key); a "
                              "fingerprint would also match statements with other constants or aliases")

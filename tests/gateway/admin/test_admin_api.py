@@ -206,7 +206,16 @@ async def test_tokens(env):
     await error_of(await client.post("/api/v1/tokens", json={**body, "columns": ["x"]}, headers=auth("bob")), 400)
     await error_of(await client.post("/api/v1/tokens", json={**body, "ttl": "30d"}, headers=auth("bob")), 422)
     await error_of(await client.post("/api/v1/tokens", json={**body, "scope": "statement"},
-                                     headers=auth("bob")), 422)     # no fingerprint to bind
+                                     headers=auth("bob")), 422)     # no statement key to bind
+    await error_of(await client.post("/api/v1/tokens", json={**body, "scope": "statement",
+                                                             "statement_key": "0e57eee906669488"},
+                                     headers=auth("bob")), 422)     # a fingerprint is not a key
+    key = "sk1:" + "ab" * 32
+    resp = await client.post("/api/v1/tokens", json={**body, "scope": "statement", "statement_key": key},
+                             headers=auth("bob"))
+    assert resp.status == 201, await resp.text()
+    grant = await service.redeem_token((await resp.json())["token"], "ci-bot")
+    assert grant.scope == "statement" and grant.statement_key == key
 
 
 async def test_metrics_format(env):
