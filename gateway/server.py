@@ -81,11 +81,11 @@ def _special(types: bytes) -> bytes:
 
 
 #: backend message types the relay must see whole, by (watching errors, tracking
-#: outcomes): ReadyForQuery, ParameterStatus, NotificationResponse, CopyBothResponse
-#: and ErrorResponse (a FATAL one means the server is about to close) always;
-#: NoticeResponse when errors are rewritten or scrubbed; CommandComplete when
-#: outcomes are recorded
-_UP_SPECIAL = (_special(b"ZSAWE"), _special(b"ZSAWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
+#: outcomes): ReadyForQuery, ParameterStatus, CopyBothResponse and ErrorResponse (a
+#: FATAL one means the server is about to close) always; NoticeResponse and
+#: NotificationResponse (its payload withheld) when errors are rewritten or scrubbed;
+#: CommandComplete when outcomes are recorded
+_UP_SPECIAL = (_special(b"ZSWE"), _special(b"ZSWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -661,27 +661,19 @@ class Relay:
                     elif name == b"standard_conforming_strings":
                         self.standard_strings = rest.rstrip(b"\x00") == b"on"
                 elif t == 0x41:                             # NotificationResponse
-                    # clients know the gateway's pids, not the upstream backends': translate
-                    # the notifying backend's pid when it is one of our sessions
-                    (upid,) = _I32.unpack_from(data, pos + 5)
-                    ours = self.gateway.client_pid_of(upid)
                     # under PII policy a payload is withheld: a trigger can send
-                    # row_to_json(NEW) of a customer, and nothing there is masked
+                    # row_to_json(NEW) of a customer, and nothing there is masked.
+                    # (The sender's pid needs no translating: clients' keys carry
+                    # the upstream backends' own pids.)
                     channel_end = data.find(b"\x00", pos + 9, end) if self._scrub else -1
                     if channel_end >= 0 and channel_end + 2 < end:
                         if pieces is None:
                             pieces = []
                         pieces.append(data[last:pos])
                         channel = data[pos + 9:channel_end + 1]
-                        pieces.append(b"A" + _I32.pack(4 + 4 + len(channel) + 1)
-                                      + _I32.pack(upid if ours is None else ours) + channel + b"\x00")
+                        pieces.append(b"A" + _I32.pack(4 + 4 + len(channel) + 1) + data[pos + 5:pos + 9]
+                                      + channel + b"\x00")
                         last = end
-                    elif ours is not None:
-                        if pieces is None:
-                            pieces = []
-                        pieces.append(data[last:pos + 5])
-                        pieces.append(_I32.pack(ours))
-                        last = pos + 9
                 else:                                       # CopyBothResponse: replication only
                     self.fatal("0A000", "COPY BOTH (replication) is not supported through piigate")
                     return
@@ -743,12 +735,6 @@ class Gateway:
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
-
-    def client_pid_of(self, upstream_pid: int) -> int | None:
-        for relay in self.sessions.values():
-            if relay.upstream_conn.backend_pid == upstream_pid:
-                return relay.key[0]
-        return None
 
     def track(self, task: asyncio.Task) -> None:
         self._tasks.add(task)

@@ -326,11 +326,10 @@ class PolicyGate(Gate):
                     "26000", f"piigate: prepared statement {name!r} was not prepared through the gateway in "
                     "this session", "prepare it again"))
             # a SQL-level PREPARE bound at protocol level: checked as EXECUTE would be
+            # (its first execution is the one a counted grant's use paid for)
             first = name not in s.executed
             s.executed.add(name)
-            entry = (meaning[0], meaning[1], False, meaning[2])
-            if first and meaning[1].grant_id in s.counted_grants:
-                entry = (meaning[0], meaning[1], True, meaning[2])
+            entry = (meaning[0], meaning[1], first and meaning[1].grant_id in s.counted_grants, meaning[2])
         facts, decision, first_pending, ctx = entry
         if "path_check" in relay.state and s.under_policy:
             return self._refuse_bind(relay, _PATH_PENDING)
@@ -514,9 +513,7 @@ class PolicyGate(Gate):
         plans = []
         for facts in facts_list:
             if facts.kind is StatementKind.SESSION and facts.setting and facts.setting[0] in ("search_path", "all"):
-                value = facts.setting[1]
-                s.search_path = ((None if value is None or value.upper() == "DEFAULT"
-                                  else _parse_search_path(value, self.engine.db_user))
+                s.search_path = (_parse_search_path(facts.setting[1], self.engine.db_user)
                                  or self.engine_default_path(s))
             elif facts.kind is StatementKind.DDL and not _leaves_names_alone(facts):
                 self._ddl_forwarded(relay)
@@ -591,9 +588,7 @@ class PolicyGate(Gate):
                                      "statement of its own outside a transaction block",
                                      hint="send SET search_path = ... as a separate statement once the ones "
                                           "before it have completed, not in BEGIN ... COMMIT, not with SET LOCAL"))
-            value = facts.setting[1]
-            new = (None if value is None or value.upper() == "DEFAULT"
-                   else _parse_search_path(value, self.engine.db_user))
+            new = _parse_search_path(facts.setting[1], self.engine.db_user)
             if new is not None and catalog_not_first(list(new)):
                 return (facts, _deny("session:search-path", "piigate: a search_path that puts pg_catalog after "
                                      "another schema is not allowed for users under PII policy (functions and "
@@ -1341,26 +1336,25 @@ def _default_search_path(schema: LiveSchema, principal: Principal) -> tuple[str,
     return tuple(p for p in schema.search_path if p != "$user") or ("public",)
 
 
+def _parse_guc_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
+    """A search_path as PostgreSQL writes the list (a startup parameter, or a SET as the
+    analyser reports it, quoted where needed: SET search_path = 'a,b' names the one
+    schema "a,b"). "$user" is the role the session runs as upstream: PostgreSQL
+    searches a schema of that name first when there is one, so dropping it would let
+    such a schema shadow what the gateway resolves."""
+    names = split_identifier_list(value) if value else None
+    return _user_path(names, db_user) if names else None
+
+
 def _parse_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
-    """A search_path as the analyser reports a SET: names as PostgreSQL writes the
-    list (quoted where needed: SET search_path = 'a,b' names the one schema "a,b").
-    "$user" is the role the session runs as upstream: PostgreSQL searches a schema of
-    that name first when there is one, so dropping it would let such a schema shadow
-    what the gateway resolves."""
-    if not value:
+    """The value of a SET search_path; None for DEFAULT (the session's start value)."""
+    if not value or value.upper() == "DEFAULT":
         return None
-    names = split_identifier_list(value)
-    return _user_path(names, db_user) if names is not None else None
+    return _parse_guc_search_path(value, db_user)
 
 
 def _user_path(names: list[str], db_user: str) -> tuple[str, ...] | None:
     return tuple(db_user if p == "$user" else p for p in names if p and (p != "$user" or db_user)) or None
-
-
-def _parse_guc_search_path(value: str | None, db_user: str) -> tuple[str, ...] | None:
-    """A search_path as written in a startup parameter (PostgreSQL's identifier list)."""
-    names = split_identifier_list(value) if value else None
-    return _user_path(names, db_user) if names else None
 
 
 def _reencode_parse(frame: bytes, sql: str, encoding: str) -> bytes:
