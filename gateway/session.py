@@ -442,6 +442,17 @@ class PolicyGate(Gate):
         if "path_check" in relay.state and s.under_policy:
             refusal = _PATH_PENDING
             return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
+        if (not extended and s.under_policy and relay.inflight <= 1
+                and relay.errors_seen != relay.state.get("errors_at_ready", 0)):
+            # an error came after the last ReadyForQuery with nothing else outstanding:
+            # an extended-protocol message failed and no Sync followed, so PostgreSQL
+            # skips this Query unanswered; what the gateway decided for it (a new
+            # search_path, a cursor) would not have happened
+            return Verdict(b"", client=codec.encode_error(
+                "08P01", "piigate: a simple Query was sent after a failed extended-protocol message and before "
+                "its Sync; PostgreSQL skips it, so the gateway can no longer follow this session and has "
+                "closed it", severity="FATAL", hint="send Sync after an extended-protocol error before a Query"),
+                close=True)
         t0 = time.perf_counter()
         if not s.under_policy and eng.audit is None:
             # nothing to enforce and nothing to record: a plain relay (DDL still
@@ -610,12 +621,14 @@ class PolicyGate(Gate):
 
     @staticmethod
     def _path_changed(relay, after_others: bool) -> None:
-        """The search_path change is taken as done when decided. As the last statement
-        of a Query it runs only if every statement before it succeeds: on_ready ends
-        the session if the server reported an error meanwhile (the gateway could no
-        longer tell which search_path is in effect)."""
-        if after_others:
-            relay.state["path_check"] = relay.errors_seen
+        """The search_path change is taken as done when decided. It runs only if
+        nothing before it fails: as the last statement of a Query, every statement
+        before it must succeed; alone, PostgreSQL still skips it unanswered when an
+        extended-protocol message sent before it (without a Sync) failed. on_ready
+        ends the session if the server reported an error before its ReadyForQuery
+        (the gateway could no longer tell which search_path is in effect), and
+        statements pipelined behind it are refused until then."""
+        relay.state["path_check"] = relay.errors_seen
 
     def _cached_decision(self, relay, s: SessionState, facts: StatementFacts, sql: str, reason) -> Decision:
         """decide() is pure; for statements whose facts depend on nothing but their
@@ -1207,10 +1220,10 @@ class PolicyGate(Gate):
             # after the server's own error and ReadyForQuery have reached the client,
             # before anything else the client sends is read
             asyncio.get_running_loop().call_soon(
-                relay.fatal, "42501", "piigate: a statement before the search_path change in the same query failed, "
-                        "so the change may not have happened; the gateway can no longer tell how names "
-                        "resolve in this session and has closed it", "reconnect; change search_path in a "
-                        "query of its own")
+                relay.fatal, "42501", "piigate: a statement before the search_path change failed, so the change "
+                        "may not have happened; the gateway can no longer tell how names resolve in this "
+                        "session and has closed it", "reconnect; change search_path in a query of its own, "
+                        "after a Sync")
             return
         s: SessionState = relay.state.get("s")
         if s is not None and status == "I" and s.open_grants:
