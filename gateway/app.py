@@ -143,7 +143,8 @@ class Runtime:
                              metrics=self.metrics, instance=cfg.server.instance_id,
                              hold_timeout_s=getattr(comps.jit_config, "hold_timeout_s", 300.0),
                              admin_url=self._admin_url(), on_ddl=self._refresh_now.set,
-                             pseudonym_installed=_pseudonym_installed(schema), db_user=cfg.upstream.user)
+                             pseudonym_installed=_pseudonym_installed(schema), db_user=cfg.upstream.user,
+                             database=cfg.upstream.database)
         self.engine.schema_ready = schema_ready
         gate = PolicyGate(self.engine)
         self.gateway = Gateway(cfg, gate)

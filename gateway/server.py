@@ -165,6 +165,11 @@ class Gate:
         settings are judged one by one (protocol.startup); others pass as sent."""
         return False
 
+    def database_refusal(self, user: GatewayUser, database: str) -> "tuple[str, str] | None":
+        """(message, hint) when ``user`` may not open a session on ``database``
+        through this gate; None lets the session start."""
+        return None
+
     def plain(self, relay: "Relay") -> bool:
         """True when this session needs no statement hooks at all (nothing to decide,
         record or re-check): the relay then only frames messages and forwards them in
@@ -868,6 +873,9 @@ class Gateway:
         database = params.get("database") or user_name
         if user.databases and database not in user.databases:
             raise _refuse("42501", f"gateway user \"{user.name}\" may not connect to database \"{database}\"")
+        refused = self.gate.database_refusal(user, database)
+        if refused is not None:
+            raise _refuse("42501", *refused)
         try:
             settings = startup_settings(params, restricted=self.gate.restricted(user))
         except StartupRefused as e:

@@ -125,8 +125,11 @@ class Engine:
                  audit=None, jit=None, metrics=None, instance: str = "",
                  hold_timeout_s: float = 300.0, admin_url: str = "",
                  pseudonym_installed: bool = False, on_ddl: Callable[[], None] | None = None,
-                 db_user: str = ""):
+                 db_user: str = "", database: str = ""):
         self.schema = schema
+        #: the database whose schema and catalog were read: the only one whose names
+        #: the gateway can resolve ("" when not known: no check)
+        self.database = database
         #: the role sessions run as upstream: what "$user" in a search_path names
         self.db_user = db_user
         self.catalog = catalog
@@ -253,6 +256,18 @@ class PolicyGate(Gate):
 
     def restricted(self, user) -> bool:
         return self.engine.under_policy(Principal(user.name, user.roles))
+
+    def database_refusal(self, user, database: str):
+        """Names resolve against the schema the gateway read from its upstream
+        database; in any other database the same names can mean other relations
+        (a "customers" with more columns than the one read), so a user under policy
+        may not open a session there."""
+        eng = self.engine
+        if eng.database and database != eng.database and self.restricted(user):
+            return (f"piigate: database \"{database}\" is not the one this gateway checks statements "
+                    f"against (\"{eng.database}\"), so users under PII policy may not connect to it",
+                    f"connect to \"{eng.database}\", or ask an administrator for a gateway for \"{database}\"")
+        return None
 
     def plain(self, relay: Relay) -> bool:
         """An unrestricted principal with no audit trail configured: nothing to decide

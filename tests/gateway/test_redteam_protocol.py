@@ -92,3 +92,34 @@ def test_an_unrestricted_user_may_send_a_query_before_sync(shadow_gateway):
     finally:
         dba.close()
 
+
+def test_a_user_under_policy_may_not_open_a_database_the_gateway_did_not_read(gateway_factory, pg_server,
+                                                                             sample_db, tmp_path):
+    """The gateway reads the schema of its upstream database and resolves every name
+    with it. Connected to another database of the same server, "customers" was the
+    two-column table of the database read (nothing catalogued): SELECT * passed
+    unchanged and returned every PII column of the other database's customers in
+    clear. Users under policy are now refused at startup; others connect as before."""
+    import psycopg
+    from ..conftest import create_database, drop_database
+    other = create_database(pg_server, prefix="piigate_rt_other")
+    try:
+        with psycopg.connect(other, autocommit=True) as conn:
+            conn.execute("CREATE TABLE customers (id int, city text); GRANT SELECT ON customers TO gw_user")
+        gw = gateway_factory(config_text=_policy_config(pg_server, other.dbname, tmp_path))
+        with pytest.raises(ConnectionError) as exc:
+            RawClient("127.0.0.1", gw.port, "ann", "secret-pw", sample_db.dbname)
+        assert exc.value.args[0].startswith("42501"), exc.value
+        ann = RawClient("127.0.0.1", gw.port, "ann", "secret-pw", other.dbname)
+        try:
+            assert not errors(ann.query("SELECT * FROM customers"))
+        finally:
+            ann.close()
+        dba = RawClient("127.0.0.1", gw.port, "dba", "secret-pw", sample_db.dbname)
+        try:
+            assert not errors(dba.query("SELECT ssn FROM customers WHERE id = 7"))
+            assert SSN7 in dba.received
+        finally:
+            dba.close()
+    finally:
+        drop_database(pg_server, other.dbname)
