@@ -70,6 +70,9 @@ _REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
 #: (German „…“ and »…«, French « … », ‘…’, “…”, 「…」): the values a message echoes
 _SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'|„[^“”]*[“”]|“[^”]*”|‘[^’]*’|«[^»]*»|»[^«]*«|「[^」]*」|『[^』]*』')
 _SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
+#: DECLARE ... WITH HOLD: the cursor outlives its transaction (read loosely: a false
+#: match only keeps a cursor watched longer)
+_WITH_HOLD = re.compile(r"(?is)\bwith\s+hold\b")
 
 
 @dataclass
@@ -98,6 +101,13 @@ class SessionState:
     executed: set = field(default_factory=set)
     #: grants used since the session was last idle (inside the open transaction)
     open_grants: set = field(default_factory=set)
+    #: portals (protocol Bind, the unnamed one included) and cursors decided under a
+    #: grant that may still be open: ("portal"|"cursor", name) -> (grant id, WITH HOLD).
+    #: A protocol Execute reads a portal or cursor without the gateway seeing it, so
+    #: when such a grant lapses while one is open the session is ended (_grant_ended)
+    readers: dict = field(default_factory=dict)
+    #: grant ids whose expiry this session watches (for ``readers``)
+    lapse_watched: set = field(default_factory=set)
     totp_code: str | None = None                        # SET piigate.totp: self-service step-up
     statements_total: int = 0
     #: prepared decision records of this session: key -> (decision, RecordTemplate)
@@ -359,6 +369,11 @@ class PolicyGate(Gate):
         lapsed = self._grant_lapsed(s, decision.grant_id)
         if lapsed is not None:
             return self._refuse_bind(relay, lapsed)
+        if decision.grant_id is not None:
+            self._reader_opened(relay, s, ("portal", body[:p].decode(relay.encoding, "replace")),
+                                decision.grant_id, False)
+        elif s.readers:
+            s.readers.pop(("portal", body[:p].decode(relay.encoding, "replace")), None)   # replaced
         if first_pending:
             if name in s.statements:
                 s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
@@ -601,7 +616,8 @@ class PolicyGate(Gate):
             s.search_path = self.engine_default_path(s)
             self._path_changed(relay, after_others)
             if command == "DISCARD ALL":
-                for table in (s.cursors, s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
+                for table in (s.cursors, s.prepared, s.prepared_meaning, s.statements, s.bind_templates,
+                              s.readers):
                     table.clear()
             return (facts, Decision(Effect.ALLOW, "session:reset", action=Action.SESSION))
         if command.startswith("DISCARD"):
@@ -1052,10 +1068,43 @@ class PolicyGate(Gate):
             return
         s.grant_expiry[grant_id] = 0.0
         s.grants = [g for g in s.grants if getattr(g, "id", None) != grant_id]
+        if self._grant_ended(relay, grant_id):
+            return
         if end_sessions and (grant_id in s.open_grants or grant_id in s.cursors.values()
                              or grant_id in s.prepared.values()):
             relay.fatal("42501", f"piigate: grant {grant_id} was revoked; this session had a transaction or "
                         "cursor open under it and has been ended", "reconnect; request access again if needed")
+
+    def _reader_opened(self, relay, s: SessionState, key: tuple, grant_id: str, hold: bool) -> None:
+        """A portal or cursor was opened under ``grant_id``: watch for the grant's end."""
+        s.readers[key] = (grant_id, hold or s.readers.get(key, (None, False))[1])
+        expires = s.grant_expiry.get(grant_id)
+        if expires is None or grant_id in s.lapse_watched:
+            return
+        s.lapse_watched.add(grant_id)
+        asyncio.get_running_loop().call_later(max(0.0, expires - time.time()) + 0.05,
+                                              self._grant_ended, relay, grant_id)
+
+    def _grant_ended(self, relay, grant_id: str) -> bool:
+        """``grant_id`` expired or was revoked. A protocol Execute reads an open portal
+        or cursor without a message the gateway checks, so when one decided under it
+        may still be open, the session ends (True)."""
+        s: SessionState = relay.state.get("s")
+        if s is None or relay.closed:
+            return False
+        expires = s.grant_expiry.get(grant_id)
+        if expires is not None and time.time() < expires:
+            # prolonged meanwhile (a later grant of the same id cannot be): look again then
+            asyncio.get_running_loop().call_later(expires - time.time() + 0.05, self._grant_ended,
+                                                  relay, grant_id)
+            return False
+        s.lapse_watched.discard(grant_id)
+        if not any(v[0] == grant_id for v in s.readers.values()):
+            return False
+        relay.fatal("42501", f"piigate: grant {grant_id} has expired or been revoked while a cursor or portal "
+                    "opened under it was still open; the session has been ended so that nothing more is read "
+                    "from it", "reconnect; request access again if needed")
+        return True
 
     def _remember(self, relay, s: SessionState, facts: StatementFacts, decision: Decision,
                   extended: bool = False) -> None:
@@ -1066,6 +1115,16 @@ class PolicyGate(Gate):
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
             _created(relay, "cursor", facts.cursor_name, extended)
+            if decision.grant_id is not None:
+                self._reader_opened(relay, s, ("cursor", facts.cursor_name), decision.grant_id,
+                                    _WITH_HOLD.search(facts.sql) is not None)
+        elif (facts.kind is StatementKind.CURSOR and s.readers
+              and facts.command.upper().startswith("CLOSE")):
+            if facts.cursor_name is None:           # CLOSE ALL: every portal
+                s.readers.clear()
+            else:
+                s.readers.pop(("cursor", facts.cursor_name), None)
+                s.readers.pop(("portal", facts.cursor_name), None)
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
             s.prepared[facts.prepared_name] = decision.grant_id
             s.prepared_meaning[facts.prepared_name] = (facts.inner, decision, self._context(s))
@@ -1243,6 +1302,10 @@ class PolicyGate(Gate):
         s: SessionState = relay.state.get("s")
         if s is not None and status == "I" and s.open_grants:
             s.open_grants.clear()
+        if s is not None and status == "I" and s.readers:
+            # portals and cursors without WITH HOLD end with their transaction
+            for key in [k for k, v in s.readers.items() if not v[1]]:
+                del s.readers[key]
         inflight = relay.state.get("inflight")
         if not inflight:
             if relay.track:
