@@ -123,3 +123,115 @@ def test_a_user_under_policy_may_not_open_a_database_the_gateway_did_not_read(ga
             dba.close()
     finally:
         drop_database(pg_server, other.dbname)
+
+
+COPY_PROBES = [
+    "COPY customers TO STDOUT",
+    "COPY customers (id, ssn) TO STDOUT",
+    "COPY customers (id, city) TO STDOUT",
+    "COPY (SELECT ssn FROM customers) TO STDOUT",
+    "COPY (SELECT id, ssn FROM customers) TO STDOUT (FORMAT binary)",
+    "COPY (SELECT id FROM customers WHERE ssn = '000-00-0007') TO STDOUT",
+    "COPY customers TO STDOUT (FORMAT csv, HEADER)",
+    "SELECT 1; COPY customers TO STDOUT",
+    "COPY orders (note) TO STDOUT",
+    "COPY customers_archive TO STDOUT",
+    "COPY (TABLE customers) TO STDOUT",
+    "COPY (WITH c AS (SELECT * FROM customers) SELECT * FROM c) TO STDOUT",
+    "COPY customers FROM STDIN",
+    "COPY customers (ssn) FROM STDIN",
+    "COPY orders (customer_id, amount, note) FROM STDIN",
+]
+
+
+@pytest.mark.parametrize("sql", COPY_PROBES)
+def test_copy_never_returns_a_catalogued_value(policy_gateway, sql):
+    """COPY TO STDOUT of PII (tables, column lists, queries, binary, inside a multi-
+    statement Query) is refused or masked; COPY FROM STDIN into PII tables is refused
+    (the raw client answers a CopyInResponse with CopyFail)."""
+    ann = _client(policy_gateway)
+    try:
+        msgs = ann.query(sql)
+        assert b"000-00-00" not in ann.received and b"example.invalid" not in ann.received, msgs
+        if "FROM STDIN" in sql and "orders (customer_id" not in sql:
+            assert errors(msgs), msgs
+        assert not errors(ann.query("SELECT 1"))
+    finally:
+        ann.close()
+
+
+def test_copy_in_data_sent_before_the_refusal_arrives_is_not_read_as_sql(policy_gateway):
+    """CopyData/CopyDone pipelined behind a refused COPY FROM STDIN: PostgreSQL ignores
+    them outside COPY, and a Query hidden in a CopyData is never run."""
+    ann = _client(policy_gateway)
+    try:
+        payload = codec.encode_query("SELECT ssn FROM customers WHERE id = 7")
+        ann.sock.sendall(codec.encode_query("COPY customers (ssn) FROM STDIN")
+                         + codec.frame(b"d", payload) + codec.frame(b"c"))
+        msgs = ann._until_ready()
+        assert errors(msgs)
+        ann.drain(0.3)
+        assert SSN7 not in ann.received
+        assert not errors(ann.query("SELECT 1"))
+    finally:
+        ann.close()
+
+
+def _rowdesc(msgs):
+    return [m for m in msgs if getattr(m, "type", None) == b"T"]
+
+
+def _fields(body: bytes):
+    (n,) = struct.unpack_from("!h", body, 0)
+    pos, out = 2, []
+    for _ in range(n):
+        end = body.index(b"\x00", pos)
+        name = body[pos:end]
+        _table, _attnum, typ, size, mod, fmt = struct.unpack_from("!ihihih", body, end + 1)
+        out.append((name, typ, size, mod, fmt))
+        pos = end + 1 + 18
+    return out
+
+
+@pytest.mark.parametrize("result_format", [0, 1])
+def test_masked_columns_in_binary_and_text_describe_as_the_unmasked_statement(policy_gateway, result_format):
+    """Describe of a masked statement and portal gives the names, types, typmods and
+    formats the unmasked statement has (what the dba sees); rows in binary format
+    are masked too."""
+    sql = "SELECT id, full_name, ssn, dob, email FROM customers WHERE id = $1"
+    results = {}
+    for user in ("ann", "dba"):
+        c = RawClient("127.0.0.1", policy_gateway.port, user, "secret-pw", policy_gateway.dbname)
+        try:
+            param = struct.pack("!i", 7)
+            bind = (b"\x00\x00" + struct.pack("!hh", 1, 1) + struct.pack("!h", 1) + struct.pack("!i", 4) + param
+                    + struct.pack("!hh", 1, result_format))
+            c.sock.sendall(codec.encode_parse("", sql, (23,)) + codec.frame(b"D", b"S\x00")
+                           + codec.frame(b"B", bind) + codec.frame(b"D", b"P\x00") + _execute("") + SYNC)
+            msgs = c._until_ready()
+            assert not errors(msgs), msgs
+            results[user] = ([_fields(t.body) for t in _rowdesc(msgs)], bytes(c.received))
+        finally:
+            c.close()
+    assert results["ann"][0] == results["dba"][0]
+    assert SSN7 in results["dba"][1]
+    assert SSN7 not in results["ann"][1] and b"user07@example.invalid" not in results["ann"][1]
+    assert b"Grace Example-07" not in results["ann"][1]
+
+
+def test_describe_of_a_statement_parsed_before_flush_leaks_nothing(policy_gateway):
+    """Parse/Describe/Bind/Execute with Flush, no Sync: the statement is masked and
+    nothing is left over after a mid-pipeline error."""
+    ann = _client(policy_gateway)
+    try:
+        ann.sock.sendall(codec.encode_parse("s1", "SELECT ssn FROM customers WHERE id = 7")
+                         + codec.frame(b"D", b"Ss1\x00") + _bind("", "s1") + _execute("") + FLUSH)
+        time.sleep(0.3)
+        ann.sock.sendall(codec.encode_parse("", "SELECT ssn FROM customers WHERE ssn = $1 OR 1/0 = 1")
+                         + _bind("", "") + _execute("") + _bind("p2", "s1") + _execute("p2") + SYNC)
+        ann._until_ready()
+        ann.sock.sendall(_bind("", "s1") + _execute("") + SYNC)
+        ann._until_ready()
+        assert SSN7 not in ann.received
+    finally:
+        ann.close()
