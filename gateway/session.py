@@ -59,6 +59,10 @@ _TEMP_ONLY_BYTES = re.compile(rb"(?is)^(?:\s|--[^\n]*\n|/\*.*?\*/)*create\s+(?:o
 _NOT_DDL = (b"select", b"insert", b"update", b"delete", b"with", b"values", b"table ", b"begin", b"commit",
             b"end", b"rollback", b"abort", b"start", b"savepoint", b"release", b"set ", b"show", b"reset",
             b"fetch", b"move", b"close", b"declare", b"listen", b"notify", b"unlisten", b"lock", b"copy")
+#: one statement (at most trailing semicolons after it) that starts with one of those
+#: keywords: never DDL, let go without a second look (a semicolon anywhere else, even
+#: in a literal, sends the text through _schema_ddl)
+_NEVER_DDL = re.compile(rb"(?i)\s*(?:" + b"|".join(re.escape(k) for k in _NOT_DDL) + rb")[^;\x00]*(?:;[\s;]*)?")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
@@ -239,6 +243,7 @@ class PolicyGate(Gate):
         # every execution of a prepared statement is audited, its grant re-checked, and
         # its meaning re-checked when the search_path or the schema changed
         self.watches_binds = True
+        self.plain_statement_skip = _NEVER_DDL
 
     # -- session lifecycle ------------------------------------------------------------------
     def session_started(self, relay: Relay) -> None:
@@ -291,11 +296,8 @@ class PolicyGate(Gate):
         starts with a keyword that is never DDL is let go at once (what an
         application sends all day); anything else goes through the pattern."""
         eng = self.engine
-        if eng.on_ddl is None:
-            return True
-        head = sql[:12].lstrip().lower()
-        if head.startswith(_NOT_DDL) and b";" not in sql.rstrip().rstrip(b";"):
-            return True                   # never DDL: the same text needs no second look
+        if eng.on_ddl is None or _NEVER_DDL.fullmatch(sql) is not None:
+            return True                   # the same text needs no second look
         if _schema_ddl(sql):
             self._ddl_forwarded(relay)
             return False                  # DDL: run again, it may change the schema again

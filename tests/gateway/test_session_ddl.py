@@ -8,7 +8,7 @@ import pytest
 
 from gateway.analysis import analyze
 from gateway.schema import LiveSchema
-from gateway.session import _DDL_START_BYTES, _TEMP_ONLY_BYTES, _leaves_names_alone
+from gateway.session import _DDL_START_BYTES, _NEVER_DDL, _TEMP_ONLY_BYTES, _leaves_names_alone
 
 
 @pytest.mark.parametrize("sql,reads_schema", [
@@ -28,6 +28,28 @@ from gateway.session import _DDL_START_BYTES, _TEMP_ONLY_BYTES, _leaves_names_al
 ])
 def test_plain_sessions(sql, reads_schema):
     assert (bool(_DDL_START_BYTES.match(sql)) and not _TEMP_ONLY_BYTES.match(sql)) is reads_schema
+
+
+@pytest.mark.parametrize("sql,let_go", [
+    (b"SELECT abalance FROM pgbench_accounts WHERE aid = 7;", True),
+    (b"  select 1 ;; ", True),
+    (b"\n\tUPDATE t SET a = 1", True),
+    (b"BEGIN", True),
+    (b"SELECT 1; DROP TABLE t", False),              # a second statement: looked at
+    (b"SELECT 1; CREATE VIEW v AS SELECT 1", False),
+    (b"SELECT ';' ; ALTER TABLE t RENAME TO u", False),
+    (b"SELECT 'a;b'", False),                        # unsure where a literal ends: looked at
+    (b"CREATE TABLE t (a int)", False),
+    (b"-- c\nCREATE TABLE t (a int)", False),
+    (b"/* select */ ALTER TABLE t RENAME TO u", False),
+    (b"SELECT 1\x00CREATE TABLE t (a int)", False),  # never across a NUL
+])
+def test_plain_statements_let_go_without_a_second_look(sql, let_go):
+    """The relay forwards a plain session's Query that fullmatches _NEVER_DDL without
+    calling the gate: nothing that may be DDL may match."""
+    assert (_NEVER_DDL.fullmatch(sql) is not None) is let_go
+    if let_go:
+        assert not _DDL_START_BYTES.match(sql)
 
 
 @pytest.mark.parametrize("sql,leaves_names_alone", [
