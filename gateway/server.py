@@ -55,9 +55,11 @@ def _kinds(table: dict[bytes, int], default: int) -> bytes:
 
 
 #: what the relay does with each frontend message type: 0 not a frontend message
-#: (protocol violation), 1 forward, 2 Sync, 3 Query, 4 Parse, 5 Terminate,
-#: 6 FunctionCall, 7 Bind
-_CLIENT_KIND = _kinds({b"S": 2, b"Q": 3, b"P": 4, b"X": 5, b"F": 6, b"B": 7}, 1)
+#: (protocol violation), 1 forward (CopyData, ...), 2 Sync, 3 Query, 4 Parse,
+#: 5 Terminate, 6 FunctionCall, 7 Bind, 8 Describe/Execute/Close/Flush (more of an
+#: extended-protocol batch), 9 CopyDone/CopyFail
+_CLIENT_KIND = _kinds({b"S": 2, b"Q": 3, b"P": 4, b"X": 5, b"F": 6, b"B": 7,
+                       b"D": 8, b"E": 8, b"C": 8, b"H": 8, b"c": 9, b"f": 9}, 1)
 
 
 def _statement_span(kind: int, buf: "bytes | bytearray", start: int, end: int) -> tuple[int, int] | None:
@@ -155,6 +157,12 @@ class Gate:
         return None
 
     def scrubs_errors(self, relay: "Relay") -> bool:
+        return False
+
+    def under_policy(self, relay: "Relay") -> bool:
+        """True when the session's statements are decided under PII policy: the relay
+        then also holds the client to the message order PostgreSQL keeps in step with
+        (see Relay._drain_client), since the gate's view of the session depends on it."""
         return False
 
     def on_ready(self, relay: "Relay", status: str) -> None:
@@ -312,10 +320,19 @@ class Relay:
         self.pending_frame = b""
         #: a CancelRequest came while that message was still in the gateway
         self.cancel_requested = False
+        #: sessions under policy (Gate.under_policy): see _drain_client
+        self.strict = False
+        #: extended-protocol messages were forwarded after the last Sync
+        self.unsynced = False
+        #: a COPY ... FROM STDIN was forwarded (set by the Gate): the ReadyForQuery
+        #: that ends its Query, and how many copies it still starts before that
+        self.copy_until = 0
+        self.copies_pending = 0
 
     # -- wiring -------------------------------------------------------------------------
     def start(self, leftover_client: bytes, leftover_upstream: bytes) -> None:
         self._scrub = self.gate.scrubs_errors(self)
+        self.strict = self.gate.under_policy(self)
         self.plain = self.gate.plain(self)
         if self.plain:
             self.from_client = self._from_client_plain
@@ -409,6 +426,7 @@ class Relay:
         kinds = _CLIENT_KIND
         max_message = self.max_message
         binds = self.gate.watches_binds
+        strict = self.strict
         try:
             while n - pos >= 5:
                 t, length = _TYPE_LEN(buf, pos)
@@ -421,8 +439,32 @@ class Relay:
                 if kind == 1:                                # nothing to look at
                     pos = end
                     continue
+                if strict:
+                    # PostgreSQL drops what it receives in some states without a word:
+                    # a Sync during COPY FROM STDIN (a Query then is lost in an error),
+                    # and a Query after an extended-protocol message that failed, up to
+                    # the Sync. The gate would count and believe such a message (a SET
+                    # search_path, a DEALLOCATE) while the server never ran it, so a
+                    # session under policy may not send one.
+                    if kind != 9 and self.copies_pending and self.copy_until > self.ready_count:
+                        raise ProtocolViolation(
+                            "only CopyData, CopyDone and CopyFail may follow COPY ... FROM STDIN until it ends")
+                    if (kind == 3 or kind == 6) and self.unsynced:
+                        raise ProtocolViolation(
+                            "a Query or FunctionCall was sent before the Sync that ends the extended-protocol "
+                            "messages before it")
+                if kind == 8:                                # Describe/Execute/Close/Flush
+                    self.unsynced = True
+                    pos = end
+                    continue
+                if kind == 9:                                # CopyDone/CopyFail: that copy ends
+                    if self.copies_pending:
+                        self.copies_pending -= 1
+                    pos = end
+                    continue
                 if kind == 2:                                # Sync: a ReadyForQuery will answer
                     self.inflight += 1
+                    self.unsynced = False
                     pos = end
                     continue
                 if kind == 5:                                # Terminate
@@ -431,6 +473,7 @@ class Relay:
                     self.close("client terminated")
                     return
                 if kind == 7:                                # Bind
+                    self.unsynced = True
                     if not binds:
                         pos = end
                         continue
@@ -452,6 +495,7 @@ class Relay:
                         sql = codec.decode_frontend(b"Q", frame[5:], self.encoding).sql
                     verdict = self.gate.on_query(self, frame, sql)
                 elif kind == 4:                              # Parse
+                    self.unsynced = True
                     frame = bytes(buf[pos:end])
                     msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
                     verdict = self.gate.on_parse(self, frame, msg.name, msg.sql)
@@ -514,7 +558,7 @@ class Relay:
                     raise codec.frontend_violation(t, length, self.max_message)
                 if end > n:
                     break
-                if kind == 1 or kind == 7:                   # nothing to look at
+                if kind == 1 or kind >= 7:                   # nothing to look at
                     pass
                 elif kind == 3:                              # Query
                     self.inflight += 1

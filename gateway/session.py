@@ -307,6 +307,8 @@ class PolicyGate(Gate):
         s: SessionState = relay.state.get("s")
         return bool(s and s.under_policy)
 
+    under_policy = scrubs_errors
+
     def on_upstream_error(self, relay: Relay, body: bytes) -> bytes | None:
         """Error and notice text can echo values (a failed cast shows the value):
         for sessions under PII policy only the SQLSTATE and a scrubbed message pass."""
@@ -520,6 +522,19 @@ class PolicyGate(Gate):
                               "users under PII policy (a multibyte encoding can hide quotes from analysis)",
                               "SET client_encoding = 'UTF8' (or a single-byte encoding such as LATIN1)")
             return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
+        copies = sum(1 for f in facts_list if f.kind is StatementKind.COPY_FROM)
+        if copies:
+            if extended:
+                refusal = Refusal("0A000", "piigate: COPY ... FROM STDIN through the extended query protocol is not "
+                                  "supported for users under PII policy (the server ignores the Sync sent with it, "
+                                  "which the gateway cannot follow)",
+                                  "send the COPY as a simple Query (psql's \\copy, psycopg's cursor.copy() and "
+                                  "asyncpg's copy_to_table do)")
+                return self._refuse_parse(relay, name, refusal)
+            # the relay lets only CopyData/CopyDone/CopyFail through until this
+            # Query's ReadyForQuery (it counted the Query already)
+            relay.copy_until = relay.ready_count + relay.inflight
+            relay.copies_pending = copies
         reason = _comment_reason(sql) or s.reason
         plans = []
         needs_async = eng.audit is not None and not eng.audit.inline

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from gateway.protocol import codec
+from gateway.protocol.messages import ReadyForQuery
 
 from .rawclient import RawClient, errors
 from .test_enforcement import _client, _policy_config, policy_gateway, shadow_gateway  # noqa: F401
@@ -233,5 +234,85 @@ def test_describe_of_a_statement_parsed_before_flush_leaks_nothing(policy_gatewa
         ann.sock.sendall(_bind("", "s1") + _execute("") + SYNC)
         ann._until_ready()
         assert SSN7 not in ann.received
+    finally:
+        ann.close()
+
+
+def _until_copy_in(client) -> list:
+    msgs = []
+    while True:
+        m = client._next()
+        msgs.append(m)
+        if getattr(m, "type", None) == b"G":
+            return msgs
+        assert not isinstance(m, ReadyForQuery), msgs
+
+
+def test_a_sync_during_copy_from_stdin_ends_the_session(shadow_gateway, sample_db_fresh):
+    """PostgreSQL ignores a Sync that arrives during COPY FROM STDIN: no ReadyForQuery
+    answers it. The gateway counted it, and from then on matched the server's answers
+    to the wrong messages: a DEALLOCATE that PostgreSQL skipped (after a failed Execute,
+    before the Sync) was taken as done, a failed PREPARE of the same name was not, and
+    EXECUTE of what the gateway believed was "SELECT 1" returned the SSN through s2.t
+    (found by red-teaming). A session under policy may send only CopyData, CopyDone
+    and CopyFail until the copy ends."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("GRANT INSERT ON public.t TO gw_user")
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = public, s2"))
+        assert not errors(ann.query("PREPARE p AS SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(codec.encode_query("COPY public.t FROM STDIN"))
+        _until_copy_in(ann)
+        ann.sock.sendall(SYNC + codec.frame(b"c"))
+        msgs = _read_until_closed(ann)
+        assert [(e.sqlstate, e.fields["S"]) for e in errors(msgs)] == [("08P01", "FATAL")], msgs
+        assert SSN7 not in ann.received
+    finally:
+        ann.close()
+    # COPY FROM STDIN itself works as before
+    ann = _client(shadow_gateway)
+    try:
+        ann.sock.sendall(codec.encode_query("COPY public.t FROM STDIN"))
+        _until_copy_in(ann)
+        ann.sock.sendall(codec.frame(b"d", b"99\tcopied\n") + codec.frame(b"c"))
+        msgs = ann._until_ready()
+        assert not errors(msgs), msgs
+        ann.received.clear()
+        assert not errors(ann.query("SELECT v FROM public.t WHERE id = 99")) and b"copied" in ann.received
+    finally:
+        ann.close()
+
+
+def test_a_query_before_the_sync_of_an_extended_batch_ends_the_session(shadow_gateway):
+    """PostgreSQL skips a simple Query sent after an extended-protocol message that
+    failed, up to the Sync, and the gateway cannot know in time whether one failed:
+    a session under policy may not send a Query between extended-protocol messages
+    and their Sync, even when nothing failed."""
+    ann = _client(shadow_gateway)
+    try:
+        ann.sock.sendall(codec.encode_parse("", "SELECT 1") + _bind() + _execute() + FLUSH)
+        ann.sock.sendall(codec.encode_query("SET search_path = s2, public") + SYNC)
+        msgs = _read_until_closed(ann)
+        assert [(e.sqlstate, e.fields["S"]) for e in errors(msgs)] == [("08P01", "FATAL")], msgs
+    finally:
+        ann.close()
+
+
+def test_copy_from_stdin_in_the_extended_protocol_is_refused_under_policy(shadow_gateway, sample_db_fresh):
+    """libpq sends Sync right after the Execute of an extended-protocol COPY FROM STDIN
+    (the server ignores it): refused up front with a hint, and the session goes on."""
+    import psycopg
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("GRANT INSERT ON public.t TO gw_user")
+    ann = _client(shadow_gateway)
+    try:
+        ann.sock.sendall(codec.encode_parse("", "COPY public.t FROM STDIN") + _bind() + _execute() + SYNC)
+        msgs = ann._until_ready()
+        assert [e.sqlstate for e in errors(msgs)] == ["0A000"], msgs
+        assert "simple Query" in errors(msgs)[0].fields.get("H", "")
+        assert not errors(ann.query("SELECT 1"))
     finally:
         ann.close()
