@@ -30,6 +30,7 @@ from policies.model import (
     Action, Decision, Effect, GrantView, Policy, Principal, RequestContext,
 )
 
+from .analysis.cache import simple_key
 from .analysis.facts import StatementFacts, StatementKind
 from .audit.records import TrustedEvent
 from .protocol import codec
@@ -121,6 +122,27 @@ class SessionState:
     #: a small integer standing for (principal, client address, application_name)
     #: in decision-cache keys (hashing the principal on every statement costs more)
     context_id: int = 0
+    #: statements under policy seen before in this session, decided as ALLOW by a
+    #: decision that depends on nothing but the statement's literal-free shape (see
+    #: PolicyGate._memo_put): simple Query shape key / Parse text -> _MemoEntry
+    memo_q: dict = field(default_factory=dict)
+    memo_p: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoEntry:
+    """A statement decided before in this session (PolicyGate._memo_run): valid while
+    the session's search_path, reason and the engine's schema, catalog and policy
+    are these very objects."""
+    search_path: tuple
+    schema: Any
+    catalog: Any
+    policy: Any
+    reason: str | None
+    facts: StatementFacts
+    decision: Decision
+    template: Any          # the decision record's RecordTemplate (None: no audit trail)
+    context: tuple         # PolicyGate._context, for prepared statements
 
 
 @dataclass(frozen=True)
@@ -327,11 +349,109 @@ class PolicyGate(Gate):
 
     # -- statements -------------------------------------------------------------------------
     def on_query(self, relay: Relay, frame: bytes, sql: str):
+        s: SessionState = relay.state["s"]
+        if s.memo_q:
+            key = simple_key(sql)
+            if key is not None:
+                entry = s.memo_q.get(key)
+                if entry is not None:
+                    verdict = self._memo_run(relay, s, frame, entry, False, "")
+                    if verdict is not None:
+                        return verdict
         return self._handle(relay, frame, sql, extended=False, name="")
 
     def on_parse(self, relay: Relay, frame: bytes, name: str, sql: str):
         relay.state["parse_name"] = name
+        s: SessionState = relay.state["s"]
+        entry = s.memo_p.get(sql) if s.memo_p else None
+        if entry is not None:
+            verdict = self._memo_run(relay, s, frame, entry, True, name)
+            if verdict is not None:
+                return verdict
         return self._handle(relay, frame, sql, extended=True, name=name)
+
+    # -- the memo: a statement decided before, in the same context --------------------------
+    def _memo_run(self, relay, s: SessionState, frame: bytes, entry: "_MemoEntry", extended: bool,
+                  name: str) -> Verdict | None:
+        """What ``_handle`` would do for a statement of the memo (one statement, of
+        a literal-free shape, ALLOW by a decision that depends on nothing but the
+        shape, the session's principal and context, the search_path, the schema,
+        catalog and policy, no grant involved): its decision record written, its
+        outcome tracked, the frame passed. None: the context is not the entry's (or
+        something needs a look the memo cannot give): decide the ordinary way."""
+        eng = self.engine
+        state = relay.state
+        if (entry.search_path is not s.search_path or entry.schema is not eng.schema
+                or entry.catalog is not eng.catalog or entry.policy is not eng.policy
+                or entry.reason != s.reason or s.grants or eng.schema_hold is not None
+                or not eng.schema_ready or "path_check" in state or "last_request" in state
+                or not relay.standard_strings or not relay.encoding_supported
+                or (not extended and relay.inflight <= 1
+                    and relay.errors_seen != state.get("errors_at_ready", 0))):
+            return None
+        audit = eng.audit
+        if audit is not None and not audit.inline:
+            return None
+        t0 = time.perf_counter()
+        s.statements_total += 1
+        facts = entry.facts
+        if audit is not None:
+            try:
+                seq = audit.append_template(entry.template, required=True)
+            except Exception as e:
+                refusal = self._audit_refusal(e, True)
+                self._observe(((facts, entry.decision),), t0)
+                return self._refuse_parse(relay, name, refusal) if extended else \
+                    self._refuse_simple(relay, refusal, prefix=[])
+        m = eng.metrics
+        if m is not None:
+            m.decision("allow")
+            m.observe_statement(time.perf_counter() - t0)
+        if audit is not None:
+            inflight = state.get("inflight")
+            if inflight is None:
+                inflight = state["inflight"] = []
+            inflight.append((((seq, facts.fingerprint),), t0))
+            relay.track = True
+        if extended and self.watches_binds:
+            s.statements[name] = (facts, entry.decision, True, entry.context)
+            if name:
+                _created(relay, "statement", name, extended)
+        return Verdict(frame)
+
+    def _memo_put(self, relay, s: SessionState, sql: str, extended: bool, facts_list, plans,
+                  reason, had_request: bool, verdict) -> None:
+        """Remember a statement ``_handle`` just passed unchanged, when a repetition
+        of it (a Parse of the same text, or a Query of the same literal-free shape)
+        in the same context is sure to be decided, recorded and passed the same way."""
+        eng = self.engine
+        if (had_request or len(plans) != 1 or len(plans[0]) != 2 or type(verdict) is not Verdict
+                or verdict.upstream[:1] != (b"P" if extended else b"Q") or verdict.client
+                or verdict.rewrites or verdict.close or reason != s.reason or s.grants
+                or not eng.policy_static):
+            return
+        facts, decision = plans[0]
+        if (decision.effect is not Effect.ALLOW or decision.grant_id is not None
+                or facts.kind not in _CACHEABLE_KINDS or facts.inner is not None or facts.dynamic
+                or not facts.redacted_sql or facts_list[0] is not facts):
+            return
+        if extended:
+            key, memo = sql, s.memo_p
+        else:
+            # the shape key is the analysis cache's: only shapes whose facts hold for
+            # every text of that shape (not literal-dependent) are under it
+            key, memo = simple_key(sql), s.memo_q
+            if key is None or not eng.cache.shape_known(key, s.search_path, eng.schema.version, False):
+                return
+        template = None
+        if eng.audit is not None:
+            template = self._decision_template(relay, s, facts, decision, reason)
+            if template._tail is None:
+                return
+        if len(memo) >= 512:
+            memo.clear()
+        memo[key] = _MemoEntry(s.search_path, eng.schema, eng.catalog, eng.policy, reason, facts, decision,
+                               template, self._context(s))
 
     def on_bind(self, relay: Relay, frame: bytes, held: bool = False):
         """Each execution of a protocol-level prepared statement: the Parse was decided
@@ -563,7 +683,11 @@ class PolicyGate(Gate):
             plans.append((facts, decision))
         if needs_async:
             return self._handle_async(relay, s, frame, sql, facts_list, plans, extended, name, reason, t0)
-        return self._finish(relay, s, frame, plans, extended, name, reason, t0)
+        had_request = "last_request" in relay.state
+        verdict = self._finish(relay, s, frame, plans, extended, name, reason, t0)
+        if verdict.upstream is frame:
+            self._memo_put(relay, s, sql, extended, facts_list, plans, reason, had_request, verdict)
+        return verdict
 
     def _unrestricted(self, relay, s: SessionState, frame, facts_list, extended, name, t0):
         # Unrestricted principals (DBAs, applications without PII policy) pass; their

@@ -150,6 +150,11 @@ class AnalysisCache:
                 self._put(self._simple, (simple, ctx), (values, a.prefix, a.suffix))
         return result
 
+    def shape_known(self, simple: str, search_path: tuple, schema_version, extended: bool) -> bool:
+        """Whether texts of this ``simple_key`` are analysed by shape (their facts hold
+        for every text of the shape: the analysis read no constant)."""
+        return (simple, (search_path, schema_version, extended)) in self._simple
+
     def _put(self, d: dict, key, value) -> None:
         if len(d) >= self.maxsize:
             del d[next(iter(d))]
