@@ -217,39 +217,19 @@ class Chain:
     def seal_template(self, template: "RecordTemplate", unix_time: float) -> bytes:
         """The fastest path: a record whose fields are all fixed but the chain's own
         (``prev``, ``seq``, ``ts``), rendered from its template without building or
-        serialising a dict. Produces the same bytes as ``seal_line`` would."""
+        serialising a dict. Produces the same bytes as ``seal_line`` would. (It runs
+        before every statement under policy is forwarded, so the timestamp and
+        sealing steps are written out here and in ``seal_completion``: a call to a
+        shared helper cost more than the lines it saved.)"""
         # the canonical bytes: the template's fixed head (hashed once, in advance)
         # and this tail
         seq = self._seq + 1
-        ts_prefix, micros = self._ts(unix_time)
-        tail = template._tail % (self._prev, seq, ts_prefix, micros)
-        return self._sealed(template._head_hash, template._head, tail, seq)
-
-    def seal_completion(self, session: str, entries: list, unix_time: float) -> bytes:
-        """A ``statement.complete`` record (``{"type", "session", "fields",
-        "statements": entries}``) rendered straight into its canonical bytes: the
-        same line ``seal_line`` gives for that event (orjson writes each value as it
-        would inside the whole record)."""
-        seq = self._seq + 1
-        ts_prefix, micros = self._ts(unix_time)
-        tail = self._complete_format % (self._prev, seq, orjson.dumps(session),
-                                        orjson.dumps(entries, option=orjson.OPT_SORT_KEYS),
-                                        ts_prefix, micros)
-        return self._sealed(self._complete_hash, self._complete_head, tail, seq)
-
-    def _ts(self, unix_time: float) -> tuple[bytes, int]:
-        """ts as utc_timestamp() writes it: the second's prefix (kept while the second
-        lasts) and the microseconds."""
         sec = int(unix_time)
         if sec != self._ts_sec:
             self._ts_prefix = utc_second(sec).encode()
             self._ts_sec = sec
-        return self._ts_prefix, int((unix_time - sec) * 1_000_000)
-
-    def _sealed(self, head_hash, head: bytes, tail: bytes, seq: int) -> bytes:
-        """The record line of a fixed head (whose sha256 state is ``head_hash``) and a
-        tail; the chain moves on to it."""
-        h = head_hash.copy()
+        tail = template._tail % (self._prev, seq, self._ts_prefix, int((unix_time - sec) * 1_000_000))
+        h = template._head_hash.copy()
         h.update(tail)
         digest = h.hexdigest()
         self.since_checkpoint += 1
@@ -257,7 +237,32 @@ class Chain:
         self._hash = digest
         self._head = None
         prev = self._prev = digest.encode()
-        return b'%b%b,"hash":"%b"}\n' % (head, tail[:-1], prev)
+        return b"".join((template._head, tail[:-1], b',"hash":"', prev, b'"}\n'))
+
+    def seal_completion(self, session: str, entries: list, unix_time: float,
+                        session_json: bytes | None = None) -> bytes:
+        """A ``statement.complete`` record (``{"type", "session", "fields",
+        "statements": entries}``) rendered straight into its canonical bytes: the
+        same line ``seal_line`` gives for that event (orjson writes each value as it
+        would inside the whole record). ``session_json``: ``orjson.dumps(session)``
+        when the caller has it already."""
+        seq = self._seq + 1
+        sec = int(unix_time)
+        if sec != self._ts_sec:
+            self._ts_prefix = utc_second(sec).encode()
+            self._ts_sec = sec
+        tail = self._complete_format % (self._prev, seq, session_json or orjson.dumps(session),
+                                        orjson.dumps(entries, option=orjson.OPT_SORT_KEYS),
+                                        self._ts_prefix, int((unix_time - sec) * 1_000_000))
+        h = self._complete_hash.copy()
+        h.update(tail)
+        digest = h.hexdigest()
+        self.since_checkpoint += 1
+        self._seq = seq
+        self._hash = digest
+        self._head = None
+        prev = self._prev = digest.encode()
+        return b"".join((self._complete_head, tail[:-1], b',"hash":"', prev, b'"}\n'))
 
     def checkpoint_event(self, reason: str = "periodic") -> dict:
         return {"type": CHECKPOINT, "reason": reason}
