@@ -712,6 +712,10 @@ class Relay:
                 break
             t, length = _TYPE_LEN(data, pos)
             end = pos + 1 + length
+            while not special[t] and end <= n - 5:          # a run nobody needs to see
+                pos = end
+                t, length = _TYPE_LEN(data, pos)
+                end = pos + 1 + length
             if special[t]:
                 if end > n:                                 # seen again when it is whole
                     self._up_pending = data[pos:]

@@ -63,7 +63,7 @@ _NOT_DDL = (b"select", b"insert", b"update", b"delete", b"with", b"values", b"ta
 #: one statement (at most trailing semicolons after it) that starts with one of those
 #: keywords: never DDL, let go without a second look (a semicolon anywhere else, even
 #: in a literal, sends the text through _schema_ddl)
-_NEVER_DDL = re.compile(rb"(?i)\s*(?:" + b"|".join(re.escape(k) for k in _NOT_DDL) + rb")[^;\x00]*(?:;[\s;]*)?")
+_NEVER_DDL = re.compile(rb"\s*(?i:" + b"|".join(re.escape(k) for k in _NOT_DDL) + rb")[^;\x00]*(?:;[\s;]*)?")
 _CACHEABLE_KINDS = frozenset({StatementKind.SELECT, StatementKind.INSERT, StatementKind.UPDATE,
                               StatementKind.DELETE, StatementKind.MERGE})
 _UNRESTRICTED = Decision(Effect.ALLOW, "unrestricted", ("principal is not under PII policy",),
