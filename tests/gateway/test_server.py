@@ -950,6 +950,19 @@ def test_idle_timeout_does_not_close_a_session_waiting_for_its_query(gateway_fac
     assert not errors(msgs), errors(msgs)
 
 
+def test_idle_time_counts_from_the_end_of_the_last_query(gateway_factory):
+    """A query that ran longer than idle_timeout leaves a session that is not idle: the
+    clock starts again at its answer (the relay does not read the clock per answer;
+    the sweeper notices answers came)."""
+    gw = gateway_factory(server_extra="idle_timeout = 1")
+    c = RawClient(gw.port)
+    c.login()
+    for _ in range(2):
+        assert not errors(c.query("SELECT pg_sleep(1.3)"))
+        time.sleep(0.4)
+        assert not errors(c.query("SELECT 1"))
+
+
 def test_plaintext_injected_after_ssl_request_is_refused(tls_gateway):
     """CVE-2021-23214 class: bytes sent together with the SSLRequest, before the TLS
     handshake, must not be taken as the (then unencrypted) startup."""
