@@ -299,7 +299,10 @@ class ExpressionsMixin:
         src = self.expr(b.get("arg"), scope, usages)
         for ind in b.get("indirection", ()):
             if "A_Indices" in ind:
-                self._children(ind["A_Indices"], scope, OTHER)
+                # the subscript chooses the element: the value derives from it too
+                # ((ARRAY['0', ..., '9'])[substr(ssn, 8, 1)::int + 1] is a digit of
+                # the SSN; a view's lineage that left it out left that column unmasked)
+                src |= self._children(ind["A_Indices"], scope, usages | OTHER)
             elif "String" in ind or "A_Star" in ind:
                 pass
             else:

@@ -575,10 +575,12 @@ class Walk(ExpressionsMixin, DmlMixin):
                 if jc.get("coltype") == "JTC_NESTED":
                     walk_cols(jc.get("columns"))
                     continue
+                col_src = src
                 for k in ("on_empty", "on_error"):
                     if jc.get(k):
-                        self.expr(jc[k], lat, OTHER, node_type="JsonBehavior")
-                cols.append(Out(jc.get("name"), EMPTY if jc.get("coltype") == "JTC_FOR_ORDINALITY" else src))
+                        # DEFAULT <expr> ON EMPTY/ERROR is the column's value when the path finds nothing
+                        col_src = col_src | self.expr(jc[k], lat, OTHER, node_type="JsonBehavior")
+                cols.append(Out(jc.get("name"), EMPTY if jc.get("coltype") == "JTC_FOR_ORDINALITY" else col_src))
         walk_cols(b.get("columns"))
         for k in ("on_error",):
             if b.get(k):
@@ -595,17 +597,21 @@ class Walk(ExpressionsMixin, DmlMixin):
             if b.get(k):
                 src |= self.expr(b[k], lat, OTHER)
         for ns in b.get("namespaces", ()):
-            self.expr(ns, lat, OTHER)
+            src |= self.expr(ns, lat, OTHER)
         cols = []
         for c in b.get("columns", ()):
             tc = c.get("RangeTableFuncCol")
             if tc is None:
                 self.fail("unexpected XMLTABLE column node")
                 continue
+            # a column's PATH is an expression (PATH 'concat("' || ssn || '")' yields the
+            # SSN) and its DEFAULT is the value when the path finds nothing: both are
+            # what the column's value derives from, not only the document
+            col_src = src
             for k in ("colexpr", "coldefexpr"):
                 if tc.get(k):
-                    self.expr(tc[k], lat, OTHER)
-            cols.append(Out(tc.get("colname"), EMPTY if tc.get("for_ordinality") else src))
+                    col_src = col_src | self.expr(tc[k], lat, OTHER)
+            cols.append(Out(tc.get("colname"), EMPTY if tc.get("for_ordinality") else col_src))
         alias = b.get("alias")
         if alias:
             self._rename(cols, alias.get("colnames"), "XMLTABLE")
