@@ -92,6 +92,13 @@ def simple_key(sql: str) -> str | None:
     return _SIMPLE_LITERAL.sub("$", sql)
 
 
+def simple_literals(sql: str) -> list[tuple[int, int]]:
+    """The (start, end) of each constant ``simple_key`` turns into ``$`` (only for texts
+    it gives a key): two texts of one key differ exactly there."""
+    pattern = _SIMPLE_NUMBER if "'" not in sql else _SIMPLE_LITERAL
+    return [m.span() for m in pattern.finditer(sql)]
+
+
 class AnalysisCache:
     """``analyze()`` with memory. Bounded; evicts the oldest entries first."""
 

@@ -43,6 +43,7 @@ from typing import Iterable, Iterator, Mapping
 from pglast import ast, parser
 
 from catalog.model import ColumnRef, RelationRef
+from gateway.analysis.cache import simple_key, simple_literals
 from gateway.schema import MATVIEW, VIEW, LiveSchema, Relation
 from policies.masking import MaskedExpression, mask_expression, quote_ident
 from policies.model import MaskPlan, MaskStrategy
@@ -97,11 +98,67 @@ def rewrite(sql: str, plan: MaskPlan, schema: LiveSchema, search_path: Iterable[
     hit = _RESULTS.get(key)
     if hit is not None and schema.version != "empty":
         return hit
-    result = _Rewriter(sql, plan, schema, path, pseudonym_installed).run()
+    shape = simple_key(sql) if schema.version != "empty" else None
+    if shape is not None:
+        template = _TEMPLATES.get((shape, *key[1:]))
+        if template is not None:
+            return template.apply(sql)
+    rewriter = _Rewriter(sql, plan, schema, path, pseudonym_installed)
+    result = rewriter.run()
     if len(_RESULTS) >= 2048:
         _RESULTS.clear()
     _RESULTS[key] = result
+    if shape is not None:
+        template = _Template.build(sql, rewriter.splices, result)
+        if template is not None:
+            if len(_TEMPLATES) >= 2048:
+                _TEMPLATES.clear()
+            _TEMPLATES[(shape, *key[1:])] = template
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """The rewrite of every text of one literal-insensitive shape (analysis.cache.
+    simple_key), e.g. a point query with a new id each time: texts of one shape differ
+    only in their constants, and no constant lies inside a splice (a relation
+    reference), so the first text's splices, placed relative to the constant before
+    each, apply to all of them, and the result parses as the first one's did (which
+    _Rewriter verified). The analysis cache already decides by this same key."""
+    literals: int                                   # how many constants the shape has
+    splices: tuple[tuple[int, int, int, str], ...]  # (constants before, start, end after the last of them, text)
+    result: RewriteResult
+
+    @staticmethod
+    def build(sql: str, splices: list[Splice], result: RewriteResult) -> "_Template | None":
+        lits = simple_literals(sql)
+        out = []
+        for sp in sorted(splices, key=lambda sp: sp.start):
+            before = 0
+            for a, b in lits:
+                if b <= sp.start:
+                    before += 1
+                elif a < sp.end:
+                    return None                     # a constant inside a splice: no template
+            anchor = lits[before - 1][1] if before else 0
+            out.append((before, sp.start - anchor, sp.end - anchor, sp.text))
+        return _Template(len(lits), tuple(out), result)
+
+    def apply(self, sql: str) -> RewriteResult:
+        lits = simple_literals(sql)
+        if len(lits) != self.literals:      # cannot happen for one key; never guess
+            raise RewriteError("internal: a statement does not fit its shape's rewrite")
+        if not self.splices:
+            return RewriteResult(sql, self.result.wrapped, self.result.notes)
+        pieces = []
+        pos = 0
+        for before, start, end, text in self.splices:
+            anchor = lits[before - 1][1] if before else 0
+            pieces.append(sql[pos:anchor + start])
+            pieces.append(text)
+            pos = anchor + end
+        pieces.append(sql[pos:])
+        return RewriteResult("".join(pieces), self.result.wrapped, self.result.notes)
 
 
 def pseudonym_available(schema: LiveSchema) -> bool:
@@ -439,6 +496,8 @@ _PLAN_INDEX: dict[int, tuple[object, dict[RelationRef, dict[str, MaskStrategy]]]
 
 
 _RESULTS: dict[tuple, RewriteResult] = {}
+#: _Template by (simple_key, plan, schema version, search_path, pseudonym)
+_TEMPLATES: dict[tuple, _Template] = {}
 
 
 def _plan_key(plan: MaskPlan) -> tuple:

@@ -227,3 +227,28 @@ def test_for_update_of_names_the_wrapper():
     assert out.endswith(") c JOIN orders o ON o.customer_id = c.id FOR UPDATE OF c, o")
     out = masked("SELECT id FROM customers WHERE ssn = 'x' FOR SHARE OF customers")
     assert out.endswith("AS \"customers\" WHERE ssn = 'x' FOR SHARE OF customers")
+
+
+@pytest.mark.parametrize("first, second", [
+    ("SELECT email FROM customers WHERE id = 1", "SELECT email FROM customers WHERE id = 123456"),
+    ("SELECT c.email, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = 7 AND o.amount > 1.5",
+     "SELECT c.email, o.amount FROM customers c JOIN orders o ON o.customer_id = c.id WHERE c.id = 70000 AND o.amount > 100.25"),
+    ("SELECT ssn FROM customers WHERE email = 'a''b' AND id IN (1, 2)",
+     "SELECT ssn FROM customers WHERE email = 'x' AND id IN (300, 4)"),
+    ("SELECT 'customers', ssn FROM customers", "SELECT 'orders; select ssn from customers', ssn FROM customers"),
+    ("SELECT * FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn LIKE '0%') LIMIT 5",
+     "SELECT * FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn LIKE '999%') LIMIT 50"),
+    ("SELECT 1 + 2", "SELECT 30 + 4"),
+])
+def test_texts_of_one_shape_are_rewritten_as_each_would_be_alone(first, second, monkeypatch):
+    """A point query with a new literal each time is rewritten once per shape: the
+    second text comes from the first's template and equals its own full rewrite."""
+    from gateway.rewrite import masker
+    masker._TEMPLATES.clear()
+    rewrite(first, PLAN, SCHEMA, PATH)
+    full = masker._Rewriter.run
+    with monkeypatch.context() as m:
+        m.setattr(masker._Rewriter, "run", lambda self: pytest.fail("rewritten again, not from the shape"))
+        from_shape = rewrite(second, PLAN, SCHEMA, PATH)
+    alone = full(masker._Rewriter(second, PLAN, SCHEMA, PATH, masker.pseudonym_available(SCHEMA)))
+    assert from_shape == alone
