@@ -38,6 +38,17 @@ SESSION_SETTINGS = frozenset({
     "session_preload_libraries", "local_preload_libraries", "default_transaction_read_only",
     "lc_messages",      # translated errors quote values differently (the scrubber knows the common quotes)
 })
+#: settings whose output shows values no masking reaches: plan and parse-tree dumps
+#: (debug_print_plan prints a trigger's custom plan, NEW's column values included as
+#: constants), trace output, PL/pgSQL printing function parameters in errors
+REVEALING_SETTING_PREFIXES = ("debug_", "trace_", "plpgsql.")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def setting_name(name: str) -> str:
+    """A setting's name as PostgreSQL looks it up: without regard to ASCII case,
+    quoted or not (SET "SEARCH_PATH" = ... is search_path)."""
+    return name.translate(_ASCII_LOWER)
 
 _TRANSACTION_COMMANDS = {
     "TRANS_STMT_BEGIN": "BEGIN", "TRANS_STMT_START": "START TRANSACTION",
@@ -260,7 +271,7 @@ def _dispatch(kind_name: str, b: dict, walk: Walk, text: str, schema, search_pat
     if kind_name == "VariableSetStmt":
         return _set(b, extra)
     if kind_name == "VariableShowStmt":
-        extra["setting"] = (b.get("name", ""), None)
+        extra["setting"] = (setting_name(b.get("name", "")), None)
         return K.SET, "SHOW"
     if kind_name == "DiscardStmt":
         return K.SESSION, "DISCARD " + b.get("target", "DISCARD_ALL").replace("DISCARD_", "")
@@ -321,7 +332,7 @@ def _dispatch(kind_name: str, b: dict, walk: Walk, text: str, schema, search_pat
         return K.DDL, "GRANT ROLE" if b.get("is_grant") else "REVOKE ROLE"
     if kind_name == "AlterRoleSetStmt":
         vs = b.get("setstmt", {})
-        extra["setting"] = (vs.get("name", ""), _set_value(vs))
+        extra["setting"] = (setting_name(vs.get("name", "")), _set_value(vs))
         return K.DDL, "ALTER ROLE SET"
     if kind_name == "DefineStmt":     # CREATE AGGREGATE / OPERATOR / TYPE / COLLATION / TEXT SEARCH ...
         return K.DDL, "CREATE " + b.get("kind", "OBJECT_").replace("OBJECT_", "").replace("_", " ")
@@ -466,7 +477,7 @@ def _set_value(b: dict, names: bool = False) -> str | None:
 
 def _set(b: dict, extra: dict) -> tuple[K, str]:
     k = b.get("kind", "VAR_SET_VALUE")
-    name = b.get("name", "")
+    name = setting_name(b.get("name", ""))
     if k == "VAR_RESET_ALL":
         extra["setting"] = ("all", None)
         return K.SESSION, "RESET ALL"
@@ -478,7 +489,8 @@ def _set(b: dict, extra: dict) -> tuple[K, str]:
     extra["setting"] = (name, _set_value(b, names=name == "search_path"))
     shown = {"role": "ROLE", "session_authorization": "SESSION AUTHORIZATION"}.get(name, name)
     verb = "RESET" if k == "VAR_RESET" else ("SET LOCAL" if b.get("is_local") else "SET")
-    return (K.SESSION if name in SESSION_SETTINGS else K.SET), f"{verb} {shown}"
+    session = name in SESSION_SETTINGS or name.startswith(REVEALING_SETTING_PREFIXES)
+    return (K.SESSION if session else K.SET), f"{verb} {shown}"
 
 
 def _copy(b: dict, walk: Walk) -> tuple[K, str]:

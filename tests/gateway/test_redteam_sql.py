@@ -27,6 +27,12 @@ CREATE VIEW customer_ssn_digits AS
          (ARRAY['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'])[id % 10 + 1] AS bucket
   FROM customers;
 GRANT SELECT ON customer_ssn_digits TO gw_user;
+CREATE TABLE public.t (id int, v text);
+INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
+CREATE SCHEMA s2;
+CREATE VIEW s2.t AS SELECT id, ssn AS v FROM public.customers;
+GRANT USAGE ON SCHEMA s2 TO gw_user;
+GRANT SELECT ON public.t, s2.t TO gw_user;
 """
 XML_OBJECTS = """
 CREATE VIEW customer_xml_default AS
@@ -113,3 +119,188 @@ def test_an_xmltable_column_whose_path_or_default_holds_pii_is_masked(rt_gateway
     assert not errors(msgs), errors(msgs)
     assert _rows(msgs) == 1
     assert not leaked, leaked
+
+
+@pytest.mark.parametrize("name", ['"SEARCH_PATH"', '"Search_Path"', 'SCHEMA'])
+def test_a_quoted_setting_name_in_other_case_is_the_same_setting(rt_gateway, name):
+    """PostgreSQL compares setting names without regard to case, quoted or not:
+    SET "SEARCH_PATH" = s2, public changes the search_path. The gateway compared
+    the name as written, took it for an ordinary setting, let it pass and went on
+    resolving "t" as public.t while PostgreSQL read s2.t (a view over
+    customers.ssn): the SSN came back in clear. The name is now folded as
+    PostgreSQL folds it, so the change is followed (and "t" masked)."""
+    client = _client(rt_gateway)
+    try:
+        value = "'s2', 'public'" if name == "SCHEMA" else "s2, public"
+        if name == "SCHEMA":
+            msgs = client.query("SET SCHEMA 's2'")          # PostgreSQL's own spelling of search_path
+        else:
+            msgs = client.query(f"SET {name} = {value}")
+        assert not errors(msgs), errors(msgs)
+        client.received.clear()
+        msgs = client.query("SELECT v FROM t WHERE id = 7")
+        assert SSN7 not in client.received
+        assert not errors(msgs), errors(msgs)
+        assert _rows(msgs) == 1 and b"plain-7" not in client.received
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("sql", ['SET "ROLE" = gw_admin', 'SET "Session_Authorization" = postgres',
+                                 'SET "STANDARD_CONFORMING_STRINGS" = off', "SET \"Client_Encoding\" = 'SJIS'",
+                                 'SET LOCAL "ROW_SECURITY" = off', 'RESET "SEARCH_PATH"'])
+def test_session_settings_are_recognised_in_any_case(rt_gateway, sql):
+    """SET "ROLE" = gw_admin made the session's statements run as gw_admin, and
+    SET "STANDARD_CONFORMING_STRINGS" = off changed how the server reads string
+    literals behind the analyser's back: both passed as ordinary settings. They are
+    the settings the gateway controls, in whatever case they are written."""
+    client = _client(rt_gateway)
+    try:
+        msgs = client.query(sql)
+        if sql.startswith("RESET"):
+            assert not errors(msgs), errors(msgs)       # back to the start path: followed, allowed
+        else:
+            assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+        msgs = client.query("SELECT current_user, current_setting('standard_conforming_strings'), "
+                            "current_setting('client_encoding')")
+        (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
+        assert b"gw_user" in row.body and b"on" in row.body and b"UTF8" in row.body, row
+    finally:
+        client.close()
+
+
+def test_plan_dumps_are_not_a_way_around_masking(rt_gateway):
+    """The sample trigger on customers runs pg_notify(..., row_to_json(NEW)::text).
+    With SET debug_print_plan = on and client_min_messages = log, PostgreSQL sends
+    the trigger's custom plan to the client as a LOG notice, NEW's column values
+    included as constant bytes: an UPDATE of city (no PII, so allowed) returned the
+    whole row, SSN and card number included. Settings that dump plans, parse trees
+    or trace output (debug_*, trace_*, plpgsql.*) are refused under policy."""
+    client = _client(rt_gateway)
+    try:
+        client.query("SET client_min_messages = log")
+        for sql in ("SET debug_print_plan = on", "SET debug_print_rewritten TO on", 'SET "DEBUG_PRINT_PLAN" = on',
+                    "SET LOCAL trace_notify = on", "SET plpgsql.print_strict_params = on",
+                    "SET SESSION debug_print_parse = true"):
+            assert [e.sqlstate for e in errors(client.query(sql))] == ["42501"], sql
+        client.received.clear()
+        msgs = client.query("BEGIN; UPDATE customers SET city = city WHERE id = 7; ROLLBACK")
+        assert not errors(msgs), errors(msgs)
+        received = bytes(client.received)
+        assert b":constvalue" not in received
+        # the bytes PostgreSQL prints for a constant: ' 48 48 48 45 48 48 45 ...' for the SSN
+        assert " ".join(str(b) for b in SSN7).encode() not in received
+        assert SSN7 not in received
+    finally:
+        client.close()
+
+
+# -- probes that found nothing (kept: each is one short session) ---------------------
+
+PROBES = {
+    # functions that run SQL given as text, and XPath over what they return
+    "query_to_xml": ["SELECT xpath('//ssn/text()', query_to_xml('SELECT ssn FROM customers', true, false, ''))"],
+    "table_to_xml": ["SELECT table_to_xml('customers'::regclass, true, false, '')"],
+    "schema_to_xml": ["SELECT schema_to_xml('public', true, false, '')"],
+    "cursor_to_xml": ["BEGIN", "DECLARE c CURSOR FOR SELECT ssn FROM customers",
+                      "SELECT cursor_to_xml('c', 10, true, false, '')", "ROLLBACK"],
+    "ts_stat": ["SELECT * FROM ts_stat('SELECT to_tsvector(''simple'', ssn) FROM customers')"],
+    "ts_rewrite": ["SELECT ts_rewrite('a'::tsquery, 'SELECT to_tsquery(''simple'', replace(ssn, ''-'', '''')), "
+                   "''a''::tsquery FROM customers')"],
+    "dblink": ["SELECT * FROM dblink('dbname=' || current_database(), 'SELECT ssn FROM customers') AS t(s text)"],
+    "dblink_open": ["SELECT dblink_connect('c', 'dbname=' || current_database())",
+                    "SELECT dblink_open('c', 'cur', 'SELECT ssn FROM customers')",
+                    "SELECT * FROM dblink_fetch('c', 'cur', 50) AS t(s text)"],
+    "do_block": ["DO $$BEGIN RAISE NOTICE '%', (SELECT string_agg(ssn, ',') FROM customers); END$$"],
+    "create_function": ["CREATE FUNCTION scratch.f() RETURNS text LANGUAGE sql AS "
+                        "$f$ SELECT string_agg(ssn, ',') FROM customers $f$", "SELECT scratch.f()"],
+    "call_procedure": ["CREATE PROCEDURE scratch.p() LANGUAGE sql AS $p$ SELECT 1 $p$", "CALL scratch.p()"],
+    "security_definer_srf": ["SELECT ssn FROM customer_lookup(7)", "SELECT (customer_lookup(7)).ssn",
+                             "SELECT x.* FROM ROWS FROM (customer_lookup(7)) x"],
+    # EXPLAIN shows constants, filters and (ANALYZE) runs
+    "explain_verbose_json": ["EXPLAIN (VERBOSE, FORMAT JSON) SELECT ssn FROM customers WHERE id = 7",
+                             "EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) SELECT id FROM customers WHERE ssn = '000-00-0007'",
+                             "EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM customer_contacts",
+                             "EXPLAIN ANALYZE CREATE TABLE scratch.x AS SELECT ssn FROM customers",
+                             "EXPLAIN (ANALYZE) EXECUTE nope"],
+    # system views and functions holding values or query text
+    "pg_get_functions": ["SELECT pg_get_functiondef('customer_lookup'::regproc)",
+                         "SELECT pg_get_viewdef('customer_contacts'::regclass)",
+                         "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef"],
+    "pg_stats_views": ["SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'",
+                       "SELECT * FROM pg_catalog.pg_stats_ext",
+                       "SELECT query FROM pg_stat_activity",
+                       "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s"],
+    "prepared_and_cursors_views": ["PREPARE q AS SELECT ssn FROM customers WHERE id = 7",
+                                   "EXECUTE q", "SELECT statement FROM pg_prepared_statements",
+                                   "BEGIN", "DECLARE k CURSOR WITH HOLD FOR SELECT ssn FROM customers",
+                                   "COMMIT", "SELECT statement FROM pg_cursors", "FETCH ALL FROM k"],
+    "large_objects": ["SELECT lo_from_bytea(0, convert_to((SELECT string_agg(ssn, ',') FROM customers), 'UTF8'))",
+                      "SELECT lo_get(oid) FROM pg_largeobject_metadata",
+                      "SELECT loid, data FROM pg_largeobject"],
+    # set-returning functions, LATERAL, ROWS FROM, recursive CTEs over rows
+    "srf_rows": ["SELECT j.* FROM customers c, json_each_text(row_to_json(c)) j WHERE c.id = 7",
+                 "SELECT (jsonb_populate_record(NULL::customers, to_jsonb(c))).ssn FROM customers c WHERE id = 7",
+                 "SELECT unnest(ARRAY[c.ssn, c.email]) FROM customers c WHERE id = 7",
+                 "SELECT ARRAY(SELECT c FROM customers c WHERE id = 7)",
+                 "SELECT * FROM ROWS FROM (unnest(ARRAY(SELECT ssn FROM customers)), generate_series(1, 3)) x",
+                 "SELECT g, (SELECT ssn FROM customers WHERE id = g) FROM generate_series(7, 8) g",
+                 "SELECT s FROM generate_series(1, 1) g, LATERAL (SELECT ssn FROM customers WHERE id = 7) l(s)",
+                 "WITH RECURSIVE r(n, s) AS (SELECT 1, ''::text UNION ALL SELECT n + 1, "
+                 "(SELECT ssn FROM customers WHERE id = 7) FROM r WHERE n < 2) SELECT s FROM r"],
+    "aggregates": ["SELECT string_agg(ssn, ','), array_agg(email)::text, json_agg(c)::text FROM customers c",
+                   "SELECT min(ssn), max(card_number), mode() WITHIN GROUP (ORDER BY phone) FROM customers",
+                   "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ssn) FROM customers",
+                   "SELECT city, ssn, count(*) FROM customers GROUP BY GROUPING SETS ((city), (ssn)) ",
+                   "SELECT ssn FROM customers GROUP BY CUBE (ssn, city)",
+                   "SELECT DISTINCT ON (ssn) ssn FROM customers"],
+    "sampling_and_only": ["SELECT ssn FROM customers TABLESAMPLE SYSTEM (100)",
+                          "SELECT ssn FROM ONLY customers WHERE id = 7", "SELECT ssn FROM customers_archive",
+                          "SELECT * FROM customers_part_testville", "SELECT ssn FROM ONLY (customers) c",
+                          "SELECT * FROM customer_city_mv", "TABLE customers", "TABLE ONLY customers"],
+    "composite_casts": ["SELECT c::text, ROW(c.*)::text, (c).ssn FROM customers c WHERE id = 7",
+                        "SELECT CAST(ROW(ssn) AS record)::text FROM customers WHERE id = 7",
+                        "SELECT (ssn, email)::text FROM customers WHERE id = 7",
+                        "SELECT ssn(c), email(customers) FROM customers, customers c WHERE c.id = 7 LIMIT 1"],
+    "writes_returning": ["UPDATE customers SET city = city WHERE id = 7 RETURNING ssn",
+                         "DELETE FROM orders WHERE false RETURNING (SELECT ssn FROM customers WHERE id = 7)",
+                         "UPDATE orders SET amount = amount FROM customers c WHERE c.id = 7 RETURNING c.ssn",
+                         "INSERT INTO customers (id, city) VALUES (7, 'x') ON CONFLICT (id) DO UPDATE "
+                         "SET city = customers.city RETURNING ssn",
+                         "MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN "
+                         "UPDATE SET note = c.ssn",
+                         "WITH d AS (DELETE FROM orders WHERE false RETURNING 1) SELECT ssn FROM customers WHERE id = 7"],
+    "persist": ["CREATE TABLE scratch.t AS SELECT ssn FROM customers",
+                "SELECT ssn INTO scratch.t2 FROM customers",
+                "CREATE TEMP TABLE t3 AS SELECT * FROM customers",
+                "CREATE MATERIALIZED VIEW scratch.mv AS SELECT ssn FROM customers",
+                "SELECT setval('orders_id_seq', (SELECT substr(ssn, 8)::int FROM customers WHERE id = 7))",
+                "SELECT currval('orders_id_seq')",
+                "INSERT INTO orders (amount) SELECT substr(ssn, 8)::int FROM customers WHERE id = 7",
+                "SELECT max(amount) FROM orders"],
+    "lexical": ["SELECT U&\"s\\0073n\" FROM U&\"customers\" WHERE id = 7",
+                "SELECT $q$x$q$ || ssn FROM customers WHERE id = 7",
+                "SELECT E'\\x41' || ssn FROM customers WHERE id = 7",
+                "SELECT /* a /* nested */ comment */ ssn FROM customers WHERE id = 7",
+                "SELECT SSN FROM CUSTOMERS WHERE ID = 7", "SELECT \"ssn\" FROM \"customers\" WHERE id = 7",
+                "SELECT ssn FROM public . customers WHERE id = 7",
+                "SELECT ssn FROM \"public\".\"customers\" WHERE id = 7"],
+    "shadowing": ["CREATE TEMP TABLE customers (id int, ssn text)", "SELECT ssn FROM customers",
+                  "SELECT ssn FROM pg_temp.customers", "SELECT ssn FROM public.customers WHERE id = 7"],
+    "search_path_games": ["SET search_path = scratch, public, pg_catalog",
+                          "SELECT ssn FROM customers WHERE id = 7",
+                          "SET search_path = public, pg_catalog", "SELECT lower(ssn) FROM customers WHERE id = 7",
+                          "SELECT ssn FROM customers WHERE id = 7 AND ssn OPERATOR(public.=) ssn"],
+    "settings": ["SET client_min_messages = debug5", "SET debug_print_plan = on", "SET debug_print_parse = on",
+                 "SET trace_sort = on", "SELECT id FROM customers ORDER BY city LIMIT 1",
+                 "SELECT ssn FROM customers ORDER BY ssn LIMIT 1"],
+    "views_by_dba": ["SELECT * FROM customer_contacts", "SELECT * FROM order_report",
+                     "SELECT customer_email FROM order_report o WHERE o.order_id = 1",
+                     "SELECT c FROM customer_contacts c", "SELECT * FROM customer_ssn_digits WHERE id = 7"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_probe_leaks_nothing(rt_gateway, name):
+    _, leaked = _leaked(rt_gateway, PROBES[name])
+    assert not leaked, f"{name} leaked {leaked[:5]}"
