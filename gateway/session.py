@@ -771,7 +771,17 @@ class PolicyGate(Gate):
                                      "statement of its own outside a transaction block",
                                      hint="send SET search_path = ... as a separate statement once the ones "
                                           "before it have completed, not in BEGIN ... COMMIT, not with SET LOCAL"))
-            new = _parse_search_path(facts.setting[1], self.engine.db_user)
+            value = facts.setting[1]
+            if value == "FROM CURRENT":
+                # PostgreSQL keeps the value it has (the gateway took it for DEFAULT and
+                # resolved names with the start path while PostgreSQL kept s2, public)
+                return (facts, Decision(Effect.ALLOW, "session:search-path",
+                                        (f"search_path stays {s.search_path}",), action=Action.SESSION))
+            new = _parse_search_path(value, self.engine.db_user)
+            if new is None and value is not None and value.upper() != "DEFAULT":
+                return (facts, _deny("session:search-path", "piigate: the gateway cannot read this search_path "
+                                     "value, so it is not allowed for users under PII policy",
+                                     hint="name the schemas, e.g. SET search_path = myschema, public"))
             if new is not None and catalog_not_first(list(new)):
                 return (facts, _deny("session:search-path", "piigate: a search_path that puts pg_catalog after "
                                      "another schema is not allowed for users under PII policy (functions and "

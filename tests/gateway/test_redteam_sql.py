@@ -146,6 +146,26 @@ def test_a_quoted_setting_name_in_other_case_is_the_same_setting(rt_gateway, nam
         client.close()
 
 
+def test_set_search_path_from_current_keeps_the_path(rt_gateway):
+    """SET search_path FROM CURRENT keeps the current value in PostgreSQL. The gateway
+    read "FROM CURRENT" as no path at all and went back to the default (public): "t"
+    was then public.t to the gateway and s2.t (a view over customers.ssn) to
+    PostgreSQL, and the SSN came back in clear."""
+    client = _client(rt_gateway)
+    try:
+        assert not errors(client.query("SET search_path = s2, public"))
+        msgs = client.query("SET search_path FROM CURRENT")
+        client.received.clear()
+        msgs = client.query("SELECT v FROM t WHERE id = 7")
+        assert SSN7 not in client.received
+        assert not errors(msgs), errors(msgs)
+        assert _rows(msgs) == 1 and b"plain-7" not in client.received
+        # a value the gateway cannot read ('' is no schema at all to PostgreSQL) is refused
+        assert [e.sqlstate for e in errors(client.query("SET search_path = ''"))] == ["42501"]
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("sql", ['SET "ROLE" = gw_admin', 'SET "Session_Authorization" = postgres',
                                  'SET "STANDARD_CONFORMING_STRINGS" = off', "SET \"Client_Encoding\" = 'SJIS'",
                                  'SET LOCAL "ROW_SECURITY" = off', 'RESET "SEARCH_PATH"'])
