@@ -5,7 +5,10 @@ definition with the SQL analyzer and returns a LiveSchema whose view relations
 carry ``Relation.lineage``: output column name -> frozenset of base ColumnRefs
 (columns of tables, partitions, foreign tables and materialized views; never of
 plain views, which are expanded down to what they read). The catalog uses it to
-mark a view column sensitive when it derives from a catalogued column.
+mark a view column sensitive when it derives from a catalogued column, and the
+masker to mask it. A join or a filter carries values as well (a lookup row joined
+on a PII column equals it): the columns a view's joins and filters compare count
+for every output column.
 
 Fail closed: when a definition cannot be fully attributed (an unknown function,
 a relation missing from the schema, ...), every output column of that view is
@@ -16,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from catalog.model import ColumnRef, RelationRef
+from gateway.analysis.facts import Usage
 from gateway.analysis.queries import VIEW_SEARCH_PATH, Walk
 from gateway.schema import MATVIEW, VIEW, LiveSchema, Relation
 
@@ -38,7 +42,16 @@ def view_lineage(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozenset
     if walk.reasons or outs is None:
         everything = base(walk.uses)
         return {c.name: everything for c in rel.columns}, "; ".join(walk.reasons) or "no definition"
-    return {c.name: base(outs[i].sources) for i, c in enumerate(rel.columns)}, None
+    # A join or a filter carries values too: JOIN zips z ON z.zip = c.zip_code makes
+    # z.zip the customer's zip code, and rows generated for every digit and kept where
+    # they equal substr(c.ssn, k, 1) spell the SSN. The view runs over the clear
+    # values, so every column it outputs is given the columns its joins and filters
+    # compare (the masker then masks those outputs when one of them is masked).
+    compared = base(c for c, us in walk.uses.items() if us & _COMPARING)
+    return {c.name: base(outs[i].sources) | compared for i, c in enumerate(rel.columns)}, None
+
+
+_COMPARING = frozenset({Usage.PREDICATE, Usage.JOIN})
 
 
 #: PostgreSQL's own views read only system catalogs, which do not change under a

@@ -27,6 +27,17 @@ CREATE VIEW customer_ssn_digits AS
          (ARRAY['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'])[id % 10 + 1] AS bucket
   FROM customers;
 GRANT SELECT ON customer_ssn_digits TO gw_user;
+CREATE TABLE digits (d text);
+INSERT INTO digits SELECT generate_series(0, 9)::text;
+CREATE VIEW customer_ssn_join AS
+  SELECT c.city, d1.d || d2.d || d3.d || d4.d AS last4 FROM customers c
+  JOIN digits d1 ON d1.d = substr(c.ssn, 8, 1) JOIN digits d2 ON d2.d = substr(c.ssn, 9, 1)
+  JOIN digits d3 ON d3.d = substr(c.ssn, 10, 1) JOIN digits d4 ON d4.d = substr(c.ssn, 11, 1)
+  WHERE c.id = 7;
+CREATE VIEW customer_ssn_filter AS
+  SELECT g::text AS n FROM customers c, generate_series(0, 9999) g
+  WHERE c.id = 7 AND lpad(g::text, 4, '0') = substr(c.ssn, 8);
+GRANT SELECT ON digits, customer_ssn_join, customer_ssn_filter TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -105,6 +116,21 @@ def test_a_view_column_chosen_by_a_subscript_over_pii_is_masked(rt_gateway):
     # a subscript by a column that is not PII leaves the value as it was (id 7: 'h')
     (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
     assert row.body.endswith(b"\x00\x00\x00\x01h"), row
+
+
+@pytest.mark.parametrize("sql", ["SELECT city, last4 FROM customer_ssn_join", "SELECT n FROM customer_ssn_filter"])
+def test_a_view_column_a_join_or_filter_pins_to_pii_is_masked(rt_gateway, sql):
+    """A view's lineage counted only what a column's value is computed from: a row of
+    a lookup table (or of generate_series) kept where it equals substr(ssn, k, 1) was
+    attributed to the lookup table alone, so the view column spelling the SSN's last
+    four digits (0007 for customer 7) was not masked. The columns a view's joins and
+    filters compare now count for all its columns."""
+    msgs, leaked = _leaked(rt_gateway, [sql])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 1
+    received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
+    assert b"0007" not in received and b"\x00\x00\x00\x017" not in received, received
+    assert not leaked, leaked
 
 
 @pytest.mark.parametrize("view", ["customer_xml_default", "customer_xml_path"])
