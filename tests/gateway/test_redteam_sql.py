@@ -218,10 +218,13 @@ def test_session_settings_are_recognised_in_any_case(rt_gateway, sql):
 def test_plan_dumps_are_not_a_way_around_masking(rt_gateway):
     """The sample trigger on customers runs pg_notify(..., row_to_json(NEW)::text).
     With SET debug_print_plan = on and client_min_messages = log, PostgreSQL sends
-    the trigger's custom plan to the client as a LOG notice, NEW's column values
-    included as constant bytes: an UPDATE of city (no PII, so allowed) returned the
-    whole row, SSN and card number included. Settings that dump plans, parse trees
-    or trace output (debug_*, trace_*, plpgsql.*) are refused under policy."""
+    the trigger's custom plan as a LOG notice whose DETAIL holds NEW's column values
+    as constant bytes (seen directly against PostgreSQL: SSN, card number, ...), on
+    an UPDATE of city that is allowed. Through the gateway the notice's DETAIL was
+    already dropped by the error scrubber, so nothing leaked; settings that dump
+    plans, parse trees or trace output (debug_*, trace_*, plpgsql.*) are now also
+    refused under policy, as they already were in the startup packet, so the
+    scrubber is not the only thing between them and the client."""
     client = _client(rt_gateway)
     try:
         client.query("SET client_min_messages = log")
