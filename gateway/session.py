@@ -480,31 +480,36 @@ class PolicyGate(Gate):
             s.executed.add(name)
             entry = (meaning[0], meaning[1], first and meaning[1].grant_id in s.counted_grants, meaning[2])
         facts, decision, first_pending, ctx = entry
-        if "path_check" in relay.state and s.under_policy:
-            return self._refuse_bind(relay, _PATH_PENDING)
-        if s.under_policy and not self._same_context(s, ctx):
-            refusal = self._recheck_prepared(relay, s, name, facts, decision)
-            if refusal is not None:
-                return self._refuse_bind(relay, refusal)
+        eng = self.engine
+        if s.under_policy:
+            if "path_check" in relay.state:
+                return self._refuse_bind(relay, _PATH_PENDING)
+            # (_same_context, written out: this runs for every execution)
+            if not (ctx[0] is s.search_path and ctx[1] is eng.schema and ctx[2] is eng.catalog
+                    and ctx[3] is eng.policy):
+                refusal = self._recheck_prepared(relay, s, name, facts, decision)
+                if refusal is not None:
+                    return self._refuse_bind(relay, refusal)
+        grant_id = decision.grant_id
         if p > 0:
             # a named portal is a cursor to SQL too (asyncpg's cursor.forward() sends
             # MOVE on it): FETCH/MOVE/CLOSE on it read what this statement was decided as
-            s.cursors[body[:p].decode(relay.encoding, "replace")] = decision.grant_id
-        lapsed = self._grant_lapsed(s, decision.grant_id)
-        if lapsed is not None:
-            return self._refuse_bind(relay, lapsed)
-        if decision.grant_id is not None:
+            s.cursors[body[:p].decode(relay.encoding, "replace")] = grant_id
+        if grant_id is not None:
+            lapsed = self._grant_lapsed(s, grant_id)
+            if lapsed is not None:
+                return self._refuse_bind(relay, lapsed)
             self._reader_opened(relay, s, ("portal", body[:p].decode(relay.encoding, "replace")),
-                                decision.grant_id, False)
+                                grant_id, False)
         elif s.readers:
             s.readers.pop(("portal", body[:p].decode(relay.encoding, "replace")), None)   # replaced
         if first_pending:
             if name in s.statements:
                 s.statements[name] = (facts, decision, False, ctx)   # the Parse's own record covers it
                 return None
-        elif decision.grant_id in s.counted_grants:
-            return self._refuse_bind(relay, _used_up(decision.grant_id))
-        audit = self.engine.audit
+        elif grant_id is not None and grant_id in s.counted_grants:
+            return self._refuse_bind(relay, _used_up(grant_id))
+        audit = eng.audit
         if audit is None:
             return None
         if not audit.inline:
@@ -530,7 +535,12 @@ class PolicyGate(Gate):
             if refusal is not None:
                 return self._refuse_bind(relay, refusal)
             seq = None
-        self._track(relay, ((seq, facts.fingerprint),))
+        # forwarded: on_ready hands its outcome to the audit trail
+        inflight = relay.state.get("inflight")
+        if inflight is None:
+            inflight = relay.state["inflight"] = []
+        inflight.append((((seq, facts.fingerprint),), time.perf_counter()))
+        relay.track = True
         return None
 
     async def _after_schema_read(self, relay, again):
@@ -1424,16 +1434,6 @@ class PolicyGate(Gate):
         if inflight is None:
             inflight = relay.state["inflight"] = []
         inflight.append((tracked, time.perf_counter()))
-        relay.track = True
-
-    @staticmethod
-    def _track(relay, statements) -> None:
-        """Forwarded statements, as (decision seq, fingerprint), whose outcome on_ready
-        hands to the audit trail."""
-        inflight = relay.state.get("inflight")
-        if inflight is None:
-            inflight = relay.state["inflight"] = []
-        inflight.append((statements, time.perf_counter()))
         relay.track = True
 
     def on_ready(self, relay: Relay, status: str) -> None:
