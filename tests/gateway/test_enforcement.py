@@ -393,6 +393,33 @@ def test_a_prepared_statement_runs_on_after_a_search_path_change_that_changes_no
         ann.close()
 
 
+@pytest.mark.parametrize("how", ["query", "extended"])
+def test_a_statement_passed_before_is_decided_again_after_a_search_path_change(shadow_gateway, how):
+    """The session's memo of statements passed unchanged (the same literal-free
+    shape of a Query, the same text of a Parse) holds only under the search_path it
+    was decided under: "t" read as public.t several times passes in clear, then as
+    s2.t (over customers.ssn) it is masked, and back under public it is plain again."""
+    ann = _client(shadow_gateway)
+    run = ann.query if how == "query" else ann.extended
+    try:
+        for i in (3, 4, 7):
+            ann.received.clear()
+            msgs = run(f"SELECT v FROM t WHERE id = {i}")
+            assert not errors(msgs), errors(msgs)
+            assert f"plain-{i}".encode() in ann.received
+        assert not errors(ann.query("SET search_path = s2, public"))
+        for _ in range(2):
+            ann.received.clear()
+            _assert_one_masked_row(ann, run("SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = public"))
+        ann.received.clear()
+        msgs = run("SELECT v FROM t WHERE id = 7")
+        assert not errors(msgs), errors(msgs)
+        assert b"plain-7" in ann.received
+    finally:
+        ann.close()
+
+
 def test_a_prepared_statement_between_its_parse_and_first_bind(shadow_gateway):
     ann = _client(shadow_gateway)
     try:
