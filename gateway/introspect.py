@@ -66,7 +66,21 @@ FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE n.nspname !~ '^pg_(toast_)?temp_'
+UNION ALL
+SELECT n.nspname, 'operator ' || o.oprname,
+       p.proargtypes::pg_catalog.oid[]::pg_catalog.regtype[]::text[],
+       pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.prosecdef,
+       p.proretset, p.prokind::text, l.lanname
+FROM pg_catalog.pg_operator o
+JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_(toast_)?temp_'
 """
+#: operators outside pg_catalog (extensions', a DBA's) are listed among the functions
+#: as "operator <name>" in the operator's schema, with the attributes of the function
+#: that implements them: "7 ### 0" calls that function, which the analysis must see
+OPERATOR_PREFIX = "operator "
 
 _COMMENT_TAGS_SQL = f"""
 SELECT n.nspname, c.relname, a.attname, d.description

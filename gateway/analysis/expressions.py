@@ -156,10 +156,30 @@ class ExpressionsMixin:
             self.param_max = n
         return EMPTY
 
+    def operators(self, name: list[str], kind: str = "AEXPR_OP") -> None:
+        """An operator call runs the operator's function: one outside pg_catalog
+        (an extension's, a DBA's) is judged like a call of that function (a SQL or
+        SECURITY DEFINER one is opaque). BETWEEN, IN, NULLIF and IS DISTINCT FROM
+        run the comparison operators PostgreSQL rewrites them to."""
+        if not name or (len(name) > 1 and name[-2] == "pg_catalog"):
+            return
+        names = [name]
+        if kind.startswith("AEXPR_BETWEEN") or kind.startswith("AEXPR_NOT_BETWEEN"):
+            names = [name[:-1] + [op] for op in ("<=", ">=", "<", ">")]
+        elif kind in ("AEXPR_IN", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT", "AEXPR_NULLIF"):
+            names = [name[:-1] + [op] for op in {name[-1], "=", "<>"}]
+        for n in names:
+            for f in fnres.operator_candidates(self.schema, n, self.search_path):
+                r = fnres.opaque_reason(f)
+                if r:
+                    self.functions.add(f"{f.schema}.{f.name}")
+                    self.fail(r)
+
     def _x_aexpr(self, b, scope, usages):
         name = _names(b.get("name"))
         if len(name) > 1 and name[0] != "pg_catalog":
             self.fail(f"operator {'.'.join(name)} outside pg_catalog: its function is not in the live schema")
+        self.operators(name, b.get("kind", "AEXPR_OP"))
         src = EMPTY
         for k in ("lexpr", "rexpr"):
             v = b.get(k)
@@ -203,6 +223,7 @@ class ExpressionsMixin:
         name = _names(b.get("operName"))
         if len(name) > 1 and name[0] != "pg_catalog":
             self.fail(f"operator {'.'.join(name)} outside pg_catalog")
+        self.operators(name or (["="] if b.get("subLinkType") in ("ANY_SUBLINK", "ALL_SUBLINK") else []))
         q = b.get("subselect", {})
         if "SelectStmt" not in q:
             return self.fail("sublink without a SELECT")
@@ -254,6 +275,8 @@ class ExpressionsMixin:
             if srt is None:
                 self.fail("unexpected node in aggregate ORDER BY")
                 continue
+            if srt.get("useOp"):
+                self.operators(_names(srt["useOp"]))
             src |= self.expr(srt.get("node"), scope, arg_usages | GROUP_ORDER)
         if b.get("agg_filter"):
             src |= self.expr(b["agg_filter"], scope, PREDICATE | {Usage.AGGREGATE})
@@ -289,6 +312,8 @@ class ExpressionsMixin:
             if srt is None:
                 self.fail("unexpected node in window ORDER BY")
                 continue
+            if srt.get("useOp"):
+                self.operators(_names(srt["useOp"]))
             src |= self.expr(srt.get("node"), scope, usages | GROUP_ORDER)
         for k in ("startOffset", "endOffset"):
             if wd.get(k):

@@ -82,5 +82,23 @@ def opaque_reason(fn: Function) -> str | None:
     return None
 
 
+#: how gateway.introspect lists an operator outside pg_catalog among the functions
+OPERATOR_PREFIX = "operator "
+
+
+def operator_candidates(schema: LiveSchema, names: list[str],
+                        search_path: tuple[str, ...]) -> tuple[Function, ...]:
+    """The implementing functions of every operator outside pg_catalog the name could
+    resolve to (PostgreSQL chooses by argument types, which the analyzer does not
+    know). Operators in pg_catalog are built in and not listed."""
+    if not names:
+        return ()
+    found = schema.functions_named(OPERATOR_PREFIX + names[-1])
+    if len(names) >= 2:
+        return tuple(f for f in found if f.schema == names[-2])
+    path = function_path(search_path)
+    return tuple(f for f in found if f.schema in path)
+
+
 def is_aggregate_or_window(fns: tuple[Function, ...]) -> bool:
     return any(f.kind in ("a", "w") for f in fns)

@@ -357,6 +357,8 @@ class Walk(ExpressionsMixin, DmlMixin):
             if b is None:
                 self.fail("unexpected node in ORDER BY")
                 continue
+            if b.get("useOp"):
+                self.operators(_names(b["useOp"]))      # ORDER BY x USING <op>
             self._output_or_expr(b.get("node"), scope, outs, GROUP_ORDER)
         for k in ("limitCount", "limitOffset"):
             if s.get(k):

@@ -38,6 +38,13 @@ CREATE VIEW customer_ssn_filter AS
   SELECT g::text AS n FROM customers c, generate_series(0, 9999) g
   WHERE c.id = 7 AND lpad(g::text, 4, '0') = substr(c.ssn, 8);
 GRANT SELECT ON digits, customer_ssn_join, customer_ssn_filter TO gw_user;
+CREATE FUNCTION ssn_of_definer(p_id int, p_dummy int) RETURNS text LANGUAGE sql STABLE SECURITY DEFINER
+  AS $f$ SELECT ssn FROM public.customers WHERE id = p_id $f$;
+CREATE FUNCTION ssn_of(p_id int, p_dummy text) RETURNS text LANGUAGE sql STABLE
+  AS $f$ SELECT ssn FROM public.customers WHERE id = p_id $f$;
+CREATE OPERATOR public.### (LEFTARG = int, RIGHTARG = int, FUNCTION = ssn_of_definer);
+CREATE OPERATOR public.#> (LEFTARG = int, RIGHTARG = text, FUNCTION = ssn_of);
+GRANT EXECUTE ON FUNCTION ssn_of_definer(int, int), ssn_of(int, text) TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -131,6 +138,26 @@ def test_a_view_column_a_join_or_filter_pins_to_pii_is_masked(rt_gateway, sql):
     received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
     assert b"0007" not in received and b"\x00\x00\x00\x017" not in received, received
     assert not leaked, leaked
+
+
+@pytest.mark.parametrize("sql", ["SELECT 7 ### 0", "SELECT 7 #> 'x'", "SELECT 1 WHERE 7 #> 'x' IS NOT NULL",
+                                 "SELECT id, id ### 0 FROM orders WHERE id = 1",
+                                 "SELECT 7 OPERATOR(public.###) 0"])
+def test_an_operator_outside_pg_catalog_is_a_call_of_its_function(rt_gateway, sql):
+    """Operators were not in the live schema: "7 ### 0", an operator a DBA made over a
+    SQL function (SECURITY DEFINER or not) that reads customers.ssn, read as an
+    expression of constants, was allowed and returned the SSN. An operator outside
+    pg_catalog is now judged as a call of the function implementing it (PostgreSQL
+    picks by argument types, so every candidate of the name on the path counts)."""
+    msgs, leaked = _leaked(rt_gateway, [sql])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+    assert not leaked, leaked
+
+
+def test_extension_operators_in_c_still_work(rt_gateway):
+    msgs, _ = _leaked(rt_gateway, ["SELECT hstore('a', 'b') -> 'a', 1 WHERE 2 BETWEEN 1 AND 3 AND 'a' = ANY ('{a}')"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 1
 
 
 @pytest.mark.parametrize("view", ["customer_xml_default", "customer_xml_path"])
