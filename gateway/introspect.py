@@ -76,7 +76,19 @@ JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
 JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE n.nspname <> 'pg_catalog' AND n.nspname !~ '^pg_(toast_)?temp_'
+UNION ALL
+SELECT n.nspname, 'cast ' || pg_catalog.format_type(c.casttarget, NULL),
+       p.proargtypes::pg_catalog.oid[]::pg_catalog.regtype[]::text[],
+       pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.prosecdef,
+       p.proretset, p.prokind::text, l.lanname
+FROM pg_catalog.pg_cast c
+JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
 """
+#: casts whose function lies outside pg_catalog are listed the same way, as
+#: "cast <target type>" in the function's schema (see analysis.functions.CAST_PREFIX)
 #: operators outside pg_catalog (extensions', a DBA's) are listed among the functions
 #: as "operator <name>" in the operator's schema, with the attributes of the function
 #: that implements them: "7 ### 0" calls that function, which the analysis must see

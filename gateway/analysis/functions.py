@@ -100,5 +100,29 @@ def operator_candidates(schema: LiveSchema, names: list[str],
     return tuple(f for f in found if f.schema in path)
 
 
+#: how gateway.introspect lists a cast whose function lies outside pg_catalog
+CAST_PREFIX = "cast "
+
+
+def opaque_casts(schema: LiveSchema) -> tuple[Function, ...]:
+    """Casts implemented by functions the analyzer cannot see into (a DBA's SQL or
+    SECURITY DEFINER function). PostgreSQL applies a cast wherever a value of its
+    source type must become its target type, often implicitly (anytextcat turns
+    'x' || 7 into 'x' || 7::text): the analyzer, which does not know types, cannot
+    tell where, so they make every statement with expressions unknown. Computed once
+    per schema version."""
+    hit = _OPAQUE_CASTS.get(schema.version)
+    if hit is None or hit[0] is not schema:
+        found = tuple(f for name, fs in schema.functions.items() if name.startswith(CAST_PREFIX)
+                      for f in fs if opaque_reason(f))
+        if len(_OPAQUE_CASTS) > 8:
+            _OPAQUE_CASTS.clear()
+        hit = _OPAQUE_CASTS[schema.version] = (schema, found)
+    return hit[1]
+
+
+_OPAQUE_CASTS: dict = {}
+
+
 def is_aggregate_or_window(fns: tuple[Function, ...]) -> bool:
     return any(f.kind in ("a", "w") for f in fns)

@@ -79,6 +79,8 @@ _DDL_PREFIXES = ("Create", "Alter", "Drop", "Define", "Grant", "Reassign", "Impo
 #: kinds whose relations the analysis tracks completely (sqlglot cross-check applies)
 _CROSSCHECKED = frozenset({K.SELECT, K.INSERT, K.UPDATE, K.DELETE, K.MERGE, K.COPY_TO, K.COPY_FROM})
 _CROSSCHECKED_DDL = frozenset({"CREATE VIEW", "CREATE TABLE AS", "CREATE MATERIALIZED VIEW", "SELECT INTO"})
+#: kinds that evaluate expressions (where a cast may run); wrappers carry their inner's
+_WITH_EXPRESSIONS = _CROSSCHECKED | frozenset({K.CALL, K.PREPARE})
 
 logging.getLogger("sqlglot").setLevel(logging.CRITICAL)
 
@@ -174,6 +176,12 @@ def statement_facts(node: dict, text: str, schema: LiveSchema, search_path: tupl
         if missing:
             walk.fail("analyzers disagree: sqlglot reads relation(s) "
                       + ", ".join(sorted(missing)) + " that the PostgreSQL parse did not resolve")
+    if kind in _WITH_EXPRESSIONS or command in _CROSSCHECKED_DDL:
+        from gateway.analysis.functions import opaque_casts
+        for f in opaque_casts(schema):
+            walk.functions.add(f"{f.schema}.{f.name}")
+            walk.fail(f"the database has a cast to {f.name[len('cast '):]} whose function (schema {f.schema}) "
+                      "the analyzer cannot see into, and PostgreSQL may apply it to any value, implicitly too")
     if kind == K.UNKNOWN and not walk.reasons:
         walk.fail(f"statement type {kind_name} is not modelled")
     inner: StatementFacts | None = extra.pop("inner", None)

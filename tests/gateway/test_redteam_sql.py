@@ -380,3 +380,31 @@ PROBES = {
 def test_probe_leaks_nothing(rt_gateway, name):
     _, leaked = _leaked(rt_gateway, PROBES[name])
     assert not leaked, f"{name} leaked {leaked[:5]}"
+
+
+def test_a_cast_implemented_by_a_sql_function_fails_closed(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """CREATE CAST (int AS text) WITH FUNCTION f, f a SQL function reading
+    customers.ssn: PostgreSQL then runs f for 7::text and, implicitly, for
+    'x' || 7 (anytextcat casts its argument), statements of constants the gateway
+    allowed: the SSN came back in clear. The analyzer does not know types, so it
+    cannot tell where such a cast applies: while one exists, statements that
+    evaluate expressions are refused for users under policy (others are untouched)."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION ssn_cast(p_id int) RETURNS text LANGUAGE sql STABLE "
+                     "AS $f$ SELECT ssn FROM public.customers WHERE id = p_id $f$; "
+                     "GRANT EXECUTE ON FUNCTION ssn_cast(int) TO gw_user; "
+                     "CREATE CAST (int AS text) WITH FUNCTION ssn_cast(int)")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    for sql in ("SELECT 7::text", "SELECT 'x' || 7", "SELECT concat('x', 7)"):
+        msgs, leaked = _leaked(gw, [sql])
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"], (sql, msgs)
+        assert not leaked, (sql, leaked)
+    msgs, _ = _leaked(gw, ["BEGIN", "SHOW search_path", "COMMIT"])
+    assert not errors(msgs), errors(msgs)
+    dba = _client(gw, "dba")
+    try:
+        dba.query("SELECT 'x' || 7")
+        assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
+    finally:
+        dba.close()
