@@ -60,11 +60,21 @@ WHERE c.relkind IN ('v', 'm') AND {_NOT_TEMP}
 _FUNCTIONS_SQL = """
 SELECT n.nspname, p.proname,
        p.proargtypes::pg_catalog.oid[]::pg_catalog.regtype[]::text[] AS args,
-       pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text, p.prosecdef,
-       p.proretset, p.prokind::text, l.lanname
+       pg_catalog.format_type(p.prorettype, NULL), p.provolatile::text,
+       p.prosecdef OR coalesce(agg.secdef, false),
+       p.proretset, p.prokind::text, coalesce(agg.lang, l.lanname)
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+-- an aggregate's language is 'internal'; the code it runs is its support functions'
+LEFT JOIN LATERAL (
+  SELECT pg_catalog.bool_or(fp.prosecdef) AS secdef,
+         pg_catalog.min(fl.lanname) FILTER (WHERE fl.lanname NOT IN ('internal', 'c')) AS lang
+  FROM pg_catalog.pg_aggregate a
+  JOIN pg_catalog.pg_proc fp ON fp.oid IN (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn,
+                                           a.aggdeserialfn, a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn)
+  JOIN pg_catalog.pg_language fl ON fl.oid = fp.prolang
+  WHERE a.aggfnoid = p.oid) agg ON p.prokind = 'a'
 WHERE n.nspname !~ '^pg_(toast_)?temp_'
 UNION ALL
 SELECT n.nspname, 'operator ' || o.oprname,

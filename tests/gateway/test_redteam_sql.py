@@ -45,6 +45,10 @@ CREATE FUNCTION ssn_of(p_id int, p_dummy text) RETURNS text LANGUAGE sql STABLE
 CREATE OPERATOR public.### (LEFTARG = int, RIGHTARG = int, FUNCTION = ssn_of_definer);
 CREATE OPERATOR public.#> (LEFTARG = int, RIGHTARG = text, FUNCTION = ssn_of);
 GRANT EXECUTE ON FUNCTION ssn_of_definer(int, int), ssn_of(int, text) TO gw_user;
+CREATE FUNCTION ssn_acc(state text, p_id int) RETURNS text LANGUAGE sql STABLE
+  AS $f$ SELECT coalesce(state, '') || (SELECT ssn FROM public.customers WHERE id = p_id) $f$;
+CREATE AGGREGATE ssn_agg(int) (SFUNC = ssn_acc, STYPE = text);
+GRANT EXECUTE ON FUNCTION ssn_acc(text, int), ssn_agg(int) TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -149,6 +153,18 @@ def test_an_operator_outside_pg_catalog_is_a_call_of_its_function(rt_gateway, sq
     expression of constants, was allowed and returned the SSN. An operator outside
     pg_catalog is now judged as a call of the function implementing it (PostgreSQL
     picks by argument types, so every candidate of the name on the path counts)."""
+    msgs, leaked = _leaked(rt_gateway, [sql])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+    assert not leaked, leaked
+
+
+@pytest.mark.parametrize("sql", ["SELECT ssn_agg(7)", "SELECT ssn_agg(customer_id) FROM orders WHERE id = 1",
+                                 "SELECT ssn_agg(7) OVER ()"])
+def test_an_aggregate_is_judged_by_the_code_it_runs(rt_gateway, sql):
+    """PostgreSQL lists every aggregate as language 'internal'; what runs is its
+    transition and final functions. A DBA's aggregate over a SQL transition function
+    reading customers.ssn passed as built-in code and returned the SSN in clear.
+    An aggregate now carries its support functions' language and SECURITY DEFINER."""
     msgs, leaked = _leaked(rt_gateway, [sql])
     assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
     assert not leaked, leaked
