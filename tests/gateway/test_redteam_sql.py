@@ -424,3 +424,36 @@ def test_a_cast_implemented_by_a_sql_function_fails_closed(gateway_factory, pg_s
         assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
     finally:
         dba.close()
+
+
+def test_messages_raised_by_database_code_are_withheld(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """A DBA's audit trigger on customers says RAISE NOTICE 'customer % updated (ssn
+    %)', NEW.id, NEW.ssn (and a HINT). An UPDATE of city touches no PII and is
+    allowed; the notice's text carried the SSN unquoted, and the scrubber only
+    removes quoted values, so it reached the client in clear. Messages raised
+    inside database code (they carry a CONTEXT) are now withheld whole under
+    policy, their SQLSTATE kept; unrestricted users see them as sent."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("""CREATE FUNCTION audit_customer() RETURNS trigger LANGUAGE plpgsql AS $f$
+            BEGIN
+              RAISE NOTICE 'customer % updated (ssn %)', NEW.id, NEW.ssn USING HINT = NEW.card_number;
+              IF NEW.city = 'boom' THEN RAISE EXCEPTION 'bad city for %', NEW.email; END IF;
+              RETURN NEW;
+            END $f$;
+            CREATE TRIGGER customers_audit AFTER UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION audit_customer()""")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    msgs, leaked = _leaked(gw, ["UPDATE customers SET city = city WHERE id = 7"])
+    assert not errors(msgs), errors(msgs)
+    notices = [m for m in msgs if getattr(m, "notice", False)]
+    assert notices and "withheld" in notices[0].message, notices
+    assert not leaked, leaked
+    msgs, leaked = _leaked(gw, ["UPDATE customers SET city = 'boom' WHERE id = 7"])
+    assert [e.sqlstate for e in errors(msgs)] == ["P0001"], msgs
+    assert not leaked, leaked
+    dba = _client(gw, "dba")
+    try:
+        dba.query("BEGIN; UPDATE customers SET city = city WHERE id = 7; ROLLBACK")
+        assert SSN7 in dba.received
+    finally:
+        dba.close()
