@@ -36,8 +36,11 @@ What the facts mean for the caller:
 
 Assumptions the session must uphold: standard_conforming_strings is on (the
 lexer's reading of backslashes), client_encoding is UTF8, search_path has no
-``$user`` and keeps pg_catalog first (operators and implicit casts are not in
-the LiveSchema, so user-defined ones placed before pg_catalog are not seen).
+``$user`` and keeps pg_catalog first. Operators and casts outside pg_catalog are
+in the LiveSchema as pseudo-functions (``operator <name>``, ``cast <type>``, see
+gateway.introspect): an operator is judged as a call of its function; a cast
+whose function is opaque makes every statement with expressions unknown, since
+where PostgreSQL applies it depends on types the analyzer does not know.
 """
 from __future__ import annotations
 

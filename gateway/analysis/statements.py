@@ -12,8 +12,9 @@ Known limits, by design fail-closed or documented:
   ``pg_temp``; ``StatementFacts.creates`` names every temp relation a statement
   creates so the session can add it (a relation with no known columns makes
   every column reference to it unknown).
-- Operators are not in the LiveSchema: an operator qualified with a schema other
-  than pg_catalog is unknown; unqualified user-defined operators are not seen.
+- Operators: one qualified with a schema other than pg_catalog is unknown; an
+  unqualified one is judged as a call of every operator function of that name
+  outside pg_catalog on the path (``functions.operator_candidates``).
 - DDL bodies other than views, CREATE TABLE AS and SELECT INTO (index
   expressions, policies, defaults) are not walked: DDL is its own action.
 """
