@@ -549,18 +549,20 @@ class Relay:
         n = len(buf)
         pos = 0
         kinds = _CLIENT_KIND
+        max_message = self.max_message
         try:
             while n - pos >= 5:
                 t, length = _TYPE_LEN(buf, pos)
                 end = pos + 1 + length
                 kind = kinds[t]
-                if kind == 0 or length < 4 or length > self.max_message:
-                    raise codec.frontend_violation(t, length, self.max_message)
+                if kind == 0 or length < 4 or length > max_message:
+                    raise codec.frontend_violation(t, length, max_message)
                 if end > n:
                     break
-                if kind == 1 or kind >= 7:                   # nothing to look at
-                    pass
-                elif kind == 3:                              # Query
+                if kind >= 7 or kind == 1:                   # nothing to look at
+                    pos = end
+                    continue
+                if kind == 3:                                # Query
                     self.inflight += 1
                     skip = self.gate.plain_statement_skip
                     if (buf[end - 1] != 0 or skip is None or skip.fullmatch(buf, pos + 5, end - 1) is None):
