@@ -386,7 +386,8 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
       as a catalogued column of a parent. Source ``derived:child of public.customers``.
     - Views and materialized views with ``Relation.lineage``: an output column whose
       base columns include a catalogued one (the most sensitive wins). Source
-      ``derived:view of public.customers.email``.
+      ``derived:view of public.customers.email``. Likewise a table's generated column
+      computed from a catalogued one (``derived:generated from ...``).
     - Views without lineage (nothing attributed them): conservatively, when the
       view depends on a catalogued relation (its ``parents``, or a schema-qualified
       name in its definition), every output column whose select-list expression
@@ -510,6 +511,12 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             for name, base in state.columns_of(parent).items():
                 if rel.column(name) is not None:
                     yield _derived(rel.ref, name, base, f"derived:child of {parent}")
+        # a table's lineage is that of its generated columns (ssn_norm GENERATED
+        # ALWAYS AS (replace(ssn, '-', '')) holds the SSN)
+        for out, bases in (rel.lineage or {}).items():
+            base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
+            if base is not None and rel.column(out) is not None:
+                yield _derived(rel.ref, out, base, f"derived:generated from {base.column}")
         return
     if rel.lineage:
         for out, bases in rel.lineage.items():

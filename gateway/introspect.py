@@ -43,6 +43,21 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdro
 ORDER BY a.attrelid, a.attnum
 """
 
+#: generated columns and the columns of their own table their expressions read
+#: (PostgreSQL records each as a dependency of the column's pg_attrdef entry)
+_GENERATED_SQL = f"""
+SELECT d.adrelid, a.attname, ra.attname
+FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum AND a.attgenerated <> ''
+JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND dep.objid = d.oid
+     AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND dep.refobjid = d.adrelid
+     AND dep.refobjsubid > 0 AND dep.refobjsubid <> d.adnum
+JOIN pg_catalog.pg_attribute ra ON ra.attrelid = d.adrelid AND ra.attnum = dep.refobjsubid
+WHERE {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -162,7 +177,7 @@ async def load_live_schema(conn) -> LiveSchema:
             await conn.execute(_SET_PATH, "pg_catalog")
             rows = await _fetch_catalog_rows(conn)
             await conn.execute(_SET_PATH, saved)
-    return build_live_schema(*rows, search_path)
+    return build_live_schema(*rows, search_path=search_path)
 
 
 _SET_PATH = "SELECT pg_catalog.set_config('search_path', $1, true)"
@@ -171,11 +186,11 @@ _SET_PATH = "SELECT pg_catalog.set_config('search_path', $1, true)"
 async def _fetch_catalog_rows(conn) -> tuple:
     return (await conn.fetch(_RELATIONS_SQL), await conn.fetch(_COLUMNS_SQL),
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
-            await conn.fetch(_FUNCTIONS_SQL))
+            await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL))
 
 
-def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows,
-                      search_path: tuple[str, ...]) -> LiveSchema:
+def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(),
+                      search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -189,9 +204,17 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows,
         if child in refs and parent in refs:
             parents.setdefault(child, []).append(refs[parent][0])
     viewdefs = {oid: text for oid, text in view_rows}
+    # a table's generated columns carry the values of the columns they are computed
+    # from: their lineage (the catalog derives them as it does view columns)
+    generated: dict[int, dict[str, set]] = {}
+    for oid, name, source in gen_rows:
+        if oid in refs:
+            ref = refs[oid][0]
+            generated.setdefault(oid, {}).setdefault(name, set()).add(ColumnRef(ref.schema, ref.name, source))
     relations = [
         Relation(ref=ref, kind=kind, columns=tuple(columns.get(oid, ())),
-                 parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid))
+                 parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid),
+                 lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()})
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

@@ -29,7 +29,8 @@ class Relation:
     parents: tuple[RelationRef, ...] = ()       # INHERITS parents / partition parent
     view_definition: str | None = None          # pg_get_viewdef() for views and matviews
     #: for views/matviews: output column name -> base columns it derives from
-    #: (from the view's own analysis; filled by introspection when known)
+    #: (from the view's own analysis; filled by introspection when known); for
+    #: tables: generated column name -> the columns it is computed from
     lineage: Mapping[str, frozenset] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:

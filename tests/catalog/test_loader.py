@@ -218,6 +218,20 @@ def test_derive_views_with_lineage_attribute_each_output_column():
     assert got.get(ColumnRef("public", "v", "both")).sensitivity == Sensitivity.CRITICAL
 
 
+def test_derive_generated_columns_from_the_columns_they_are_computed_from():
+    ssn, city = (ColumnRef("public", "customers", c) for c in ("ssn", "city"))
+    schema = LiveSchema.of([
+        rel("customers", TABLE, CUSTOMER_COLS + ("ssn_norm", "city_upper"),
+            lineage={"ssn_norm": frozenset({ssn}), "city_upper": frozenset({city})}),
+        rel("c2", TABLE, ("id", "ssn_norm"), parents=("customers",)),
+    ])
+    got = derive_catalog(BASE, schema)
+    assert derived(got) == {
+        "public.customers.ssn_norm": ("ssn", "derived:generated from public.customers.ssn"),
+        "public.c2.ssn_norm": ("ssn", "derived:child of public.customers"),   # reached in a later round
+    }
+
+
 def test_derive_view_columns_missing_from_lineage_fall_back_to_the_definition():
     email = ColumnRef("public", "customers", "email")
     schema = LiveSchema.of([

@@ -233,3 +233,16 @@ async def test_lineage_from_the_analyzer_attributes_view_columns(sample_db):
     # note: orders.note's comment says it may contain PII, so the view's note is derived too
     assert report == {"customer_email": "derived:view of public.customers.email",
                       "note": "derived:view depends on public.orders"}
+
+
+async def test_generated_columns_carry_the_columns_they_are_computed_from(sample_db_fresh):
+    conn = await asyncpg.connect(sample_db_fresh)
+    try:
+        await conn.execute("ALTER TABLE customers ADD COLUMN ssn_norm text "
+                           "GENERATED ALWAYS AS (replace(ssn, '-', '') || coalesce(city, '')) STORED")
+        schema = await load_live_schema(conn)
+    finally:
+        await conn.close()
+    customers = schema.relation(R("customers"))
+    assert dict(customers.lineage) == {"ssn_norm": frozenset({ColumnRef("public", "customers", "ssn"),
+                                                              ColumnRef("public", "customers", "city")})}

@@ -459,15 +459,13 @@ def test_messages_raised_by_database_code_are_withheld(gateway_factory, pg_serve
         dba.close()
 
 
-@pytest.mark.xfail(strict=True, reason="open: a generated column derived from a catalogued one is neither "
-                   "catalogued nor masked (see the docstring for the fix it needs)")
 def test_a_generated_column_over_pii_is_masked(gateway_factory, pg_server, sample_db_fresh, tmp_path):
     """customers.ssn_norm GENERATED ALWAYS AS (replace(ssn, '-', '')) STORED holds the
-    SSN without dashes. Nothing catalogues it (the catalog derives children and view
-    columns, not generated ones) and nothing masks it, so SELECT ssn_norm is allowed
-    unchanged and returns 000000007 for customer 7. The fix needs the live schema to
-    read generated columns' dependencies (pg_attrdef/pg_depend), the catalog to derive
-    them like view columns and the masker to mask them in a table's wrapper."""
+    SSN without dashes. Nothing catalogued it (the catalog derived children and view
+    columns, not generated ones), so SELECT ssn_norm was allowed unchanged and returned
+    000000007 for customer 7 (found by red-teaming). The live schema now reads which
+    columns a generated column is computed from (pg_attrdef's dependencies), the
+    catalog derives it like a view column, and the masker masks it in the wrapper."""
     with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
         conn.execute("ALTER TABLE customers ADD COLUMN ssn_norm text "
                      "GENERATED ALWAYS AS (replace(ssn, '-', '')) STORED")
