@@ -38,7 +38,6 @@ from .upstream import UpstreamConnection, UpstreamError, connect_upstream, send_
 log = logging.getLogger("piigate.server")
 
 _I32 = struct.Struct("!i")
-_HDR = struct.Struct("!i")
 #: (type, length) of the message at an offset: one call per message on the hot path
 _TYPE_LEN = struct.Struct("!Bi").unpack_from
 _monotonic = time.monotonic

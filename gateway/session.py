@@ -415,11 +415,7 @@ class PolicyGate(Gate):
             m.decision("allow")
             m.observe_statement(time.perf_counter() - t0)
         if audit is not None:
-            inflight = state.get("inflight")
-            if inflight is None:
-                inflight = state["inflight"] = []
-            inflight.append((((seq, facts.fingerprint),), t0))
-            relay.track = True
+            _track_forwarded(relay, ((seq, facts.fingerprint),), t0)
         if extended and self.watches_binds:
             s.statements[name] = (facts, entry.decision, True, entry.context)
             if name:
@@ -1437,11 +1433,7 @@ class PolicyGate(Gate):
             # a record that was not written (not required) has no seq
             seqs = [t[0] for t in tracked or ()]
             tracked = [(seqs[i] if i < len(seqs) else None, p[0].fingerprint) for i, p in enumerate(plans)]
-        inflight = relay.state.get("inflight")
-        if inflight is None:
-            inflight = relay.state["inflight"] = []
-        inflight.append((tracked, time.perf_counter()))
-        relay.track = True
+        _track_forwarded(relay, tracked, time.perf_counter())
 
     def on_ready(self, relay: Relay, status: str) -> None:
         created = relay.state.get("created")
@@ -1498,6 +1490,16 @@ class PolicyGate(Gate):
 _PATH_PENDING = Refusal("42501", "piigate: this statement was sent before the query that changes search_path "
                         "had completed, so the gateway cannot tell how its names resolve",
                         "send it once that query's result has arrived")
+
+
+def _track_forwarded(relay, tracked, started: float) -> None:
+    """A forwarded statement's decision records ((seq, fingerprint) each) and start:
+    on_ready writes their completion record; the relay records outcomes from now."""
+    inflight = relay.state.get("inflight")
+    if inflight is None:
+        inflight = relay.state["inflight"] = []
+    inflight.append((tracked, started))
+    relay.track = True
 
 
 def _created(relay, kind: str, name: str, extended: bool) -> None:
