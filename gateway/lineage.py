@@ -8,7 +8,11 @@ plain views, which are expanded down to what they read). The catalog uses it to
 mark a view column sensitive when it derives from a catalogued column, and the
 masker to mask it. A join or a filter carries values as well (a lookup row joined
 on a PII column equals it): the columns a view's joins and filters compare count
-for every output column.
+for every output column. So do the columns it groups, orders, de-duplicates or
+windows by (lead(g) OVER (ORDER BY ssn) is the candidate next to the SSN), and
+they are the view's ``row_lineage`` too: which rows it yields, how many and in
+which order, which no masking of its outputs can hide (the masker refuses such a
+view where one of them is masked).
 
 Fail closed: when a definition cannot be fully attributed (an unknown function,
 a relation missing from the schema, ...), every output column of that view is
@@ -26,6 +30,13 @@ from gateway.schema import MATVIEW, VIEW, LiveSchema, Relation
 
 def view_lineage(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozenset], str | None]:
     """The lineage of one view, and why it is over-approximated (None when exact)."""
+    lineage, _rows, why = view_lineages(schema, rel)
+    return lineage, why
+
+
+def view_lineages(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozenset], frozenset, str | None]:
+    """The lineage of one view, its row lineage (the base columns that decide its
+    rows, their number and order) and why it is over-approximated (None when exact)."""
     walk = Walk(schema, VIEW_SEARCH_PATH)
     outs = walk.expand_view(rel)
 
@@ -41,17 +52,26 @@ def view_lineage(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozenset
 
     if walk.reasons or outs is None:
         everything = base(walk.uses)
-        return {c.name: everything for c in rel.columns}, "; ".join(walk.reasons) or "no definition"
+        return ({c.name: everything for c in rel.columns}, everything,
+                "; ".join(walk.reasons) or "no definition")
     # A join or a filter carries values too: JOIN zips z ON z.zip = c.zip_code makes
     # z.zip the customer's zip code, and rows generated for every digit and kept where
     # they equal substr(c.ssn, k, 1) spell the SSN. The view runs over the clear
     # values, so every column it outputs is given the columns its joins and filters
     # compare (the masker then masks those outputs when one of them is masked).
+    # Grouping, ordering, DISTINCT and windows choose values as well: a view of
+    # candidates 000-00-0000..9999 and the customers' SSNs, each candidate given
+    # lead(g) OVER (ORDER BY v) or count(*) OVER (PARTITION BY v), names the SSN
+    # by a column that derives from the candidates alone.
     compared = base(c for c, us in walk.uses.items() if us & _COMPARING)
-    return {c.name: base(outs[i].sources) | compared for i, c in enumerate(rel.columns)}, None
+    return ({c.name: base(outs[i].sources) | compared for i, c in enumerate(rel.columns)},
+            compared, None)
 
 
-_COMPARING = frozenset({Usage.PREDICATE, Usage.JOIN})
+#: usages that decide which rows a query yields, how many, in which order, or which
+#: value a window function picks (LIMIT/OFFSET and TABLESAMPLE arguments are
+#: recorded as predicates, window frame offsets as ordering)
+_COMPARING = frozenset({Usage.PREDICATE, Usage.JOIN, Usage.GROUP_ORDER})
 
 
 #: PostgreSQL's own views read only system catalogs, which do not change under a
@@ -70,15 +90,16 @@ def with_view_lineage(schema: LiveSchema) -> LiveSchema:
         if rel.kind in (VIEW, MATVIEW):
             if ref.schema in _SYSTEM_SCHEMAS:
                 key = (ref, rel.view_definition, rel.column_names)
-                lineage = _system_lineage.get(key)
-                if lineage is None:
+                hit = _system_lineage.get(key)
+                if hit is None:
                     if len(_system_lineage) > 4096:       # another server version's views
                         _system_lineage.clear()
-                    lineage = _system_lineage[key] = view_lineage(schema, rel)[0]
+                    hit = _system_lineage[key] = view_lineages(schema, rel)[:2]
+                lineage, rows = hit
             else:
-                lineage, _ = view_lineage(schema, rel)
-            relations[ref] = dataclasses.replace(rel, lineage=lineage)
+                lineage, rows, _ = view_lineages(schema, rel)
+            relations[ref] = dataclasses.replace(rel, lineage=lineage, row_lineage=rows)
     return LiveSchema(relations, schema.functions, schema.search_path, schema.version)
 
 
-__all__ = ["with_view_lineage", "view_lineage", "ColumnRef"]
+__all__ = ["with_view_lineage", "view_lineage", "view_lineages", "ColumnRef"]

@@ -32,6 +32,12 @@ class Relation:
     #: (from the view's own analysis; filled by introspection when known); for
     #: tables: generated column name -> the columns it is computed from
     lineage: Mapping[str, frozenset] = field(default_factory=dict)
+    #: for views/matviews: the base columns that decide which rows the view yields,
+    #: how many and in which order (its WHERE/JOIN/HAVING, GROUP BY, DISTINCT,
+    #: ORDER BY, LIMIT, window PARTITION/ORDER, set-operation comparisons). Masking
+    #: the view's outputs cannot hide what those decided (a count of its rows, their
+    #: order), so the masker refuses a view whose row lineage holds a masked column
+    row_lineage: frozenset = frozenset()
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:

@@ -317,7 +317,8 @@ class ExpressionsMixin:
             src |= self.expr(srt.get("node"), scope, usages | GROUP_ORDER)
         for k in ("startOffset", "endOffset"):
             if wd.get(k):
-                self.expr(wd[k], scope, OTHER)
+                # the frame decides which rows the window function sees
+                self.expr(wd[k], scope, usages | GROUP_ORDER)
         return src
 
     def _x_indirection(self, b, scope, usages):

@@ -300,6 +300,11 @@ class Walk(ExpressionsMixin, DmlMixin):
                 self.fail("set operation branches have different column counts")
             outs = [Out(l.name, l.sources | (right[i].sources if i < len(right) else EMPTY))
                     for i, l in enumerate(left)]
+            if op != "SETOP_UNION" or not s.get("all"):
+                # UNION, INTERSECT and EXCEPT compare whole rows: which rows (and how
+                # many) come out depends on the values compared
+                for o in outs:
+                    self.use(o.sources, GROUP_ORDER)
             self._sort_and_limit(s, Scope([], scope), outs)
             self._unexpected(s, _SETOP_FIELDS, "set operation")
             return outs
@@ -362,7 +367,8 @@ class Walk(ExpressionsMixin, DmlMixin):
             self._output_or_expr(b.get("node"), scope, outs, GROUP_ORDER)
         for k in ("limitCount", "limitOffset"):
             if s.get(k):
-                self.expr(s[k], scope, OTHER)
+                # LIMIT/OFFSET decide which rows and how many exist: a filter
+                self.expr(s[k], scope, PREDICATE)
 
     def _output_or_expr(self, node: dict, scope: Scope, outs: list[Out], usages: frozenset) -> None:
         """ORDER BY / DISTINCT ON / GROUP BY item: an output position, an output
@@ -458,10 +464,11 @@ class Walk(ExpressionsMixin, DmlMixin):
         if kind == "RangeTableSample":
             items = self.from_item(b["relation"], scope, before)
             lat = Scope(list(before) + items, scope.parent, {})
+            # the sampling arguments decide which rows exist: a filter
             for a in b.get("args", ()):
-                self.expr(a, lat, OTHER)
+                self.expr(a, lat, PREDICATE)
             if b.get("repeatable"):
-                self.expr(b["repeatable"], lat, OTHER)
+                self.expr(b["repeatable"], lat, PREDICATE)
             return items
         if kind == "JsonTable":
             return [self.json_table(b, scope, before)]

@@ -25,6 +25,9 @@ Which relations are wrapped and with what:
   masked relation but for which neither is known cannot be wrapped safely: that is a
   ``RewriteError`` (wrapping is airtight only when we know which outputs carry PII;
   inlining the definition would change whose privileges apply, so we do not).
+  So is a view whose ``row_lineage`` (what its WHERE, joins, GROUP BY, ORDER BY,
+  LIMIT, windows compare) holds a masked column: the number and order of its rows
+  were decided over clear values, and no mask of its outputs hides them.
 
 It raises ``RewriteError`` whenever it cannot be sure: a masked relation as the
 target of INSERT/UPDATE/DELETE/MERGE/COPY (decided as writes, never masked), in any
@@ -340,6 +343,14 @@ class _Rewriter:
                 hits = [b for b in bases if isinstance(b, ColumnRef) and b in self.plan.columns]
                 if hits and col in names:
                     out.setdefault(col, self.plan.columns[sorted(hits)[0]])
+            # which rows the view yields, how many and in which order were decided over
+            # the clear values (WHERE substr(ssn, 8)::int >= g, LIMIT by a digit of it,
+            # ORDER BY ssn among candidates): masking its outputs hides none of that
+            chosen = sorted(str(b) for b in rel.row_lineage
+                            if isinstance(b, ColumnRef) and b in self.plan.columns)
+            if chosen:
+                raise RewriteError(f"view {rel.ref} chooses, counts or orders its rows by masked column(s) "
+                                   f"{', '.join(chosen)}: masking its columns cannot hide what that tells")
             lineage_complete = bool(rel.lineage) and all(n in rel.lineage for n in names)
             attributed = rel.ref in self.by_relation or lineage_complete
             if not attributed and self.view_reaches_masked(rel, set()):

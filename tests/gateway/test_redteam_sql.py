@@ -49,6 +49,32 @@ CREATE FUNCTION ssn_acc(state text, p_id int) RETURNS text LANGUAGE sql STABLE
   AS $f$ SELECT coalesce(state, '') || (SELECT ssn FROM public.customers WHERE id = p_id) $f$;
 CREATE AGGREGATE ssn_agg(int) (SFUNC = ssn_acc, STYPE = text);
 GRANT EXECUTE ON FUNCTION ssn_acc(text, int), ssn_agg(int) TO gw_user;
+CREATE VIEW ssn_candidates AS
+  SELECT '000-00-' || lpad(g::text, 4, '0') AS v, '000-00-' || lpad(g::text, 4, '0') AS cand, 1 AS k
+  FROM generate_series(0, 99) g
+  UNION ALL SELECT ssn, 'customer ' || id, 0 FROM customers;
+CREATE VIEW rt_window_lead AS SELECT cand, lead(cand) OVER (ORDER BY v, k) AS nxt FROM ssn_candidates;
+CREATE VIEW rt_window_named AS SELECT cand, lead(cand) OVER w AS nxt FROM ssn_candidates WINDOW w AS (ORDER BY v, k);
+CREATE VIEW rt_window_partition AS SELECT cand, count(*) OVER (PARTITION BY v) AS n FROM ssn_candidates;
+CREATE VIEW rt_rank AS SELECT id, rank() OVER (ORDER BY ssn) AS rk FROM customers;
+CREATE VIEW rt_group AS SELECT min(cand) AS cand, count(*) AS n FROM ssn_candidates GROUP BY v;
+CREATE VIEW rt_distinct_on AS SELECT DISTINCT ON (v) cand, k FROM ssn_candidates ORDER BY v, k DESC;
+CREATE VIEW rt_order AS SELECT cand FROM ssn_candidates ORDER BY v, k;
+CREATE VIEW rt_agg_order AS SELECT string_agg(cand, ',' ORDER BY v, k) AS s FROM ssn_candidates;
+CREATE VIEW rt_limit AS SELECT g FROM generate_series(1, 100) g
+  LIMIT (SELECT substr(ssn, 10, 2)::int FROM customers WHERE id = 7);
+CREATE VIEW rt_count AS SELECT g FROM customers c, generate_series(1, 100) g
+  WHERE c.id = 7 AND g <= substr(c.ssn, 10, 2)::int;
+CREATE VIEW rt_nested AS SELECT g FROM rt_count;
+CREATE VIEW rt_intersect AS SELECT '000-00-' || lpad(g::text, 4, '0') AS v FROM generate_series(0, 99) g
+  INTERSECT SELECT ssn FROM customers;
+CREATE VIEW rt_frame AS SELECT g, sum(g) OVER (ORDER BY g ROWS BETWEEN
+  (SELECT substr(ssn, 10, 2)::int FROM customers WHERE id = 7) PRECEDING AND CURRENT ROW) AS s
+  FROM generate_series(1, 100) g;
+CREATE VIEW rt_by_city AS SELECT id, email, city FROM customers ORDER BY city, id;
+GRANT SELECT ON ssn_candidates, rt_window_lead, rt_window_named, rt_window_partition, rt_rank, rt_group,
+  rt_distinct_on, rt_order, rt_agg_order, rt_limit, rt_count, rt_nested, rt_intersect, rt_frame, rt_by_city
+  TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -135,13 +161,62 @@ def test_a_view_column_a_join_or_filter_pins_to_pii_is_masked(rt_gateway, sql):
     a lookup table (or of generate_series) kept where it equals substr(ssn, k, 1) was
     attributed to the lookup table alone, so the view column spelling the SSN's last
     four digits (0007 for customer 7) was not masked. The columns a view's joins and
-    filters compare now count for all its columns."""
+    filters compare now count for all its columns; and since which rows such a view
+    yields (how many) was decided over the clear SSN, which no mask of its columns
+    hides (see test_a_view_that_chooses_counts_or_orders_its_rows_by_pii_is_refused),
+    it is now refused for a user who sees the SSN masked."""
     msgs, leaked = _leaked(rt_gateway, [sql])
-    assert not errors(msgs), errors(msgs)
-    assert _rows(msgs) == 1
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
     received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
     assert b"0007" not in received and b"\x00\x00\x00\x017" not in received, received
     assert not leaked, leaked
+
+
+VIEWS_CHOOSING_ROWS_BY_PII = [
+    # window ORDER BY / PARTITION BY: the candidate next to a customer's row is the SSN
+    "SELECT nxt FROM rt_window_lead WHERE cand = 'customer 7'",
+    "SELECT nxt FROM rt_window_named WHERE cand = 'customer 7'",
+    "SELECT cand FROM rt_window_partition WHERE n = 2 AND cand LIKE '000%'",
+    "SELECT rk FROM rt_rank WHERE id = 7",
+    # GROUP BY / DISTINCT ON the SSN: the candidate grouped with a customer is the SSN
+    "SELECT cand FROM rt_group WHERE n = 2",
+    "SELECT cand FROM rt_distinct_on WHERE k = 1",
+    # ORDER BY (of the view, of an aggregate): the row after 'customer 7' is its SSN
+    "SELECT cand FROM rt_order", "SELECT s FROM rt_agg_order",
+    # LIMIT, a filter, a frame, INTERSECT by the SSN: the number of rows is a digit of it
+    "SELECT count(*) FROM rt_limit", "SELECT count(*) FROM rt_count", "SELECT count(*) FROM rt_nested",
+    "SELECT count(*) FROM rt_intersect", "SELECT s FROM rt_frame WHERE g = 100",
+    "SELECT * FROM customer_contacts c JOIN rt_count r ON r.g = c.id",
+]
+
+
+@pytest.mark.parametrize("sql", VIEWS_CHOOSING_ROWS_BY_PII)
+def test_a_view_that_chooses_counts_or_orders_its_rows_by_pii_is_refused(rt_gateway, sql):
+    """DBA views whose rows, their number or their order (or a window function's
+    pick) are decided by a catalogued column: lead(cand) OVER (ORDER BY v) over the
+    SSNs and candidates 000-00-0000..0099 returned customer 7's SSN in clear from a
+    column whose lineage was the candidates alone; count(*) OVER (PARTITION BY v),
+    GROUP BY v, DISTINCT ON (v) and ORDER BY v named the SSNs likewise; rank() OVER
+    (ORDER BY ssn), a LIMIT, a window frame or a WHERE computed from a digit of the
+    SSN gave it as a number (count(*) = 7), and masking the view's columns (done for
+    joins and filters) hid none of that. The analysis now records ORDER BY/GROUP BY/
+    DISTINCT/windows/set operations/LIMIT as deciding the view's rows (its row
+    lineage), and the masker refuses a view whose row lineage holds a masked column."""
+    msgs, leaked = _leaked(rt_gateway, [sql])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+    assert not leaked, leaked
+    assert _rows(msgs) == 0
+
+
+def test_a_view_ordered_by_columns_that_are_not_pii_is_masked_as_before(rt_gateway):
+    msgs, leaked = _leaked(rt_gateway, ["SELECT id, email, city FROM rt_by_city LIMIT 3",
+                                        "SELECT * FROM customer_contacts WHERE id = 7",
+                                        "SELECT order_id, amount FROM order_report WHERE order_id = 1"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 5
+    assert not leaked, leaked
+    rows = [m.body for m in msgs if getattr(m, "type", None) == b"D"]
+    assert b"***@example.invalid" in rows[0] and b"Dummyford" in rows[0], rows
 
 
 @pytest.mark.parametrize("sql", ["SELECT 7 ### 0", "SELECT 7 #> 'x'", "SELECT 1 WHERE 7 #> 'x' IS NOT NULL",

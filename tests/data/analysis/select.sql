@@ -90,7 +90,8 @@ WITH x(a, b) AS (SELECT email, ssn FROM ONLY customers) SELECT a, b FROM x
 -- columns: customers.email=returned,other customers.ssn=other
 WITH x(a, b) AS (SELECT email, ssn FROM ONLY customers) SELECT a FROM x
 
--- columns: customers.ssn=returned
+-- UNION (not ALL) compares the rows it de-duplicates: grouping
+-- columns: customers.ssn=returned,group_order
 SELECT 'x' UNION SELECT ssn FROM ONLY customers
 
 -- columns: customers.ssn=join
@@ -129,7 +130,8 @@ SELECT u FROM ONLY customers c, unnest(ARRAY[c.phone]) u
 -- columns: customers.ssn=returned
 SELECT ARRAY(SELECT ssn FROM ONLY customers)
 
--- includes: customers.ssn=other orders.id=returned
+-- LIMIT decides which rows exist: a predicate
+-- includes: customers.ssn=predicate orders.id=returned
 SELECT id FROM orders LIMIT (SELECT length(ssn) FROM ONLY customers LIMIT 1)
 
 -- columns: customers.ssn=returned
@@ -138,7 +140,7 @@ SELECT ssn FROM ONLY customers TABLESAMPLE BERNOULLI (50)
 -- includes: customers.ssn=whole_row,other
 SELECT jt.s FROM ONLY customers c, JSON_TABLE(to_jsonb(c), '$' COLUMNS (s text PATH '$.ssn')) jt
 
--- columns: customers.email=predicate,other customers.id=join,predicate,returned,other
+-- columns: customers.email=predicate,group_order,other customers.id=join,predicate,group_order,returned,other
 WITH RECURSIVE r AS (SELECT id, email FROM ONLY customers WHERE id = 1 UNION SELECT c.id, c.email FROM ONLY customers c JOIN r ON c.id = r.id + 1) SELECT id FROM r WHERE email IS NULL
 
 -- includes: customers.ssn=group_order,returned customers.city=group_order,returned

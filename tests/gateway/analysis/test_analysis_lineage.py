@@ -58,8 +58,8 @@ def test_postgresql_s_own_views_are_analysed_once_and_user_views_every_time(monk
     schema = LiveSchema.of(list(base.relations.values()) + [sysview],
                            [f for fs in base.functions.values() for f in fs])
     calls = []
-    real = lineage_mod.view_lineage
-    monkeypatch.setattr(lineage_mod, "view_lineage", lambda s, rel: calls.append(rel.ref) or real(s, rel))
+    real = lineage_mod.view_lineages
+    monkeypatch.setattr(lineage_mod, "view_lineages", lambda s, rel: calls.append(rel.ref) or real(s, rel))
     monkeypatch.setattr(lineage_mod, "_system_lineage", {})
     first = with_view_lineage(schema)
     again = with_view_lineage(schema)
