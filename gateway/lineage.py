@@ -63,7 +63,9 @@ def view_lineages(schema: LiveSchema, rel: Relation) -> tuple[dict[str, frozense
     # candidates 000-00-0000..9999 and the customers' SSNs, each candidate given
     # lead(g) OVER (ORDER BY v) or count(*) OVER (PARTITION BY v), names the SSN
     # by a column that derives from the candidates alone.
-    compared = base(c for c, us in walk.uses.items() if us & _COMPARING)
+    # and a set-returning function's arguments decide how many rows there are
+    # (generate_series(1, substr(ssn, 10, 2)::int) yields 7 rows for 000-00-0007)
+    compared = base(c for c, us in walk.uses.items() if us & _COMPARING) | base(walk.row_sources)
     return ({c.name: base(outs[i].sources) | compared for i, c in enumerate(rel.columns)},
             compared, None)
 

@@ -282,6 +282,9 @@ class ExpressionsMixin:
             src |= self.expr(b["agg_filter"], scope, PREDICATE | {Usage.AGGREGATE})
         if b.get("over"):
             self.window_def(b["over"], scope)
+        if src and any(f.returns_set for f in cands):
+            # a set-returning function yields as many rows as its arguments say
+            self.row_sources.update(src)
         return src
 
     def _functional_column(self, name: str, cr: dict | None, scope: Scope) -> frozenset | None:

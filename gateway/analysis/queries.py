@@ -50,6 +50,10 @@ class Walk(ExpressionsMixin, DmlMixin):
         self.param_max = 0
         self.literal_dependent = False    # the analysis read a literal's value: no literal-insensitive caching
         self.names_seen: set[str] = set()  # relation/CTE names as PostgreSQL read them (cross-check)
+        #: base columns that decide how many rows a set-returning function yields
+        #: (generate_series(1, substr(ssn, 10, 2)::int) in FROM or in a select list):
+        #: not a usage of their own, but part of a view's row lineage
+        self.row_sources: set[ColumnRef] = set()
 
     # -- recording -------------------------------------------------------
     def fail(self, reason: str) -> frozenset:
@@ -188,6 +192,7 @@ class Walk(ExpressionsMixin, DmlMixin):
             self.use(frozenset((c,)), frozenset(us))
         self.read |= sub.read
         self.functions |= sub.functions
+        self.row_sources |= sub.row_sources
         for r in sub.reasons:
             self.fail(r)
         for d in sub.dynamic:
@@ -591,6 +596,7 @@ class Walk(ExpressionsMixin, DmlMixin):
                         col_src = col_src | self.expr(jc[k], lat, OTHER, node_type="JsonBehavior")
                 cols.append(Out(jc.get("name"), EMPTY if jc.get("coltype") == "JTC_FOR_ORDINALITY" else col_src))
         walk_cols(b.get("columns"))
+        self.row_sources |= src       # the document decides how many rows there are
         for k in ("on_error",):
             if b.get(k):
                 self.expr(b[k], lat, OTHER, node_type="JsonBehavior")
@@ -607,6 +613,7 @@ class Walk(ExpressionsMixin, DmlMixin):
                 src |= self.expr(b[k], lat, OTHER)
         for ns in b.get("namespaces", ()):
             src |= self.expr(ns, lat, OTHER)
+        self.row_sources |= src       # the document and row path decide how many rows there are
         cols = []
         for c in b.get("columns", ()):
             tc = c.get("RangeTableFuncCol")

@@ -72,9 +72,15 @@ CREATE VIEW rt_frame AS SELECT g, sum(g) OVER (ORDER BY g ROWS BETWEEN
   (SELECT substr(ssn, 10, 2)::int FROM customers WHERE id = 7) PRECEDING AND CURRENT ROW) AS s
   FROM generate_series(1, 100) g;
 CREATE VIEW rt_by_city AS SELECT id, email, city FROM customers ORDER BY city, id;
+CREATE VIEW rt_srf_from AS SELECT g FROM customers c, generate_series(1, substr(c.ssn, 10, 2)::int) g
+  WHERE c.id = 7;
+CREATE VIEW rt_srf_tlist AS SELECT id, generate_series(1, substr(ssn, 10, 2)::int) AS g FROM customers;
+CREATE VIEW rt_srf_unnest AS SELECT c.id, u.x FROM customers c, unnest(string_to_array(c.ssn, '0')) u(x);
+CREATE VIEW rt_srf_json AS SELECT c.id, j.k FROM customers c,
+  jsonb_object_keys(jsonb_build_object(substr(c.ssn, 10, 1), 1, substr(c.ssn, 11, 1), 2)) j(k);
 GRANT SELECT ON ssn_candidates, rt_window_lead, rt_window_named, rt_window_partition, rt_rank, rt_group,
-  rt_distinct_on, rt_order, rt_agg_order, rt_limit, rt_count, rt_nested, rt_intersect, rt_frame, rt_by_city
-  TO gw_user;
+  rt_distinct_on, rt_order, rt_agg_order, rt_limit, rt_count, rt_nested, rt_intersect, rt_frame, rt_by_city,
+  rt_srf_from, rt_srf_tlist, rt_srf_unnest, rt_srf_json TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -206,6 +212,22 @@ def test_a_view_that_chooses_counts_or_orders_its_rows_by_pii_is_refused(rt_gate
     assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
     assert not leaked, leaked
     assert _rows(msgs) == 0
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) FROM rt_srf_from", "SELECT count(*) FROM rt_srf_tlist WHERE id = 7",
+                                 "SELECT count(*) FROM rt_srf_unnest WHERE id = 7",
+                                 "SELECT count(*) FROM rt_srf_json WHERE id = 7"])
+def test_a_view_whose_set_returning_function_counts_by_pii_is_refused(rt_gateway, sql):
+    """A set-returning function yields as many rows as its arguments say: a DBA view
+    over generate_series(1, substr(ssn, 10, 2)::int) (in FROM or in its select list),
+    unnest(string_to_array(ssn, '0')) or jsonb_object_keys of SSN digits had its
+    columns masked, yet count(*) of customer 7's rows was 7, the SSN's last digits.
+    The arguments of a set-returning function (and a JSON_TABLE/XMLTABLE document)
+    are now part of the view's row lineage, so the view is refused like one that
+    filters by the SSN."""
+    msgs, leaked = _leaked(rt_gateway, [sql])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+    assert not leaked, leaked
 
 
 def test_a_view_ordered_by_columns_that_are_not_pii_is_masked_as_before(rt_gateway):
