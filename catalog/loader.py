@@ -388,6 +388,9 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
       base columns include a catalogued one (the most sensitive wins). Source
       ``derived:view of public.customers.email``. Likewise a table's generated column
       computed from a catalogued one (``derived:generated from ...``).
+    - A table's column that a SQL/PL or SECURITY DEFINER function fills in on a
+      write (``Relation.set_by``: its DEFAULT calls one, or a BEFORE row trigger runs
+      one): like the most sensitive explicit entry. Source ``derived:set by f``.
     - Views without lineage (nothing attributed them): conservatively, when the
       view depends on a catalogued relation (its ``parents``, or a schema-qualified
       name in its definition), every output column whose select-list expression
@@ -461,6 +464,8 @@ class _DeriveState:
             self.by_relation.setdefault(c.relation, {})[c.column] = e
         self.items: dict[RelationRef, list[list[str]] | None] = {}
         self.mentions: dict[tuple[RelationRef, RelationRef], bool] = {}
+        #: the most sensitive of the file's and the tags' entries
+        self.explicit_worst = _most_sensitive(self.entries.values())
 
     def add(self, entry: CatalogEntry) -> bool:
         if entry.column in self.entries:
@@ -517,6 +522,14 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:generated from {base.column}")
+        # a column a DBA's function fills in on a write (DEFAULT ssn_of(7), a BEFORE
+        # trigger setting NEW.body from customers.ssn): its origin is unknown, so it
+        # is treated like the most sensitive column the catalog knows
+        set_by = getattr(rel, "set_by", None) or {}
+        if set_by and state.explicit_worst is not None:
+            for out, fns in set_by.items():
+                if rel.column(out) is not None:
+                    yield _derived(rel.ref, out, state.explicit_worst, "derived:set by " + ", ".join(sorted(fns)))
         return
     if rel.lineage:
         for out, bases in rel.lineage.items():

@@ -19,6 +19,7 @@ are left out: they are invisible to every other session.
 """
 from __future__ import annotations
 
+import re
 import time
 
 from catalog.loader import CatalogError, tag_entry  # noqa: F401 (CatalogError: what load_comment_tags raises)
@@ -56,6 +57,40 @@ JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catal
      AND dep.refobjsubid > 0 AND dep.refobjsubid <> d.adnum
 JOIN pg_catalog.pg_attribute ra ON ra.attrelid = d.adrelid AND ra.attnum = dep.refobjsubid
 WHERE {_NOT_TEMP}
+"""
+
+#: functions a write may run to fill in a column without the statement naming them:
+#: SQL/PL or SECURITY DEFINER functions (not compiled system code) that a column's
+#: DEFAULT or generated expression calls (directly or through an operator), and
+#: those of BEFORE / INSTEAD OF row triggers on INSERT or UPDATE, which may set any
+#: column of the new row. What they return is of unknown origin (a DEFAULT of
+#: ssn_of(7) holds an SSN), so the catalog treats those columns as PII.
+_UNTRUSTED_FN = ("(p.prosecdef OR (l.lanname NOT IN ('internal', 'c') "
+                 "AND pn.nspname NOT IN ('pg_catalog', 'information_schema')))")
+_SET_BY_SQL = f"""
+SELECT d.adrelid, a.attname, pn.nspname || '.' || p.proname, NULL, NULL
+FROM pg_catalog.pg_attrdef d
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum AND NOT a.attisdropped
+JOIN pg_catalog.pg_class c ON c.oid = d.adrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND dep.objid = d.oid
+LEFT JOIN pg_catalog.pg_operator o ON dep.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+     AND o.oid = dep.refobjid
+JOIN pg_catalog.pg_proc p ON (dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = dep.refobjid)
+     OR p.oid = o.oprcode
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE {_NOT_TEMP} AND {_UNTRUSTED_FN}
+UNION ALL
+SELECT t.tgrelid, NULL, pn.nspname || '.' || p.proname, l.lanname::text, p.prosrc
+FROM pg_catalog.pg_trigger t
+JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 1) = 1 AND (t.tgtype & (2 | 64)) <> 0
+  AND (t.tgtype & (4 | 16)) <> 0 AND {_NOT_TEMP} AND {_UNTRUSTED_FN}
 """
 
 _INHERITS_SQL = """
@@ -186,10 +221,11 @@ _SET_PATH = "SELECT pg_catalog.set_config('search_path', $1, true)"
 async def _fetch_catalog_rows(conn) -> tuple:
     return (await conn.fetch(_RELATIONS_SQL), await conn.fetch(_COLUMNS_SQL),
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
-            await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL))
+            await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
+            await conn.fetch(_SET_BY_SQL))
 
 
-def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(),
+def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
                       search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
@@ -211,10 +247,20 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
         if oid in refs:
             ref = refs[oid][0]
             generated.setdefault(oid, {}).setdefault(name, set()).add(ColumnRef(ref.schema, ref.name, source))
+    # columns a write may fill with what a DBA's function returns (None: a row
+    # trigger's function, which may set every column of the new row)
+    set_by: dict[int, dict[str, set]] = {}
+    for oid, name, fn, language, source in set_by_rows:
+        if oid in refs:
+            all_names = [c.name for c in columns.get(oid, ())]
+            names = [name] if name is not None else trigger_columns(language, source, all_names)
+            for n in names:
+                set_by.setdefault(oid, {}).setdefault(n, set()).add(fn)
     relations = [
         Relation(ref=ref, kind=kind, columns=tuple(columns.get(oid, ())),
                  parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid),
-                 lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()})
+                 lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()},
+                 set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()})
         for oid, (ref, kind) in refs.items()
     ]
     functions = [
@@ -224,6 +270,26 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
         for nsp, name, args, result, vol, secdef, retset, kind, lang in fn_rows
     ]
     return LiveSchema.of(relations, functions, search_path)
+
+
+_NEW_FIELD = re.compile(r'(?i)\bNEW\s*\.\s*(?:"((?:[^"]|"")+)"|([a-z_][\w$]*))')
+#: a PL/pgSQL trigger body that may replace the whole new row, or set its fields in
+#: ways a name search does not see: every column counts
+_NEW_WHOLE = re.compile(r"(?i)\bNEW\s*:?=|\bINTO\s+(STRICT\s+)?NEW\b|\bFOR\s+NEW\b|\bEXECUTE\b|"
+                        r"\bALIAS\s+FOR\s+(NEW|\$)|populate_record|\bRETURN\s+(?!NEW\b|NULL\b|OLD\b)\w")
+
+
+def trigger_columns(language: str | None, source: str | None, columns: list[str]) -> list[str]:
+    """The columns of the new row a row trigger's function may set: for PL/pgSQL, the
+    NEW fields its body names (read or written: a comparison counts too, erring on
+    the safe side), unless it may replace the row as a whole; for any other language
+    (or a body this cannot read), every column."""
+    if language != "plpgsql" or not source or _NEW_WHOLE.search(source):
+        return list(columns)
+    named = set()
+    for quoted, bare in _NEW_FIELD.findall(source):
+        named.add(quoted.replace('""', '"') if quoted else bare.lower())
+    return [c for c in columns if c in named]
 
 
 async def load_comment_tags(conn, user_categories=None) -> list[CatalogEntry]:

@@ -38,6 +38,11 @@ class Relation:
     #: the view's outputs cannot hide what those decided (a count of its rows, their
     #: order), so the masker refuses a view whose row lineage holds a masked column
     row_lineage: frozenset = frozenset()
+    #: for tables: column name -> the database functions that may set its value on a
+    #: write (a column DEFAULT or generated expression calling a SQL/PL or SECURITY
+    #: DEFINER function; every column of a table with a BEFORE/INSTEAD OF row trigger
+    #: running one): values of unknown origin, which the catalog treats as PII
+    set_by: Mapping[str, frozenset] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -87,6 +92,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.set_by:
+                h.update(f"{sorted((k, sorted(v)) for k, v in r.set_by.items())}\n".encode())
         for name in sorted(funcs):
             for f in funcs[name]:
                 h.update(f"{f.schema}.{f.name}({f.arg_types})|{f.volatility}|{f.security_definer}\n".encode())

@@ -571,3 +571,69 @@ def test_a_generated_column_over_pii_is_masked(gateway_factory, pg_server, sampl
     msgs, _ = _leaked(gw, ["SELECT ssn_norm FROM customers WHERE id = 7"])
     received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
     assert b"000000007" not in received, received
+
+
+SET_BY_OBJECTS = """
+CREATE FUNCTION ssn_for_default(p_id int) RETURNS text LANGUAGE sql STABLE
+  AS $f$ SELECT ssn FROM public.customers WHERE id = p_id $f$;
+CREATE TABLE tickets (id serial PRIMARY KEY, customer_id int, ref text DEFAULT ssn_for_default(7));
+CREATE TABLE contact_log (id serial PRIMARY KEY, customer_id int, body text, touched_at timestamptz);
+CREATE FUNCTION contact_log_fill() RETURNS trigger LANGUAGE plpgsql AS $f$
+  BEGIN
+    NEW.body := (SELECT email FROM public.customers WHERE id = NEW.customer_id);
+    RETURN NEW;
+  END $f$;
+CREATE TRIGGER contact_log_fill BEFORE INSERT ON contact_log FOR EACH ROW EXECUTE FUNCTION contact_log_fill();
+CREATE TABLE visits (id serial PRIMARY KEY, city text, seen_at timestamptz);
+CREATE FUNCTION visits_touch() RETURNS trigger LANGUAGE plpgsql AS $f$
+  BEGIN NEW.seen_at := now(); RETURN NEW; END $f$;
+CREATE TRIGGER visits_touch BEFORE INSERT OR UPDATE ON visits FOR EACH ROW EXECUTE FUNCTION visits_touch();
+INSERT INTO tickets (customer_id) VALUES (7);
+INSERT INTO contact_log (customer_id) VALUES (7);
+INSERT INTO visits (city) VALUES ('Sampleton');
+GRANT SELECT, INSERT ON tickets, contact_log, visits TO gw_user;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO gw_user;
+GRANT EXECUTE ON FUNCTION ssn_for_default(int) TO gw_user;
+"""
+
+
+def test_a_column_a_dbas_function_fills_in_on_a_write_is_masked(gateway_factory, pg_server, sample_db_fresh,
+                                                                 tmp_path):
+    """A DBA's column DEFAULT calling a SQL function that reads customers.ssn
+    (tickets.ref DEFAULT ssn_for_default(7)), and a BEFORE INSERT trigger in PL/pgSQL
+    setting NEW.body from customers.email: an INSERT naming neither column is allowed,
+    and INSERT ... RETURNING ref (or a later SELECT ref) returned the SSN and the
+    e-mail address in clear; nothing catalogued those columns (found by red-teaming).
+    The live schema now lists the columns a SQL/PL or SECURITY DEFINER function may
+    fill in on a write (defaults and generated expressions calling one, the NEW
+    fields a PL/pgSQL row trigger names; every column for another language), and the
+    catalog treats them like its most sensitive column. A trigger that only stamps
+    a time masks that column alone."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(SET_BY_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    for sql in ("INSERT INTO tickets (customer_id) VALUES (8) RETURNING ref",
+                "INSERT INTO contact_log (customer_id) VALUES (8) RETURNING body"):
+        msgs, leaked = _leaked(gw, [sql])
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"], (sql, msgs)
+        assert not leaked, (sql, leaked)
+    msgs, leaked = _leaked(gw, ["SELECT id, ref FROM tickets", "SELECT id, body FROM contact_log",
+                                "SELECT t FROM tickets t"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 3
+    assert not leaked, leaked
+    # the timestamp a trigger sets is masked, the other columns are as PostgreSQL returns them
+    msgs, _ = _leaked(gw, ["SELECT id, city, seen_at IS NULL FROM visits"])
+    (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
+    assert b"Sampleton" in row.body and row.body.endswith(b"\x00\x00\x00\x01t"), row
+    # the sample's AFTER trigger on customers (pg_notify) changes nothing: customers is as before
+    msgs, _ = _leaked(gw, ["UPDATE customers SET city = city WHERE id = 7", "SELECT id, city FROM customers WHERE id = 7"])
+    assert not errors(msgs), errors(msgs)
+    assert b"Mockburg" in b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
+    dba = _client(gw, "dba")
+    try:
+        dba.query("SELECT ref FROM tickets")
+        assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
+    finally:
+        dba.close()
