@@ -8,6 +8,7 @@ so a slow disk or a blocked pipe never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import re
@@ -21,7 +22,15 @@ import orjson
 
 from gateway.audit.chain import ChainHead
 from gateway.audit.config import FileSinkConfig, RedisSinkConfig, StdoutSinkConfig
+from gateway.audit.fsyncer import ProcessSyncer, SyncerUnavailable
 from gateway.audit.records import SEGMENT_START
+
+log = logging.getLogger("piigate.audit")
+
+#: fsync="group": fsync in a child process (fsyncer.py) rather than a thread of the
+#: gateway's own, which contends with the event loop for the GIL. False: the thread
+#: (also the fallback where the child cannot be started).
+PROCESS_SYNCER = True
 
 
 class FileSink:
@@ -59,10 +68,12 @@ class FileSink:
         self._busy: asyncio.Future | None = None
         self.dirty = False                     # appended but not yet fsynced (group policy)
         self._fd_lock = threading.Lock()       # fsync on a syncer thread vs. close/rotate
-        # group policy: one long-lived thread fsyncs group_ms after the first append
-        # of each window (start_syncer); the loop only ever sets a flag and, once per
-        # window, an Event: no future, no executor hand-off, no loop wake-up
-        self._syncer: threading.Thread | None = None
+        # group policy: a child process (or, where it cannot run, a long-lived thread)
+        # fsyncs group_ms after the first append of each window (start_syncer); the
+        # loop only ever sets a flag and, once per window, sends the child a datagram
+        # (or sets the thread's Event): no future, no executor hand-off
+        self._syncer: "ProcessSyncer | threading.Thread | None" = None
+        self._process_syncer = False           # _syncer is a ProcessSyncer
         self._sync_wake = threading.Event()
         self._sync_armed = False               # the syncer will fsync what is appended now
         self._sync_stop = False
@@ -221,12 +232,23 @@ class FileSink:
     # -- group commit: the syncer thread -------------------------------------------------
 
     def start_syncer(self, on_error) -> None:
-        """fsync="group": start the thread that fsyncs appended records ``group_ms``
-        after the first append of each window (``kick``). ``on_error(message)`` is
-        called on that thread when an fsync fails (the trail marks the sink failed)."""
+        """fsync="group": start what fsyncs appended records ``group_ms`` after the
+        first append of each window (``kick``): the fsync child process, else a
+        thread. ``on_error(message)`` is called when an fsync fails (the trail marks
+        the sink failed); from the loop for the child, from the thread for a thread."""
         if self.cfg.fsync != "group" or self._syncer is not None:
             return
+        if PROCESS_SYNCER:
+            syncer = ProcessSyncer(self._synced, lambda mark, message: self._sync_failed(message, on_error))
+            try:
+                syncer.start(self.fd)
+            except SyncerUnavailable as e:
+                log.warning("audit: %s; fsyncing on a thread instead", e)
+            else:
+                self._syncer, self._process_syncer = syncer, True
+                return
         self._sync_stop = False
+        self._process_syncer = False
         self._syncer = threading.Thread(target=self._sync_loop, args=(on_error,),
                                         name="audit-fsync", daemon=True)
         self._syncer.start()
@@ -236,7 +258,27 @@ class FileSink:
         within ``group_ms``. Costs an attribute test unless the syncer is idle."""
         if not self._sync_armed and self._syncer is not None:
             self._sync_armed = True
-            self._sync_wake.set()
+            if self._process_syncer:
+                self._syncer.kick(self.records_written, self.cfg.group_ms / 1000.0)
+            else:
+                self._sync_wake.set()
+
+    def _synced(self, mark: int) -> None:
+        """The child fsynced everything written up to its kick (``mark`` records):
+        idle again, or, when more was written since, another window."""
+        self.fsyncs += 1
+        if self.records_written > mark and self._syncer is not None:
+            self._syncer.kick(self.records_written, self.cfg.group_ms / 1000.0)
+        else:
+            self._sync_armed = False
+            self.dirty = False
+
+    def _sync_failed(self, message: str, on_error) -> None:
+        self._sync_armed = False
+        try:
+            on_error(message)
+        except Exception:  # noqa: BLE001 - the failure is logged by the trail
+            pass
 
     def _sync_loop(self, on_error) -> None:
         window = self.cfg.group_ms / 1000.0
@@ -262,9 +304,13 @@ class FileSink:
                     break
                 self._sync_armed = True
 
-    def stop_syncer(self) -> threading.Thread | None:
-        """Ask the syncer thread to end (after its current window); returns it to join."""
+    def stop_syncer(self) -> "ProcessSyncer | threading.Thread | None":
+        """Ask the syncer to end (a thread after its current window); returns it, to
+        wait for while its ``is_alive()``."""
         t, self._syncer = self._syncer, None
+        if t is not None and self._process_syncer:
+            self._sync_armed = False
+            return t.stop()
         if t is not None:
             self._sync_stop = True
             self._sync_wake.set()
@@ -294,10 +340,14 @@ class FileSink:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
         self.fd, self.current, self.segment, self.size = fd, path, segment, 0
         self.opened_at = time.time()
+        if self._process_syncer and self._syncer is not None:
+            self._syncer.set_fd(fd)
         if self.cfg.fsync != "none":
             _fsync_dir(path.parent)       # the new name survives a power cut too
 
     def _close_quietly(self) -> None:
+        if self._process_syncer and self._syncer is not None:
+            self._syncer.drop_fd()
         if self.fd is not None:
             with self._fd_lock:
                 try:

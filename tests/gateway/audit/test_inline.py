@@ -182,39 +182,83 @@ async def test_outcomes_are_batched_into_one_record_per_session(tmp_path):
     assert verify(read_trail(trail_files(path))).ok
 
 
-async def test_a_failed_group_fsync_fails_closed_then_recovers_in_a_new_file(tmp_path, monkeypatch):
-    """fsync="group" runs on the file sink's own thread: when it fails, the sink is
-    failed at once (statements under policy are refused, /health says so), and the
-    trail recovers in a new file after retry_ms; the chain still verifies."""
+async def _until(condition, seconds: float = 5.0) -> bool:
+    """Poll ``condition`` while the loop runs (the syncer answers on the loop; how
+    soon depends on how loaded the machine is, not on the code)."""
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return True
+        await asyncio.sleep(0.005)
+    return condition()
+
+
+@pytest.mark.parametrize("syncer", ["process", "thread"])
+async def test_a_failed_group_fsync_fails_closed_then_recovers_in_a_new_file(tmp_path, monkeypatch, syncer):
+    """fsync="group" runs in the fsync process (or, where it cannot run, on the file
+    sink's own thread): when it fails, the sink is failed at once (statements under
+    policy are refused, /health says so), and the trail recovers in a new file after
+    retry_ms; the chain still verifies."""
     from gateway.audit import sinks as sinks_mod
+    monkeypatch.setattr(sinks_mod, "PROCESS_SYNCER", syncer == "process")
     path = tmp_path / "s.jsonl"
     trail = await AuditTrail(file_config(path, fsync="group", group_ms=5, retry_ms=200)).start()
     try:
+        assert trail.file._process_syncer is (syncer == "process")
         template = trail.template(decision(1))
         trail.append_template(template, required=True)
-        await asyncio.sleep(0.05)
-        assert not trail.file.dirty and trail.healthy        # fsynced by the thread
+        assert await _until(lambda: not trail.file.dirty) and trail.healthy     # fsynced
 
-        def broken_fsync(fd):
-            raise OSError(5, "Input/output error")
-        monkeypatch.setattr(sinks_mod.os, "fsync", broken_fsync)
+        real_fsync = os.fsync
+        if syncer == "process":
+            trail.file._syncer.inject_failure(5)
+        else:
+            def broken_fsync(fd):
+                raise OSError(5, "Input/output error")
+            monkeypatch.setattr(sinks_mod.os, "fsync", broken_fsync)
         trail.append_template(template, required=True)
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            if not trail.healthy:
-                break
-        assert not trail.healthy and "fsync" in trail.health()["last_error"]
+        assert await _until(lambda: not trail.healthy)
+        assert "fsync" in trail.health()["last_error"]
+        assert "Input/output error" in trail.health()["last_error"]
         with pytest.raises(AuditUnavailable):
             trail.append_template(template, required=True)
-        monkeypatch.undo()
+        if syncer == "process":
+            trail.file._syncer.inject_failure(0)
+        else:
+            monkeypatch.setattr(sinks_mod.os, "fsync", real_fsync)
         await asyncio.sleep(0.25)                             # retry_ms
         seq = trail.append_template(template, required=True)
         assert seq is not None and trail.healthy
         assert len(trail_files(path)) == 2                    # recovered in a new file
-        await asyncio.sleep(0.05)
-        assert not trail.file.dirty
+        assert await _until(lambda: not trail.file.dirty)
     finally:
         await trail.close()
+    assert verify(read_trail(trail_files(path))).ok
+
+
+async def test_the_fsync_process_ending_fails_the_sink_closed_until_a_new_one_runs(tmp_path):
+    """The fsync process killed (by an operator, by the OOM killer): nothing would
+    make records durable any more, so the sink fails at once (statements under
+    policy refused); it recovers in a new segment with a new fsync process."""
+    path = tmp_path / "k.jsonl"
+    trail = await AuditTrail(file_config(path, fsync="group", group_ms=5, retry_ms=200)).start()
+    try:
+        template = trail.template(decision(1))
+        trail.append_template(template, required=True)
+        assert await _until(lambda: not trail.file.dirty)
+        first = trail.file._syncer._proc
+        first.kill()
+        assert await _until(lambda: not trail.healthy)
+        assert "fsync process" in trail.health()["last_error"]
+        with pytest.raises(AuditUnavailable):
+            trail.append_template(template, required=True)
+        await asyncio.sleep(0.25)                             # retry_ms
+        assert trail.append_template(template, required=True) is not None and trail.healthy
+        assert trail.file._syncer._proc is not first and trail.file._syncer.is_alive()
+        assert await _until(lambda: not trail.file.dirty)
+    finally:
+        syncer = trail.file._syncer
+        await trail.close()
+    assert not syncer.is_alive()                              # closing the trail ends it
     assert verify(read_trail(trail_files(path))).ok
 
 
@@ -228,8 +272,8 @@ async def test_the_group_syncer_fsyncs_within_group_ms_and_then_idles(tmp_path):
             for _ in range(50):
                 trail.append_template(template)
             assert f.dirty
-            await asyncio.sleep(0.1)
-            assert not f.dirty and 1 <= f.fsyncs - before <= 2
+            assert await _until(lambda: not f.dirty)
+            assert 1 <= f.fsyncs - before <= 2
         await asyncio.sleep(0.1)
         assert not f._sync_armed                              # idle: nothing to do, no wake-ups
 
