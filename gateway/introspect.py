@@ -93,6 +93,16 @@ WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND (t.tgtype & 1) = 1 AND (t.tg
   AND (t.tgtype & (4 | 16)) <> 0 AND {_NOT_TEMP} AND {_UNTRUSTED_FN}
 """
 
+#: relations with rules on INSERT, UPDATE or DELETE: a write to one runs the rules'
+#: commands (DO ALSO SELECT ssn FROM customers returns the SSNs to the writer)
+_WRITE_RULES_SQL = f"""
+SELECT DISTINCT r.ev_class
+FROM pg_catalog.pg_rewrite r
+JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE r.ev_type <> '1' AND {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -222,11 +232,11 @@ async def _fetch_catalog_rows(conn) -> tuple:
     return (await conn.fetch(_RELATIONS_SQL), await conn.fetch(_COLUMNS_SQL),
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
             await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
-            await conn.fetch(_SET_BY_SQL))
+            await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
-                      search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
+                      rule_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -256,11 +266,13 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
             names = [name] if name is not None else trigger_columns(language, source, all_names)
             for n in names:
                 set_by.setdefault(oid, {}).setdefault(n, set()).add(fn)
+    ruled = {row[0] for row in rule_rows}
     relations = [
         Relation(ref=ref, kind=kind, columns=tuple(columns.get(oid, ())),
                  parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid),
                  lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()},
-                 set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()})
+                 set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()},
+                 write_rules=oid in ruled)
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

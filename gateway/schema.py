@@ -43,6 +43,9 @@ class Relation:
     #: DEFINER function; every column of a table with a BEFORE/INSTEAD OF row trigger
     #: running one): values of unknown origin, which the catalog treats as PII
     set_by: Mapping[str, frozenset] = field(default_factory=dict)
+    #: the relation has rules on INSERT, UPDATE or DELETE (CREATE RULE ... DO ALSO/
+    #: INSTEAD <commands>): a write to it runs, and may return, statements it does not say
+    write_rules: bool = False
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -92,6 +95,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.write_rules:
+                h.update(b"write rules\n")
             if r.set_by:
                 h.update(f"{sorted((k, sorted(v)) for k, v in r.set_by.items())}\n".encode())
         for name in sorted(funcs):

@@ -44,6 +44,11 @@ class DmlMixin:
             self.fail(f"target relation {rv.get('relname')} is not in the live schema")
             alias = rv.get("alias")
             return RangeItem(alias.get("aliasname") if alias else rv.get("relname"), [], None, EMPTY)
+        for r in [rel] + (self.descendants(rel.ref) if inh else []):
+            if getattr(r, "write_rules", False):
+                # CREATE RULE ... ON INSERT TO t DO ALSO SELECT ssn FROM customers: the
+                # write runs (and returns the result of) commands it does not say
+                self.fail(f"{r.ref} has rules that run other commands on a write")
         item = self.relation_item(rel, inh, rv.get("alias"), writing=True)
         for s in item.all_sources():
             self.written.add(RelationRef(s.schema, s.table))

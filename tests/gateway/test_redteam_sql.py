@@ -637,3 +637,45 @@ def test_a_column_a_dbas_function_fills_in_on_a_write_is_masked(gateway_factory,
         assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
     finally:
         dba.close()
+
+
+RULE_OBJECTS = """
+CREATE TABLE feedback (id serial PRIMARY KEY, msg text);
+CREATE RULE feedback_echo AS ON INSERT TO feedback DO ALSO SELECT ssn FROM public.customers WHERE id = 7;
+CREATE TABLE feedback_log (id serial PRIMARY KEY, msg text);
+INSERT INTO feedback_log (msg) VALUES ('x');
+CREATE RULE feedback_log_upd AS ON UPDATE TO feedback_log DO INSTEAD
+  SELECT email, ssn FROM public.customers WHERE id = 7;
+CREATE RULE feedback_log_del AS ON DELETE TO feedback_log DO ALSO
+  SELECT card_number FROM public.customers WHERE id = 7;
+CREATE TABLE feedback_child () INHERITS (feedback_log);
+GRANT SELECT, INSERT, UPDATE, DELETE ON feedback, feedback_log, feedback_child TO gw_user;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO gw_user;
+"""
+
+
+@pytest.mark.parametrize("sql", ["INSERT INTO feedback (msg) VALUES ('hi')", "UPDATE feedback_log SET msg = 'y'",
+                                 "DELETE FROM feedback_log", "WITH d AS (DELETE FROM feedback_log RETURNING id) SELECT 1",
+                                 "INSERT INTO feedback SELECT 2, 'x' RETURNING id"])
+def test_a_write_to_a_relation_with_rules_fails_closed(gateway_factory, pg_server, sample_db_fresh, tmp_path, sql):
+    """A DBA's rule ON INSERT TO feedback DO ALSO SELECT ssn FROM customers (or DO
+    INSTEAD SELECT email, ssn on UPDATE, DO ALSO SELECT card_number on DELETE) runs,
+    and returns to the writer, commands the statement does not say: an INSERT into a
+    table without PII was allowed and the SSN came back in clear (found by
+    red-teaming). The live schema marks relations with INSERT/UPDATE/DELETE rules,
+    and a write to one is unknown for users under policy."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(RULE_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    msgs, leaked = _leaked(gw, [sql])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+    assert not leaked, leaked
+    msgs, _ = _leaked(gw, ["SELECT id, msg FROM feedback_log", "INSERT INTO orders (customer_id, amount) VALUES (1, 2)"])
+    assert not errors(msgs), errors(msgs)                 # reads, and writes elsewhere, as before
+    dba = _client(gw, "dba")
+    try:
+        dba.query("INSERT INTO feedback (msg) VALUES ('hi')")
+        assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
+    finally:
+        dba.close()
