@@ -4,6 +4,8 @@ from __future__ import annotations
 import pathlib
 import sys
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from analysis_schema import security_schema  # noqa: E402
@@ -73,3 +75,40 @@ def test_postgresql_s_own_views_are_analysed_once_and_user_views_every_time(monk
     with_view_lineage(LiveSchema.of(list(base.relations.values()) + [changed],
                                     [f for fs in base.functions.values() for f in fs]))
     assert calls.count(sysview.ref) == 2
+
+
+SSN = {C("customers", "ssn"), C("customers_archive", "ssn")}
+
+
+@pytest.mark.parametrize("body, rows_by_ssn", [
+    # what decides which rows a view yields, how many and in which order
+    ("SELECT id FROM public.customers WHERE ssn LIKE '000%'", True),
+    ("SELECT id FROM public.customers ORDER BY ssn", True),
+    ("SELECT min(id) AS id FROM public.customers GROUP BY ssn", True),
+    ("SELECT DISTINCT ON (ssn) id FROM public.customers", True),
+    ("SELECT id, rank() OVER (ORDER BY ssn) AS r FROM public.customers", True),
+    ("SELECT id, count(*) OVER (PARTITION BY ssn) AS r FROM public.customers", True),
+    ("SELECT id, sum(id) OVER (ORDER BY id ROWS BETWEEN (SELECT length(ssn) FROM public.customers LIMIT 1) "
+     "PRECEDING AND CURRENT ROW) AS r FROM public.customers", True),
+    ("SELECT g AS id FROM pg_catalog.generate_series(1, 9) g LIMIT (SELECT length(ssn) FROM public.customers LIMIT 1)",
+     True),
+    ("SELECT ssn AS id FROM public.customers INTERSECT SELECT '1'", True),
+    ("SELECT g AS id FROM public.customers c, pg_catalog.generate_series(1, pg_catalog.length(c.ssn)) g", True),
+    ("SELECT pg_catalog.unnest(pg_catalog.string_to_array(ssn, '0')) AS id FROM public.customers", True),
+    ("SELECT string_agg(email, ',' ORDER BY ssn) AS id FROM public.customers", True),
+    # what does not: the values it outputs, joins and filters on ids, UNION ALL, ordering by non-PII
+    ("SELECT ssn AS id FROM public.customers", False),
+    ("SELECT c.id FROM public.customers c JOIN public.orders o ON o.customer_id = c.id WHERE c.id > 3", False),
+    ("SELECT ssn AS id FROM public.customers UNION ALL SELECT note FROM public.orders", False),
+    ("SELECT ssn AS id FROM public.customers ORDER BY city LIMIT 5", False),
+    ("SELECT g AS id FROM pg_catalog.generate_series(1, 9) g", False),
+])
+def test_a_views_row_lineage_is_what_chooses_counts_or_orders_its_rows(body, rows_by_ssn):
+    base = security_schema()
+    view = Relation(RelationRef("scratch", "rows"), "v", (Column("id", "text"),), view_definition=body)
+    schema = with_view_lineage(LiveSchema.of(list(base.relations.values()) + [view],
+                                             [f for fs in base.functions.values() for f in fs]))
+    rel = schema.relation(view.ref)
+    assert bool(SSN & rel.row_lineage) is rows_by_ssn, rel.row_lineage
+    if rows_by_ssn:      # and every output carries what chose it (masked where it is masked)
+        assert SSN <= rel.lineage["id"], rel.lineage
