@@ -23,7 +23,7 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 
 from .config import Config, GatewayUser
 from .protocol import codec
@@ -92,12 +92,13 @@ def _special(types: bytes) -> bytes:
 #: CommandComplete when outcomes are recorded
 _UP_SPECIAL = (_special(b"ZSWE"), _special(b"ZSWCE"), _special(b"ZSAWEN"), _special(b"ZSAWCEN"))
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What to do with one client message: bytes to forward upstream in its place,
     bytes to send the client at once (notices), and upstream errors to rewrite on
     their way back (``(marker, replacement_error_bytes)``: the first upstream
-    ErrorResponse whose text contains ``marker`` is replaced)."""
+    ErrorResponse whose text contains ``marker`` is replaced). (A named tuple, not a
+    frozen dataclass: one is made for every statement, and a frozen dataclass's
+    __init__ costs four object.__setattr__ calls.)"""
     upstream: bytes
     client: bytes = b""
     rewrites: tuple[tuple[str, bytes], ...] = ()
@@ -531,7 +532,11 @@ class Relay:
             self.fatal(e.sqlstate, f"protocol violation: {e}", "the client sent something that is not "
                        "PostgreSQL protocol 3.0; this connection is closed, others are unaffected")
             return
-        self._write_upstream(out, buf, start, pos)
+        if out is None:                                  # (_write_upstream's common case)
+            if pos > start:
+                self.upstream_transport.write(buf if pos - start == n and type(buf) is bytes else buf[start:pos])
+        else:
+            self._write_upstream(out, buf, start, pos)
         if pos < n or buf is self._cbuf:
             self._consumed(buf, pos)
 
@@ -760,10 +765,13 @@ class Relay:
                             pieces.append(replacement)
                             last = end
                 elif t == 0x43:                             # CommandComplete (outcomes recorded)
-                    tag = data[pos + 5:end - 1]
-                    sp = tag.rfind(b" ")
-                    if sp > 0 and tag[sp + 1:].isdigit():
-                        self._out_rows += int(tag[sp + 1:])
+                    # the tag's last word, when a number, counts rows ("SELECT 1",
+                    # "INSERT 0 5"); "BEGIN" has none
+                    sp = data.rfind(b" ", pos + 6, end)
+                    if sp > 0:
+                        count = data[sp + 1:end - 1]
+                        if count.isdigit():
+                            self._out_rows += int(count)
                 elif t == 0x53:                             # ParameterStatus
                     name, _, rest = data[pos + 5:end].partition(b"\x00")
                     if name == b"client_encoding":

@@ -412,8 +412,7 @@ class PolicyGate(Gate):
                     self._refuse_simple(relay, refusal, prefix=[])
         m = eng.metrics
         if m is not None:
-            m.decision("allow")
-            m.observe_statement(time.perf_counter() - t0)
+            m.allowed(time.perf_counter() - t0)
         if audit is not None:
             _track_forwarded(relay, ((seq, facts.fingerprint),), t0)
         if extended and self.watches_binds:
@@ -1461,18 +1460,12 @@ class PolicyGate(Gate):
             if relay.track:
                 relay.take_outcome()      # a refused statement's outcome belongs to no later one
             return
-        audit = self.engine.audit
-        now = time.perf_counter()
-        outcome = relay.take_outcome()
-        session = relay.info.session_id
-        error = outcome[0] or "ok"
-        for statements, t0 in inflight:
-            duration = round((now - t0) * 1000, 3)
-            for seq, fingerprint in statements:
-                try:
-                    audit.completed(session, (seq, fingerprint, error, outcome[1], outcome[2], duration, status))
-                except Exception as e:
-                    log.error("audit: completion record lost: %s", e)
+        error, rows, nbytes = relay.take_outcome()
+        try:
+            self.engine.audit.completed_many(relay.info.session_id, inflight, time.perf_counter(),
+                                             error or "ok", rows, nbytes, status)
+        except Exception as e:
+            log.error("audit: completion records lost: %s", e)
         inflight.clear()
 
     def _observe(self, plans, t0: float) -> None:

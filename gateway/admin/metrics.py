@@ -43,6 +43,14 @@ class Metrics:
 
     observe_latency = observe_statement      # the name the session uses
 
+    def allowed(self, seconds: float) -> None:
+        """``decision("allow")`` and ``observe_statement(seconds)`` in one call: what
+        every statement passed from a session's memo costs the metrics."""
+        self.decisions["allow"] += 1
+        self._bucket_counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
     def render(self, requests_pending: int | None = None, redis_up: bool | None = None) -> str:
         out: list[str] = []
 

@@ -58,6 +58,10 @@ class FileSink:
         self.segment = 0
         self.size = 0
         self.opened_at = 0.0
+        #: size and time (self.opened_at + rotate_seconds) at which the segment is
+        #: rotated: the trail's hot path compares, should_rotate says so
+        self.rotate_size = cfg.rotate_bytes
+        self.rotate_at = float("inf")
         # the last record fully written to a file (see last_written); the trail's
         # statement hot path sets the two fields, not a ChainHead per record
         self._lw_seq: int | None = None
@@ -340,6 +344,7 @@ class FileSink:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o640)
         self.fd, self.current, self.segment, self.size = fd, path, segment, 0
         self.opened_at = time.time()
+        self.rotate_at = self.opened_at + self.cfg.rotate_seconds
         if self._process_syncer and self._syncer is not None:
             self._syncer.set_fd(fd)
         if self.cfg.fsync != "none":

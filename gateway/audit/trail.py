@@ -104,6 +104,9 @@ class AuditTrail:
         self._inline_sinks = (f is not None and f.writes_inline
                               and all(s is f or not s.required for s in self.sinks))
         self.stats = {"records": 0, "batches": 0, "failed_records": 0, "checkpoints": 0}
+        self._hot = False
+        #: since_checkpoint at which the next record is the last before a checkpoint
+        self._checkpoint_last = config.checkpoint_every - 1
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -216,6 +219,8 @@ class AuditTrail:
         #: only required sink is a file with fsync group/none (other sinks are written
         #: behind). An attribute, not a property: it is read for every statement.
         self.inline = running and self._inline_sinks
+        #: ``append_template`` may write at once: inline, and the file the only sink
+        self._hot = self.inline and len(self.sinks) == 1
 
     def append(self, event: Mapping[str, Any], *, required: bool | None = None) -> None:
         """Seal and write one event *now*, on the caller's thread: when this returns,
@@ -238,14 +243,12 @@ class AuditTrail:
         here with one write(): it runs before every statement under policy is
         forwarded. Everything else goes through ``_write_now``."""
         f = self.file
-        if (template._tail is None or self._later or self._failed
-                or not self.inline or f.fd is None or len(self.sinks) > 1):
+        if (not self._hot or self._later or self._failed or f.fd is None or template._tail is None):
             return self._write_now(template, required)
         chain = self.chain
         now = self.clock()
-        cfg = f.cfg
-        if (chain.since_checkpoint + 1 >= self.config.checkpoint_every or f.size >= cfg.rotate_bytes
-                or now - f.opened_at >= cfg.rotate_seconds):
+        if (chain.since_checkpoint >= self._checkpoint_last or f.size >= f.rotate_size
+                or now >= f.rotate_at):
             return self._write_now(template, required)
         line = chain.seal_template(template, now)
         try:
@@ -289,6 +292,34 @@ class AuditTrail:
         if pending is None:
             pending = self._completions[session] = []
         pending.append(entry)
+        self._completions_added(session, pending)
+
+    def completed_many(self, session: str, inflight: list, now: float, status: str, rows: int,
+                       nbytes: int, tx_status: str) -> None:
+        """``completed`` for everything a session forwarded since its last
+        ReadyForQuery, at that ReadyForQuery: ``inflight`` is ``[(((decision seq,
+        fingerprint), ...), started), ...]`` (perf_counter times, as ``now``), and
+        they share the outcome (the first SQLSTATE or "ok", rows, bytes). One call per
+        ReadyForQuery, not per statement: it runs for every statement under policy."""
+        if not self.inline or not self._batching:
+            for tracked, t0 in inflight:
+                duration = round((now - t0) * 1000, 3)
+                for seq, fingerprint in tracked:
+                    self.emit(_completion_event(session, [(seq, fingerprint, status, rows, nbytes,
+                                                           duration, tx_status)]))
+            return
+        pending = self._completions.get(session)
+        if pending is None:
+            pending = self._completions[session] = []
+        for tracked, t0 in inflight:
+            duration = round((now - t0) * 1000, 3)
+            for seq, fingerprint in tracked:
+                pending.append((seq, fingerprint, status, rows, nbytes, duration, tx_status))
+        self._completions_added(session, pending)
+
+    def _completions_added(self, session: str, pending: list) -> None:
+        """A session's outcomes grew: written with its window's flush, or now when a
+        session has gathered many (a record stays a reasonable size)."""
         if len(pending) >= 500:
             self._later.append((session, self._completions.pop(session)))
             self._flush_later()
