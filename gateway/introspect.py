@@ -103,6 +103,17 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE r.ev_type <> '1' AND {_NOT_TEMP}
 """
 
+#: partition key columns (a key with an expression: every column, conservatively)
+_PARTITION_KEYS_SQL = f"""
+SELECT pt.partrelid, a.attname
+FROM pg_catalog.pg_partitioned_table pt
+JOIN pg_catalog.pg_class c ON c.oid = pt.partrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum > 0 AND NOT a.attisdropped
+     AND (a.attnum = ANY (pt.partattrs::pg_catalog.int2[]) OR 0 = ANY (pt.partattrs::pg_catalog.int2[]))
+WHERE {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -232,11 +243,12 @@ async def _fetch_catalog_rows(conn) -> tuple:
     return (await conn.fetch(_RELATIONS_SQL), await conn.fetch(_COLUMNS_SQL),
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
             await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
-            await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL))
+            await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL),
+            await conn.fetch(_PARTITION_KEYS_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
-                      rule_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
+                      rule_rows=(), key_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -267,12 +279,15 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
             for n in names:
                 set_by.setdefault(oid, {}).setdefault(n, set()).add(fn)
     ruled = {row[0] for row in rule_rows}
+    keys: dict[int, set] = {}
+    for oid, name in key_rows:
+        keys.setdefault(oid, set()).add(name)
     relations = [
         Relation(ref=ref, kind=kind, columns=tuple(columns.get(oid, ())),
                  parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid),
                  lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()},
                  set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()},
-                 write_rules=oid in ruled)
+                 write_rules=oid in ruled, partition_key=frozenset(keys.get(oid, ())))
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

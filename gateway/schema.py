@@ -46,6 +46,10 @@ class Relation:
     #: the relation has rules on INSERT, UPDATE or DELETE (CREATE RULE ... DO ALSO/
     #: INSTEAD <commands>): a write to it runs, and may return, statements it does not say
     write_rules: bool = False
+    #: for partitioned tables: the columns of the partition key (every column when
+    #: the key has an expression). A partition holds the rows whose key lies in its
+    #: bound: reading one says that much about them
+    partition_key: frozenset = frozenset()
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -95,6 +99,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.partition_key:
+                h.update(f"partition key {sorted(r.partition_key)}\n".encode())
             if r.write_rules:
                 h.update(b"write rules\n")
             if r.set_by:

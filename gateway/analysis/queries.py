@@ -141,7 +141,17 @@ class Walk(ExpressionsMixin, DmlMixin):
             family.extend(desc)
             for d in desc:
                 self.read.add(d.ref)
-        family.extend(self.ancestors(rel))
+        ancestors = self.ancestors(rel)
+        family.extend(ancestors)
+        for anc in ancestors:
+            # a partition holds the rows whose partition key lies in its bound: reading
+            # one filters its ancestors' rows by that key (customers_by_dob_1960s says
+            # when its customers were born)
+            for k in anc.partition_key:
+                keyed = {ColumnRef(anc.ref.schema, anc.ref.name, k)}
+                if rel.column(k) is not None:
+                    keyed.add(ColumnRef(rel.ref.schema, rel.ref.name, k))
+                self.use(frozenset(keyed), PREDICATE)
         if rel.kind in (VIEW, MATVIEW):
             view_outs = self.expand_view(rel)
         else:

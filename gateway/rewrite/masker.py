@@ -335,6 +335,14 @@ class _Rewriter:
         add(rel.ref)
         for anc in self.ancestors(rel):
             add(anc)
+            # a partition holds the rows whose key lies in its bound (by dob decade, by
+            # an SSN prefix): its rows tell the key, masked or not
+            parent = self.schema.relation(anc)
+            for k in (parent.partition_key if parent is not None else ()):
+                if (ColumnRef(anc.schema, anc.name, k) in self.plan.columns
+                        or ColumnRef(rel.ref.schema, rel.ref.name, k) in self.plan.columns):
+                    raise RewriteError(f"{rel.ref} is a partition of {anc} by the masked column {k}: "
+                                       "which rows it holds tells their value; read the partitioned table")
         if inh:
             for desc in self.descendants(rel):
                 add(desc.ref)

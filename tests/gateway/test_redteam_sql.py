@@ -679,3 +679,43 @@ def test_a_write_to_a_relation_with_rules_fails_closed(gateway_factory, pg_serve
         assert SSN7 in dba.received                    # unrestricted: as PostgreSQL answers
     finally:
         dba.close()
+
+
+PARTITION_OBJECTS = """
+CREATE TABLE cust_by_dob (id int, city text, dob date) PARTITION BY RANGE (dob);
+CREATE TABLE cust_by_dob_1960s PARTITION OF cust_by_dob FOR VALUES FROM ('1960-01-01') TO ('1970-01-01');
+CREATE TABLE cust_by_dob_rest PARTITION OF cust_by_dob DEFAULT;
+CREATE TABLE cust_by_ssn (id int, ssn text) PARTITION BY LIST (right(ssn, 1));
+CREATE TABLE cust_by_ssn_7 PARTITION OF cust_by_ssn FOR VALUES IN ('7');
+CREATE TABLE cust_by_ssn_rest PARTITION OF cust_by_ssn DEFAULT;
+INSERT INTO cust_by_dob SELECT id, city, dob FROM customers;
+INSERT INTO cust_by_ssn SELECT id, ssn FROM customers;
+COMMENT ON COLUMN cust_by_dob.dob IS 'pii:dob';
+COMMENT ON COLUMN cust_by_ssn.ssn IS 'pii:ssn';
+GRANT SELECT ON cust_by_dob, cust_by_dob_1960s, cust_by_dob_rest, cust_by_ssn, cust_by_ssn_7, cust_by_ssn_rest
+  TO gw_user;
+"""
+
+
+def test_a_partition_by_a_pii_key_is_refused(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """A partition holds the rows whose partition key lies in its bound: with a DBA's
+    cust_by_dob partitioned by RANGE (dob), SELECT id FROM cust_by_dob_1960s touched
+    no catalogued column, was allowed, and listed the customers born in the 1960s;
+    with LIST (right(ssn, 1)), cust_by_ssn_7 listed those whose SSN ends in 7 (found
+    by red-teaming). Reading a partition now counts as a predicate on its ancestors'
+    key columns, and the masker refuses a partition whose key is masked; the
+    partitioned table itself is masked as before, and the sample's customers_part
+    (by city) is untouched."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(PARTITION_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    for sql in ("SELECT id FROM cust_by_dob_1960s", "SELECT count(*) FROM cust_by_ssn_7",
+                "SELECT id FROM ONLY cust_by_ssn_rest", "SELECT o.id FROM orders o JOIN cust_by_ssn_7 c ON c.id = o.customer_id"):
+        msgs, leaked = _leaked(gw, [sql])
+        assert [e.sqlstate for e in errors(msgs)] == ["42501"], (sql, msgs)
+        assert not leaked, leaked
+    msgs, leaked = _leaked(gw, ["SELECT id, dob FROM cust_by_dob WHERE id = 7", "SELECT ssn FROM cust_by_ssn WHERE id = 7",
+                                "SELECT id, city FROM customers_part_testville WHERE id = 5"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 3 and not leaked, leaked
