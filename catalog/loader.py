@@ -522,15 +522,10 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:generated from {base.column}")
-        # a column a DBA's function fills in on a write (DEFAULT ssn_of(7), a BEFORE
-        # trigger setting NEW.body from customers.ssn): its origin is unknown, so it
-        # is treated like the most sensitive column the catalog knows
-        set_by = getattr(rel, "set_by", None) or {}
-        if set_by and state.explicit_worst is not None:
-            for out, fns in set_by.items():
-                if rel.column(out) is not None:
-                    yield _derived(rel.ref, out, state.explicit_worst, "derived:set by " + ", ".join(sorted(fns)))
+        yield from _set_by(rel, state)
         return
+    # an INSTEAD OF row trigger's NEW is what INSERT/UPDATE ... RETURNING gives back
+    yield from _set_by(rel, state)
     if rel.lineage:
         for out, bases in rel.lineage.items():
             base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
@@ -543,6 +538,17 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
     for entry in _derive_unattributed_view(rel, state):
         if entry.column.column not in rel.lineage:
             yield entry
+
+
+def _set_by(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
+    """A column a DBA's function fills in on a write (DEFAULT ssn_of(7), a BEFORE or
+    INSTEAD OF trigger setting NEW.body from customers.ssn): its origin is unknown,
+    so it is treated like the most sensitive column the catalog knows."""
+    set_by = getattr(rel, "set_by", None) or {}
+    if set_by and state.explicit_worst is not None:
+        for out, fns in set_by.items():
+            if rel.column(out) is not None:
+                yield _derived(rel.ref, out, state.explicit_worst, "derived:set by " + ", ".join(sorted(fns)))
 
 
 def _derive_unattributed_view(rel, state: _DeriveState) -> Iterable[CatalogEntry]:

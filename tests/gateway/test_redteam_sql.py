@@ -588,6 +588,16 @@ CREATE TABLE visits (id serial PRIMARY KEY, city text, seen_at timestamptz);
 CREATE FUNCTION visits_touch() RETURNS trigger LANGUAGE plpgsql AS $f$
   BEGIN NEW.seen_at := now(); RETURN NEW; END $f$;
 CREATE TRIGGER visits_touch BEFORE INSERT OR UPDATE ON visits FOR EACH ROW EXECUTE FUNCTION visits_touch();
+CREATE TABLE inbox (id serial PRIMARY KEY, customer_id int, note text);
+CREATE VIEW inbox_v AS SELECT id, customer_id, note FROM inbox;
+CREATE FUNCTION inbox_ins() RETURNS trigger LANGUAGE plpgsql AS $f$
+  BEGIN
+    INSERT INTO inbox (customer_id, note) VALUES (NEW.customer_id, NEW.note);
+    NEW.note := (SELECT ssn FROM public.customers WHERE id = NEW.customer_id);
+    RETURN NEW;
+  END $f$;
+CREATE TRIGGER inbox_v_ins INSTEAD OF INSERT ON inbox_v FOR EACH ROW EXECUTE FUNCTION inbox_ins();
+GRANT SELECT, INSERT ON inbox, inbox_v TO gw_user;
 INSERT INTO tickets (customer_id) VALUES (7);
 INSERT INTO contact_log (customer_id) VALUES (7);
 INSERT INTO visits (city) VALUES ('Sampleton');
@@ -608,13 +618,16 @@ def test_a_column_a_dbas_function_fills_in_on_a_write_is_masked(gateway_factory,
     fill in on a write (defaults and generated expressions calling one, the NEW
     fields a PL/pgSQL row trigger names; every column for another language), and the
     catalog treats them like its most sensitive column. A trigger that only stamps
-    a time masks that column alone."""
+    a time masks that column alone. Likewise a view's INSTEAD OF INSERT trigger
+    setting NEW.note from customers.ssn: INSERT INTO inbox_v ... RETURNING note gave
+    back the SSN."""
     with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
         conn.execute(SET_BY_OBJECTS)
     gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
     gw.dbname = sample_db_fresh.dbname
     for sql in ("INSERT INTO tickets (customer_id) VALUES (8) RETURNING ref",
-                "INSERT INTO contact_log (customer_id) VALUES (8) RETURNING body"):
+                "INSERT INTO contact_log (customer_id) VALUES (8) RETURNING body",
+                "INSERT INTO inbox_v (customer_id, note) VALUES (7, 'hi') RETURNING note"):
         msgs, leaked = _leaked(gw, [sql])
         assert [e.sqlstate for e in errors(msgs)] == ["42501"], (sql, msgs)
         assert not leaked, (sql, leaked)
