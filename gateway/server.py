@@ -446,10 +446,10 @@ class Relay:
                     # the Sync. The gate would count and believe such a message (a SET
                     # search_path, a DEALLOCATE) while the server never ran it, so a
                     # session under policy may not send one.
-                    if kind != 9 and self.copies_pending and self.copy_until > self.ready_count:
+                    if self.copies_pending and kind != 9 and self.copy_until > self.ready_count:
                         raise ProtocolViolation(
                             "only CopyData, CopyDone and CopyFail may follow COPY ... FROM STDIN until it ends")
-                    if (kind == 3 or kind == 6) and self.unsynced:
+                    if self.unsynced and (kind == 3 or kind == 6):
                         raise ProtocolViolation(
                             "a Query or FunctionCall was sent before the Sync that ends the extended-protocol "
                             "messages before it")
@@ -497,8 +497,17 @@ class Relay:
                 elif kind == 4:                              # Parse
                     self.unsynced = True
                     frame = bytes(buf[pos:end])
-                    msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
-                    verdict = self.gate.on_parse(self, frame, msg.name, msg.sql)
+                    # drivers send the same Parse again and again (pgbench -M extended,
+                    # JDBC before it prepares): its name and text are read once
+                    parsed = self._parses.get(frame)
+                    if parsed is None:
+                        msg = codec.decode_frontend(b"P", frame[5:], self.encoding)
+                        parsed = (msg.name, msg.sql)
+                        if length <= 8192:                   # (bounded: 256 small texts)
+                            if len(self._parses) >= 256:
+                                self._parses.clear()
+                            self._parses[frame] = parsed
+                    verdict = self.gate.on_parse(self, frame, parsed[0], parsed[1])
                 else:                                        # FunctionCall
                     self.inflight += 1
                     frame = bytes(buf[pos:end])
@@ -677,6 +686,7 @@ class Relay:
         can hide ASCII quotes inside multibyte characters are read as Latin-1 and
         flagged (the Gate refuses statements of sessions under policy then)."""
         self.client_encoding = name
+        self._parses = {}             # Parse frame -> (name, text), read in this encoding
         codec_name = codec.CLIENT_ENCODINGS.get(name.upper().replace("-", "_"))
         self.encoding_supported = codec_name is not None
         self.encoding = codec_name or "latin-1"
