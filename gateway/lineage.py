@@ -101,7 +101,76 @@ def with_view_lineage(schema: LiveSchema) -> LiveSchema:
             else:
                 lineage, rows, _ = view_lineages(schema, rel)
             relations[ref] = dataclasses.replace(rel, lineage=lineage, row_lineage=rows)
+    exact: dict = {}
+    for ref, rel in schema.relations.items():
+        if rel.kind in (VIEW, MATVIEW) and ref.schema not in _SYSTEM_SCHEMAS:
+            relations[ref] = dataclasses.replace(relations[ref], exact_columns=exact_columns(schema, rel, exact))
     return LiveSchema(relations, schema.functions, schema.search_path, schema.version)
 
 
-__all__ = ["with_view_lineage", "view_lineage", "view_lineages", "ColumnRef"]
+_TABLE_KINDS = frozenset({"r", "p", "f", MATVIEW})
+
+
+def exact_columns(schema: LiveSchema, rel: Relation, memo: dict | None = None, depth: int = 0) -> frozenset:
+    """The output columns of a view that are a base column's value unchanged: its
+    select-list item is a bare column reference to a table, partition, foreign table
+    or materialized view of its FROM clause (or to an exact column of a view there).
+    Anything else (an expression, a subquery, a CTE, a set operation, a definition
+    that does not parse) is not exact."""
+    memo = {} if memo is None else memo
+    if rel.ref in memo:
+        return memo[rel.ref]
+    memo[rel.ref] = frozenset()          # a cycle, or depth: nothing is exact
+    if depth > 16 or not rel.view_definition:
+        return frozenset()
+    try:
+        import orjson
+        from pglast import parser
+        stmts = orjson.loads(parser.parse_sql_json(rel.view_definition)).get("stmts", [])
+        sel = stmts[0]["stmt"]["SelectStmt"] if len(stmts) == 1 else None
+    except Exception:  # noqa: BLE001 - anything unreadable is not exact
+        sel = None
+    if not sel or sel.get("op", "SETOP_NONE") != "SETOP_NONE" or sel.get("withClause") or sel.get("valuesLists"):
+        return frozenset()
+    items: dict[str, Relation] = {}
+
+    def add(node) -> bool:
+        (kind, b), = node.items()
+        if kind == "RangeVar":
+            r = schema.resolve(b.get("relname", ""), b.get("schemaname"), ("pg_catalog",))
+            if r is None:
+                return False
+            name = (b.get("alias") or {}).get("aliasname") or r.ref.name
+            if name in items:
+                return False
+            items[name] = r
+            return True
+        if kind == "JoinExpr" and not b.get("alias") and not b.get("usingClause") and not b.get("isNatural"):
+            return add(b["larg"]) and add(b["rarg"])
+        return False
+
+    if not all(add(f) for f in sel.get("fromClause", ())):
+        return frozenset()
+    targets = sel.get("targetList", ())
+    if len(targets) != len(rel.columns):
+        return frozenset()
+    out = set()
+    for col, t in zip(rel.columns, targets):
+        cr = t.get("ResTarget", {}).get("val", {}).get("ColumnRef")
+        fields = [f.get("String", {}).get("sval") for f in (cr or {}).get("fields", ())]
+        if not fields or None in fields or len(fields) > 2:
+            continue
+        if len(fields) == 2:
+            cands = [items[fields[0]]] if fields[0] in items else []
+        else:
+            cands = [r for r in items.values() if r.column(fields[0]) is not None]
+        if len(cands) != 1 or cands[0].column(fields[-1]) is None:
+            continue
+        r = cands[0]
+        if r.kind in _TABLE_KINDS or (r.kind == VIEW and fields[-1] in exact_columns(schema, r, memo, depth + 1)):
+            out.add(col.name)
+    memo[rel.ref] = frozenset(out)
+    return memo[rel.ref]
+
+
+__all__ = ["with_view_lineage", "view_lineage", "view_lineages", "exact_columns", "ColumnRef"]

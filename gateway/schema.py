@@ -50,6 +50,11 @@ class Relation:
     #: the key has an expression). A partition holds the rows whose key lies in its
     #: bound: reading one says that much about them
     partition_key: frozenset = frozenset()
+    #: for views/matviews: the output columns that are a base column's value as it is
+    #: (a bare column reference down to a table): only those may be masked by a
+    #: strategy that shows part of the value (partial, year, round, bucket); for a
+    #: computed one (reverse(phone), '@' || email) that part is another part
+    exact_columns: frozenset = frozenset()
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:

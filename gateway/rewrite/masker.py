@@ -52,6 +52,11 @@ from policies.masking import MaskedExpression, mask_expression, quote_ident
 from policies.model import MaskPlan, MaskStrategy
 
 
+#: strategies that show part of the value (or a coarser value): sound for a column's
+#: own value only
+_PARTIAL_STRATEGIES = frozenset({"partial", "year", "round", "bucket"})
+
+
 class RewriteError(Exception):
     """The statement cannot be masked with certainty; the gateway must deny it."""
 
@@ -359,6 +364,13 @@ class _Rewriter:
             if chosen:
                 raise RewriteError(f"view {rel.ref} chooses, counts or orders its rows by masked column(s) "
                                    f"{', '.join(chosen)}: masking its columns cannot hide what that tells")
+            # a strategy that shows part of a value shows another part of a computed one
+            # (the last four of reverse(phone) are the first four of the phone; what
+            # follows '@' in '@' || email is its local part): only a column that is a
+            # base column's value unchanged keeps it, any other is redacted
+            for col, strat in list(out.items()):
+                if strat.name in _PARTIAL_STRATEGIES and col not in rel.exact_columns:
+                    out[col] = MaskStrategy("redact")
             lineage_complete = bool(rel.lineage) and all(n in rel.lineage for n in names)
             attributed = rel.ref in self.by_relation or lineage_complete
             if not attributed and self.view_reaches_masked(rel, set()):

@@ -72,6 +72,9 @@ CREATE VIEW rt_frame AS SELECT g, sum(g) OVER (ORDER BY g ROWS BETWEEN
   (SELECT substr(ssn, 10, 2)::int FROM customers WHERE id = 7) PRECEDING AND CURRENT ROW) AS s
   FROM generate_series(1, 100) g;
 CREATE VIEW rt_by_city AS SELECT id, email, city FROM customers ORDER BY city, id;
+CREATE VIEW rt_handles AS SELECT id, '@' || email AS handle, reverse(email) AS rev, email,
+  split_part(email, '@', 2) || '@' || split_part(email, '@', 1) AS swapped FROM customers;
+CREATE VIEW rt_handles_of_view AS SELECT h.id, h.email, h.rev FROM rt_handles h;
 CREATE VIEW rt_srf_from AS SELECT g FROM customers c, generate_series(1, substr(c.ssn, 10, 2)::int) g
   WHERE c.id = 7;
 CREATE VIEW rt_srf_tlist AS SELECT id, generate_series(1, substr(ssn, 10, 2)::int) AS g FROM customers;
@@ -80,7 +83,7 @@ CREATE VIEW rt_srf_json AS SELECT c.id, j.k FROM customers c,
   jsonb_object_keys(jsonb_build_object(substr(c.ssn, 10, 1), 1, substr(c.ssn, 11, 1), 2)) j(k);
 GRANT SELECT ON ssn_candidates, rt_window_lead, rt_window_named, rt_window_partition, rt_rank, rt_group,
   rt_distinct_on, rt_order, rt_agg_order, rt_limit, rt_count, rt_nested, rt_intersect, rt_frame, rt_by_city,
-  rt_srf_from, rt_srf_tlist, rt_srf_unnest, rt_srf_json TO gw_user;
+  rt_srf_from, rt_srf_tlist, rt_srf_unnest, rt_srf_json, rt_handles, rt_handles_of_view TO gw_user;
 CREATE TABLE public.t (id int, v text);
 INSERT INTO public.t SELECT i, 'plain-' || i FROM generate_series(1, 10) i;
 CREATE SCHEMA s2;
@@ -228,6 +231,25 @@ def test_a_view_whose_set_returning_function_counts_by_pii_is_refused(rt_gateway
     msgs, leaked = _leaked(rt_gateway, [sql])
     assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
     assert not leaked, leaked
+
+
+def test_a_partial_mask_is_kept_only_for_a_view_column_that_is_the_value_itself(rt_gateway):
+    """email is masked partially (partial_email: ***@ and the domain). A DBA view's
+    column computed from it was masked with the same strategy, which then showed a
+    different part: '@' || email gave ***@user07 (the local part), reverse(email)
+    ***@70resu, the swapped address ***@user07 (found by red-teaming; with the example
+    policy's last4 for phones, reverse(phone) would show its first digits). A
+    strategy that shows part of a value (partial, year, round, bucket) is now used
+    only for a view column that is a base column unchanged; any other is redacted."""
+    msgs, leaked = _leaked(rt_gateway, ["SELECT handle, rev, swapped, email FROM rt_handles WHERE id = 7",
+                                        "SELECT rev, email FROM rt_handles_of_view WHERE id = 7"])
+    assert not errors(msgs), errors(msgs)
+    assert not leaked, leaked
+    rows = [m.body for m in msgs if getattr(m, "type", None) == b"D"]
+    assert len(rows) == 2
+    for row, computed in zip(rows, (3, 1)):
+        assert b"user07" not in row and b"70resu" not in row, row
+        assert row.count(b"[redacted]") == computed and row.endswith(b"***@example.invalid"), row
 
 
 def test_a_view_ordered_by_columns_that_are_not_pii_is_masked_as_before(rt_gateway):

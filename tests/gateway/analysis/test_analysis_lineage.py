@@ -112,3 +112,23 @@ def test_a_views_row_lineage_is_what_chooses_counts_or_orders_its_rows(body, row
     assert bool(SSN & rel.row_lineage) is rows_by_ssn, rel.row_lineage
     if rows_by_ssn:      # and every output carries what chose it (masked where it is masked)
         assert SSN <= rel.lineage["id"], rel.lineage
+
+
+def test_only_a_bare_column_of_a_table_is_an_exact_view_column():
+    base = security_schema()
+    view = Relation(RelationRef("scratch", "handles"), "v",
+                    tuple(Column(n, "text") for n in ("id", "e", "handle", "sub")),
+                    view_definition=" SELECT c.id, c.email AS e, '@' || c.email AS handle, s.x AS sub\n"
+                                    "   FROM public.customers c JOIN (SELECT email AS x FROM public.customers) s"
+                                    " ON true;")
+    plain = Relation(RelationRef("scratch", "plain"), "v", tuple(Column(n, "text") for n in ("id", "e", "handle")),
+                     view_definition=" SELECT c.id, c.email AS e, '@' || c.email AS handle FROM public.customers c;")
+    over = Relation(RelationRef("scratch", "over"), "v", tuple(Column(n, "text") for n in ("e", "handle")),
+                    view_definition=" SELECT p.e, p.handle FROM scratch.plain p;")
+    schema = with_view_lineage(LiveSchema.of(list(base.relations.values()) + [view, plain, over],
+                                             [f for fs in base.functions.values() for f in fs]))
+    assert schema.relation(view.ref).exact_columns == frozenset()      # a subquery in FROM: nothing is sure
+    assert schema.relation(plain.ref).exact_columns == {"id", "e"}
+    assert schema.relation(over.ref).exact_columns == {"e"}
+    assert schema.relation(RelationRef("public", "order_report")).exact_columns == {
+        "order_id", "customer_email", "amount", "note"}
