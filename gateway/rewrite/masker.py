@@ -351,6 +351,12 @@ class _Rewriter:
         if inh:
             for desc in self.descendants(rel):
                 add(desc.ref)
+        if rel.kind not in (VIEW, MATVIEW):
+            # a generated column (reverse(email)) or one a DBA's function fills in is a
+            # computed value: a strategy showing part of it shows another part
+            for col in (set(rel.lineage or ()) | set(rel.set_by or ())) & out.keys():
+                if out[col].name in _PARTIAL_STRATEGIES:
+                    out[col] = MaskStrategy("redact")
         if rel.kind in (VIEW, MATVIEW):
             for col, bases in (rel.lineage or {}).items():
                 hits = [b for b in bases if isinstance(b, ColumnRef) and b in self.plan.columns]

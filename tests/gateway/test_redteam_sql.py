@@ -587,12 +587,18 @@ def test_a_generated_column_over_pii_is_masked(gateway_factory, pg_server, sampl
     catalog derives it like a view column, and the masker masks it in the wrapper."""
     with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
         conn.execute("ALTER TABLE customers ADD COLUMN ssn_norm text "
-                     "GENERATED ALWAYS AS (replace(ssn, '-', '')) STORED")
+                     "GENERATED ALWAYS AS (replace(ssn, '-', '')) STORED, "
+                     "ADD COLUMN email_rev text GENERATED ALWAYS AS (reverse(email)) STORED")
     gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
     gw.dbname = sample_db_fresh.dbname
     msgs, _ = _leaked(gw, ["SELECT ssn_norm FROM customers WHERE id = 7"])
     received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
     assert b"000000007" not in received, received
+    # email is masked partially (***@domain); a generated reverse(email) masked the same
+    # way showed ***@70resu, the local part reversed: a computed column is redacted
+    msgs, _ = _leaked(gw, ["SELECT email, email_rev FROM customers WHERE id = 7"])
+    received = b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
+    assert b"70resu" not in received and b"***@example.invalid" in received, received
 
 
 SET_BY_OBJECTS = """
