@@ -114,6 +114,21 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum > 0 AND
 WHERE {_NOT_TEMP}
 """
 
+#: row-level security: the columns (of any table) each enabled policy's USING/WITH
+#: CHECK expressions read (PostgreSQL records them as the policy's dependencies)
+_ROW_FILTER_SQL = f"""
+SELECT DISTINCT p.polrelid, rn.nspname, rc.relname, a.attname
+FROM pg_catalog.pg_policy p
+JOIN pg_catalog.pg_class c ON c.oid = p.polrelid AND c.relrowsecurity
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjsubid > 0
+JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
+JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+WHERE {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -244,11 +259,11 @@ async def _fetch_catalog_rows(conn) -> tuple:
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
             await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
             await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL),
-            await conn.fetch(_PARTITION_KEYS_SQL))
+            await conn.fetch(_PARTITION_KEYS_SQL), await conn.fetch(_ROW_FILTER_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
-                      rule_rows=(), key_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
+                      rule_rows=(), key_rows=(), filter_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -279,6 +294,9 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
             for n in names:
                 set_by.setdefault(oid, {}).setdefault(n, set()).add(fn)
     ruled = {row[0] for row in rule_rows}
+    filters: dict[int, set] = {}
+    for oid, nsp, rel, col in filter_rows:
+        filters.setdefault(oid, set()).add(ColumnRef(nsp, rel, col))
     keys: dict[int, set] = {}
     for oid, name in key_rows:
         keys.setdefault(oid, set()).add(name)
@@ -287,7 +305,8 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
                  parents=tuple(parents.get(oid, ())), view_definition=viewdefs.get(oid),
                  lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()},
                  set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()},
-                 write_rules=oid in ruled, partition_key=frozenset(keys.get(oid, ())))
+                 write_rules=oid in ruled, partition_key=frozenset(keys.get(oid, ())),
+                 row_filter=frozenset(filters.get(oid, ())))
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

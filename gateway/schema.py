@@ -55,6 +55,9 @@ class Relation:
     #: strategy that shows part of the value (partial, year, round, bucket); for a
     #: computed one (reverse(phone), '@' || email) that part is another part
     exact_columns: frozenset = frozenset()
+    #: for tables with row-level security: the columns (of any table) its policies'
+    #: expressions read. They choose which rows a reader sees, over clear values
+    row_filter: frozenset = frozenset()
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -104,6 +107,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.row_filter:
+                h.update(f"row filter {sorted(map(str, r.row_filter))}\n".encode())
             if r.partition_key:
                 h.update(f"partition key {sorted(r.partition_key)}\n".encode())
             if r.write_rules:

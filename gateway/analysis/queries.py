@@ -143,6 +143,10 @@ class Walk(ExpressionsMixin, DmlMixin):
                 self.read.add(d.ref)
         ancestors = self.ancestors(rel)
         family.extend(ancestors)
+        for r in family:
+            if r.row_filter:
+                # row-level security: its policies choose the rows over clear values
+                self.use(frozenset(r.row_filter), PREDICATE)
         for anc in ancestors:
             # a partition holds the rows whose partition key lies in its bound: reading
             # one filters its ancestors' rows by that key (customers_by_dob_1960s says

@@ -338,6 +338,10 @@ class _Rewriter:
                                        "column; refresh the schema")
 
         add(rel.ref)
+        self._refuse_row_filter(rel)
+        if inh:
+            for desc in self.descendants(rel):
+                self._refuse_row_filter(desc)
         for anc in self.ancestors(rel):
             add(anc)
             # a partition holds the rows whose key lies in its bound (by dob decade, by
@@ -383,6 +387,15 @@ class _Rewriter:
                 raise RewriteError(f"view {rel.ref} reads masked relations but neither the catalog nor "
                                    "the view lineage says which of its columns carry PII")
         return out
+
+    def _refuse_row_filter(self, rel: Relation) -> None:
+        """Row-level security whose policies read a masked column (USING (customer_id
+        IN (SELECT id FROM customers WHERE ssn LIKE current_setting('app.q')))) chooses
+        the rows a reader sees by the clear value: no mask of the outputs hides that."""
+        chosen = sorted(str(c) for c in rel.row_filter if c in self.plan.columns)
+        if chosen:
+            raise RewriteError(f"{rel.ref} has row-level security policies reading masked column(s) "
+                               f"{', '.join(chosen)}: the rows it returns would tell them")
 
     def ancestors(self, rel: Relation) -> Iterator[RelationRef]:
         seen: set[RelationRef] = set()

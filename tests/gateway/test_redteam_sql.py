@@ -760,3 +760,39 @@ def test_a_partition_by_a_pii_key_is_refused(gateway_factory, pg_server, sample_
                                 "SELECT id, city FROM customers_part_testville WHERE id = 5"])
     assert not errors(msgs), errors(msgs)
     assert _rows(msgs) == 3 and not leaked, leaked
+
+
+RLS_OBJECTS = """
+CREATE TABLE vip_orders (id int, customer_id int, amount numeric);
+INSERT INTO vip_orders SELECT id, customer_id, amount FROM orders;
+ALTER TABLE vip_orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY vip_pol ON vip_orders
+  USING (customer_id IN (SELECT id FROM public.customers WHERE ssn LIKE current_setting('app.q', true)));
+CREATE TABLE tenant_orders (id int, tenant int, amount numeric);
+INSERT INTO tenant_orders VALUES (1, 1, 10), (2, 2, 20);
+ALTER TABLE tenant_orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_pol ON tenant_orders USING (tenant = current_setting('app.tenant', true)::int);
+GRANT SELECT ON vip_orders, tenant_orders TO gw_user;
+"""
+
+
+def test_row_level_security_over_pii_is_refused(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """A DBA's row-level security policy on vip_orders keeps the orders of customers
+    whose SSN is LIKE current_setting('app.q'): after SET app.q = '000-00-0036',
+    SELECT customer_id FROM vip_orders (no catalogued column) was allowed and named
+    the customer with that SSN, an oracle for any pattern (found by red-teaming).
+    The live schema reads the columns each policy's expressions depend on; reading a
+    table whose policies read a masked column counts as a predicate on it and is
+    refused. A policy over columns that are not PII (a tenant id) changes nothing."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(RLS_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    msgs, leaked = _leaked(gw, ["SET app.q = '000-00-0036'", "SELECT customer_id FROM vip_orders",
+                                "SELECT count(*) FROM vip_orders"])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501", "42501"], msgs
+    assert _rows(msgs) == 0 and not leaked, leaked
+    msgs, _ = _leaked(gw, ["SET app.tenant = '2'", "SELECT id, amount FROM tenant_orders"])
+    assert not errors(msgs), errors(msgs)
+    (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
+    assert row.body.endswith(b"\x00\x00\x00\x0220"), row
