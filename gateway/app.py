@@ -373,6 +373,9 @@ async def run_gateway(cfg: Config, ready_file: str | None = None) -> None:
             pass
     gw = await runtime.start()
     log.info("piigate %s listening on %s:%d", cfg.server.instance_id, cfg.server.host, gw.port)
+    from .config import config_warnings
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     if ready_file:
         tmp = ready_file + ".tmp"
         with open(tmp, "w") as f:

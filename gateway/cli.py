@@ -44,6 +44,9 @@ def _cmd_check(args) -> int:
     except ConfigError as e:
         print(f"piigate: {e}", file=sys.stderr)
         return 2
+    from .config import config_warnings
+    for warning in config_warnings(cfg):
+        print(f"piigate: warning: {args.config}: {warning}", file=sys.stderr)
     print(f"{args.config}: ok ({len(cfg.users)} users, upstream {cfg.upstream.host}:{cfg.upstream.port}, "
           f"listen {cfg.server.host}:{cfg.server.port})")
     return 0

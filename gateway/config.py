@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .protocol.scram import Verifier
+from .protocol.scram import DEFAULT_ITERATIONS, Verifier
 
 DEFAULT_LISTEN = "127.0.0.1:6432"
 
@@ -247,6 +247,18 @@ def _users(t: Mapping, w: _Where) -> dict[str, GatewayUser]:
             name, verifier, frozenset(_get(u, "roles", list, [], w, prefix)),
             frozenset(_get(u, "databases", list, [], w, prefix)))
     return users
+
+
+def config_warnings(cfg: "Config") -> list[str]:
+    """What is valid but will surprise someone: ``piigate check`` prints these and
+    ``piigate serve`` logs them."""
+    out = []
+    for name, user in sorted(cfg.users.items()):
+        if user.verifier.iterations < DEFAULT_ITERATIONS:
+            out.append(f"users.{name}.password_verifier has {user.verifier.iterations} iterations: pgJDBC "
+                       f"(and other clients that follow RFC 7677) refuse fewer than {DEFAULT_ITERATIONS}, so "
+                       f"they cannot log in as {name}; make a new verifier with `piigate passwd`")
+    return out
 
 
 KNOWN_SECTIONS = {"server", "upstream", "users", "catalog", "policy", "redis", "audit", "admin", "jit"}

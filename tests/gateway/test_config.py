@@ -245,6 +245,19 @@ def test_check_good_config_exits_0(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_check_warns_about_verifiers_pgjdbc_refuses(tmp_path):
+    """Valid, but pgJDBC refuses SCRAM with fewer than 4096 iterations: check says
+    so (and still exits 0); a verifier from `piigate passwd` has 4096."""
+    from gateway.protocol.scram import make_verifier
+    text = (GOOD + f'\n[users.weak]\npassword_verifier = "{make_verifier("pw", iterations=64)}"\nroles = []\n'
+            + f'\n[users.strong]\npassword_verifier = "{make_verifier("pw")}"\nroles = []\n')
+    (tmp_path / "ca.pem").write_text("")
+    done = run_check(write(tmp_path, text))
+    assert done.returncode == 0, done.stderr
+    assert "users.weak.password_verifier has 64 iterations" in done.stderr
+    assert "piigate passwd" in done.stderr and "strong" not in done.stderr
+
+
 @pytest.mark.parametrize("text,expected", [
     ("[upstream]\nport = \"x\"\n", ":2: upstream.port: expected an integer"),
     ("[users.bob]\npassword_verifier = \"hunter2\"\n", ":2: users.bob.password_verifier: not a SCRAM"),
