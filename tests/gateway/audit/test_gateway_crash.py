@@ -31,6 +31,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie has ended; its new parent reaps it or not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 @pytest.mark.timeout(120)
 def test_kill_9_under_load_loses_no_record_of_a_forwarded_statement(pg_server, sample_db, tmp_path):
     port = _free_port()
@@ -88,11 +104,18 @@ fsync = "group"
         for t in threads:
             t.start()
         time.sleep(2.0)
+        syncers = _children(proc.pid)          # the group commit's fsync process
+        assert syncers, "no fsync process (fsync = group)"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         stop.set()
         for t in threads:
             t.join(10)
+        # it ends with the gateway (its socket to the gateway closed): nothing is left running
+        deadline = time.monotonic() + 10
+        while any(_running(c) for c in syncers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(c) for c in syncers), "the fsync process outlived the gateway"
     finally:
         stop.set()
         if proc.poll() is None:
