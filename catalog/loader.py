@@ -388,6 +388,8 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
       base columns include a catalogued one (the most sensitive wins). Source
       ``derived:view of public.customers.email``. Likewise a table's generated column
       computed from a catalogued one (``derived:generated from ...``).
+    - A foreign key column referencing a catalogued column (it holds its values).
+      Source ``derived:references public.customers.email``.
     - A table's column that a SQL/PL or SECURITY DEFINER function fills in on a
       write (``Relation.set_by``: its DEFAULT calls one, or a BEFORE row trigger runs
       one): like the most sensitive explicit entry. Source ``derived:set by f``.
@@ -522,6 +524,12 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             base = _most_sensitive(state.entries[b] for b in bases if b in state.entries)
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:generated from {base.column}")
+        # a foreign key column holds the values it references (customer_email
+        # REFERENCES customers(email) is an e-mail address)
+        for out, targets in (getattr(rel, "references", None) or {}).items():
+            base = _most_sensitive(state.entries[b] for b in targets if b in state.entries)
+            if base is not None and rel.column(out) is not None:
+                yield _derived(rel.ref, out, base, f"derived:references {base.column}")
         yield from _set_by(rel, state)
         return
     # an INSTEAD OF row trigger's NEW is what INSERT/UPDATE ... RETURNING gives back

@@ -129,6 +129,20 @@ JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refob
 WHERE {_NOT_TEMP}
 """
 
+#: foreign keys, column by column: a referencing column holds the referenced values
+_REFERENCES_SQL = f"""
+SELECT c.conrelid, a.attname, rn.nspname, rc.relname, ra.attname
+FROM pg_catalog.pg_constraint c
+JOIN pg_catalog.pg_class t ON t.oid = c.conrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_catalog.pg_class rc ON rc.oid = c.confrelid
+JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(c.conkey), pg_catalog.unnest(c.confkey)) AS k(src, dst)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.src
+JOIN pg_catalog.pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.dst
+WHERE c.contype = 'f' AND {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -259,11 +273,12 @@ async def _fetch_catalog_rows(conn) -> tuple:
             await conn.fetch(_INHERITS_SQL), await conn.fetch(_VIEWDEFS_SQL),
             await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
             await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL),
-            await conn.fetch(_PARTITION_KEYS_SQL), await conn.fetch(_ROW_FILTER_SQL))
+            await conn.fetch(_PARTITION_KEYS_SQL), await conn.fetch(_ROW_FILTER_SQL),
+            await conn.fetch(_REFERENCES_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
-                      rule_rows=(), key_rows=(), filter_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
+                      rule_rows=(), key_rows=(), filter_rows=(), ref_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -297,6 +312,9 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
     filters: dict[int, set] = {}
     for oid, nsp, rel, col in filter_rows:
         filters.setdefault(oid, set()).add(ColumnRef(nsp, rel, col))
+    refs_of: dict[int, dict[str, set]] = {}
+    for oid, col, nsp, rel, rcol in ref_rows:
+        refs_of.setdefault(oid, {}).setdefault(col, set()).add(ColumnRef(nsp, rel, rcol))
     keys: dict[int, set] = {}
     for oid, name in key_rows:
         keys.setdefault(oid, set()).add(name)
@@ -306,7 +324,8 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
                  lineage={k: frozenset(v) for k, v in generated.get(oid, {}).items()},
                  set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()},
                  write_rules=oid in ruled, partition_key=frozenset(keys.get(oid, ())),
-                 row_filter=frozenset(filters.get(oid, ())))
+                 row_filter=frozenset(filters.get(oid, ())),
+                 references={k: frozenset(v) for k, v in refs_of.get(oid, {}).items()})
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

@@ -58,6 +58,9 @@ class Relation:
     #: for tables with row-level security: the columns (of any table) its policies'
     #: expressions read. They choose which rows a reader sees, over clear values
     row_filter: frozenset = frozenset()
+    #: for tables: column name -> the columns its foreign keys reference (it holds
+    #: their values: orders.customer_email REFERENCES customers(email) is an e-mail)
+    references: Mapping[str, frozenset] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -107,6 +110,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.references:
+                h.update(f"references {sorted((k, sorted(map(str, v))) for k, v in r.references.items())}\n".encode())
             if r.row_filter:
                 h.update(f"row filter {sorted(map(str, r.row_filter))}\n".encode())
             if r.partition_key:

@@ -796,3 +796,26 @@ def test_row_level_security_over_pii_is_refused(gateway_factory, pg_server, samp
     assert not errors(msgs), errors(msgs)
     (row,) = [m for m in msgs if getattr(m, "type", None) == b"D"]
     assert row.body.endswith(b"\x00\x00\x00\x0220"), row
+
+
+def test_a_foreign_key_column_referencing_pii_is_catalogued(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """newsletter.customer_email REFERENCES customers(email) holds e-mail addresses,
+    yet nothing catalogued it: SELECT customer_email FROM newsletter returned them in
+    clear, and INSERT of a guessed address was an existence oracle (the foreign key
+    refuses one that no customer has) (found by red-teaming). The live schema reads
+    foreign keys column by column and the catalog derives a referencing column from
+    the catalogued column it references."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("ALTER TABLE customers ADD CONSTRAINT customers_email_key UNIQUE (email); "
+                     "CREATE TABLE newsletter (id serial, customer_email text REFERENCES customers (email)); "
+                     "INSERT INTO newsletter (customer_email) SELECT email FROM customers WHERE id <= 7; "
+                     "GRANT SELECT, INSERT ON newsletter TO gw_user; "
+                     "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO gw_user")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    msgs, leaked = _leaked(gw, ["SELECT id, customer_email FROM newsletter"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 7 and not leaked, leaked
+    assert b"***@example.invalid" in b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
+    msgs, leaked = _leaked(gw, ["INSERT INTO newsletter (customer_email) VALUES ('user09@example.invalid')"])
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
