@@ -388,6 +388,8 @@ def derive_catalog(catalog: Catalog, schema) -> Catalog:
       base columns include a catalogued one (the most sensitive wins). Source
       ``derived:view of public.customers.email``. Likewise a table's generated column
       computed from a catalogued one (``derived:generated from ...``).
+    - A column whose type is a catalogued relation's row type, or an array of it
+      (``snapshots.c customers``). Source ``derived:row of public.customers``.
     - A foreign key column referencing a catalogued column (it holds its values).
       Source ``derived:references public.customers.email``.
     - A table's column that a SQL/PL or SECURITY DEFINER function fills in on a
@@ -531,6 +533,7 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
             if base is not None and rel.column(out) is not None:
                 yield _derived(rel.ref, out, base, f"derived:references {base.column}")
         yield from _set_by(rel, state)
+        yield from _row_typed(rel, state)
         return
     # an INSTEAD OF row trigger's NEW is what INSERT/UPDATE ... RETURNING gives back
     yield from _set_by(rel, state)
@@ -546,6 +549,26 @@ def _derive_for(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
     for entry in _derive_unattributed_view(rel, state):
         if entry.column.column not in rel.lineage:
             yield entry
+
+
+def _row_typed(rel, state: _DeriveState) -> Iterable[CatalogEntry]:
+    """A column whose type is a catalogued relation's row type (or an array of it):
+    ``snapshots.c customers`` holds whole customer rows, SSN included."""
+    for col in rel.columns:
+        name = col.type_name.strip()
+        while name.endswith("[]"):
+            name = name[:-2].strip()
+        schema, _, bare = name.rpartition(".")
+        unq = lambda part: part[1:-1].replace('""', '"') if part.startswith('"') else part  # noqa: E731
+        target = RelationRef(unq(schema) if schema else "pg_catalog", unq(bare))
+        if not schema:
+            # format_type() leaves a type on the search_path (pg_catalog while the
+            # schema is read) unqualified: a relation's row type is never one of those
+            continue
+        cols = state.columns_of(target)
+        base = _most_sensitive(cols.values()) if target != rel.ref else None
+        if base is not None:
+            yield _derived(rel.ref, col.name, base, f"derived:row of {target}")
 
 
 def _set_by(rel, state: _DeriveState) -> Iterable[CatalogEntry]:

@@ -819,3 +819,21 @@ def test_a_foreign_key_column_referencing_pii_is_catalogued(gateway_factory, pg_
     assert b"***@example.invalid" in b"".join(m.body for m in msgs if getattr(m, "type", None) == b"D")
     msgs, leaked = _leaked(gw, ["INSERT INTO newsletter (customer_email) VALUES ('user09@example.invalid')"])
     assert [e.sqlstate for e in errors(msgs)] == ["42501"], msgs
+
+
+def test_a_column_of_a_catalogued_row_type_is_catalogued(gateway_factory, pg_server, sample_db_fresh, tmp_path):
+    """snapshots.c customers (and cs customers[]) holds whole customer rows: nothing
+    catalogued the column, so SELECT (c).ssn, cs FROM snapshots returned the SSN and
+    every other value in clear (found by red-teaming). The catalog derives a column
+    whose type is a catalogued relation's row type, or an array of it, from that
+    relation's most sensitive column."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE TABLE snapshots (id int, c customers, cs customers[]); "
+                     "INSERT INTO snapshots SELECT id, c, ARRAY[c] FROM customers c WHERE id <= 7; "
+                     "GRANT SELECT ON snapshots TO gw_user")
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    msgs, leaked = _leaked(gw, ["SELECT (c).ssn, cs FROM snapshots WHERE id = 7", "SELECT s FROM snapshots s",
+                                "SELECT id FROM snapshots WHERE id = 7"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 9 and not leaked, leaked
