@@ -299,12 +299,15 @@ class Route:
     summary: str
     auth: bool = True
     body: Mapping[str, Any] | None = None            # JSON schema of the request body
-    query: tuple[str, ...] = ()
+    #: query parameters: name -> JSON schema of the value
+    query: Mapping[str, Mapping[str, Any]] | None = None
     statuses: tuple[int, ...] = (200,)
 
 
 API = "/api/v1"
-_DUR = {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": r"^\d+[smhd]?$"}]}
+#: what parse_duration accepts: positive seconds, or a positive count of s/m/h/d
+_DUR = {"oneOf": [{"type": "integer", "minimum": 1},
+                  {"type": "string", "pattern": r"^\s*0*[1-9]\d*\s*[smhd]?\s*$"}]}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", console, "The approval console (HTML).", auth=False),
@@ -315,36 +318,41 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{API}/openapi.json", openapi, "This document.", auth=False),
     Route("GET", f"{API}/whoami", whoami, "The approver the bearer token belongs to."),
     Route("GET", f"{API}/requests", list_requests, "List access requests, newest first.",
-          query=("state", "user", "limit"), statuses=(200, 400)),
+          query={"state": {"enum": [st.value for st in RequestState]}, "user": {"type": "string"},
+                 "limit": {"type": "string", "pattern": r"^0*([1-9]\d{0,3}|10000)$"}},
+          statuses=(200, 400)),
     Route("GET", f"{API}/requests/{{id}}", get_request, "One access request.", statuses=(200, 404)),
     Route("POST", f"{API}/requests/{{id}}/approve", approve,
           "Approve (201 with the grant when the quorum is met, 202 while more approvals are needed).",
           body={"type": "object", "required": ["duration"], "additionalProperties": False,
                 "properties": {"duration": _DUR, "scope": {"enum": ["statement", "columns"]},
                                "uses": {"type": ["integer", "null"], "minimum": 1},
-                               "comment": {"type": "string"}, "totp": {"type": "string"}}},
+                               "comment": {"type": "string", "maxLength": 2000},
+                               "totp": {"type": "string", "maxLength": 16}}},
           statuses=(201, 202, 400, 403, 404, 409, 422)),
     Route("POST", f"{API}/requests/{{id}}/deny", deny, "Deny with a reason the requester sees.",
           body={"type": "object", "required": ["reason"], "additionalProperties": False,
-                "properties": {"reason": {"type": "string", "minLength": 1}}},
+                "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 2000}}},
           statuses=(200, 400, 403, 404, 409)),
-    Route("GET", f"{API}/grants", list_grants, "Live grants, soonest expiry first.", query=("user",)),
+    Route("GET", f"{API}/grants", list_grants, "Live grants, soonest expiry first.",
+          query={"user": {"type": "string"}}),
     Route("POST", f"{API}/grants/{{id}}/revoke", revoke, "Revoke a grant on every instance at once.",
           body={"type": "object", "additionalProperties": False,
-                "properties": {"reason": {"type": "string"}}}, statuses=(200, 404)),
+                "properties": {"reason": {"type": "string", "maxLength": 2000}}}, statuses=(200, 400, 404)),
     Route("POST", f"{API}/tokens", issue_token,
           "Issue a signed single-use grant token for another user (SET piigate.grant_token).",
           body={"type": "object", "required": ["user", "action", "scope", "ttl", "duration"],
                 "additionalProperties": False,
-                "properties": {"user": {"type": "string"},
+                "properties": {"user": {"type": "string", "minLength": 1, "maxLength": 200},
                                "action": {"enum": [a.value for a in Action]},
                                "scope": {"enum": ["statement", "columns"]},
                                "columns": {"type": "array", "items": {"type": "string"}},
                                "categories": {"type": "array", "items": {"type": "string"}},
-                               "statement_key": {"type": "string"},
-                               "fingerprint": {"type": "string"}, "ttl": _DUR, "duration": _DUR,
+                               "statement_key": {"type": "string", "maxLength": 200},
+                               "fingerprint": {"type": "string", "maxLength": 200}, "ttl": _DUR,
+                               "duration": _DUR,
                                "uses": {"type": ["integer", "null"], "minimum": 1}}},
-          statuses=(201, 400, 403, 422)),
+          statuses=(201, 400, 403, 422, 501)),
 )
 
 _PUBLIC = {(r.method, r.path) for r in ROUTES if not r.auth}
@@ -363,8 +371,8 @@ def openapi_document() -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
         else:
             op["security"] = []
-        params = [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
-                  for q in r.query]
+        params = [{"name": q, "in": "query", "required": False, "schema": dict(schema)}
+                  for q, schema in (r.query or {}).items()]
         if "{id}" in r.path:
             params.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
         if params:
@@ -391,7 +399,8 @@ def openapi_document() -> dict[str, Any]:
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted (more approvals needed)",
                 400: "Malformed input", 401: "No or unknown bearer token",
                 403: "Not allowed", 404: "Unknown id", 409: "Already decided",
-                422: "Terms the policy does not allow", 503: "Not ready"}
+                422: "Terms the policy does not allow", 501: "Not configured on this gateway",
+                503: "Not ready"}
 
 
 # ---------------------------------------------------------------- middleware and app
@@ -420,7 +429,9 @@ async def errors_and_auth(request: web.Request, handler: Callable) -> web.Stream
         return error_response(501, "not_configured", str(e))
     except web.HTTPException as e:
         if request.path.startswith(API) and e.status >= 400:
-            return error_response(e.status, "http", f"{e.reason}: {request.method} {request.path}")
+            # (a 405 must say which methods the resource takes)
+            keep = {k: e.headers[k] for k in ("Allow",) if k in e.headers}
+            return error_response(e.status, "http", f"{e.reason}: {request.method} {request.path}", **keep)
         raise
     except ValueError as e:
         return error_response(400, "bad_input", str(e))

@@ -127,7 +127,9 @@ async def test_query_and_id_errors(env):
                                      headers=auth("bob")), 404)
     await error_of(await client.post("/api/v1/grants/grant-missing/revoke", headers=auth("bob")), 404)
     await error_of(await client.get("/api/v1/nothing-here", headers=auth("bob")), 404)
-    await error_of(await client.delete("/api/v1/requests", headers=auth("bob")), 405)
+    resp = await client.delete("/api/v1/requests", headers=auth("bob"))
+    await error_of(resp, 405)
+    assert "GET" in resp.headers["Allow"]              # a 405 says which methods there are
 
 
 async def test_approve_wakes_holder_then_revoke(env):
@@ -270,6 +272,41 @@ async def test_openapi_names_every_route(env):
     approve = doc["paths"]["/api/v1/requests/{id}/approve"]["post"]
     assert approve["requestBody"]["content"]["application/json"]["schema"]["required"] == ["duration"]
     assert "401" in approve["responses"] and approve["security"] == [{"bearer": []}]
+
+
+@pytest.mark.parametrize("value", [1, 900, "1", "15m", " 2h ", "01d", "0", 0, -5, "", "0m", "15x", "1.5h",
+                                   True, None])
+def test_the_documented_duration_is_what_the_api_accepts(value):
+    """Clients (and fuzzers) generate requests from the OpenAPI document: a duration
+    it calls valid must be accepted, one it calls invalid refused (found by
+    schemathesis: "0" was documented as valid and refused)."""
+    import re
+    from gateway.admin.app import ApiError, _DUR, parse_duration
+    integer, text = _DUR["oneOf"]
+    documented = ((type(value) is int and value >= integer["minimum"])
+                  or (isinstance(value, str) and re.search(text["pattern"], value) is not None))
+    try:
+        parse_duration(value, "duration")
+        accepted = True
+    except ApiError:
+        accepted = False
+    assert accepted == documented
+
+
+@pytest.mark.parametrize("limit", ["1", "10000", "0500", "0", "10001", "", "x", "-1"])
+async def test_the_documented_limit_is_what_the_api_accepts(env, limit):
+    import re
+    client, *_ = env
+    schema = next(r for r in ROUTES if r.path == "/api/v1/requests").query["limit"]
+    resp = await client.get(f"/api/v1/requests?limit={limit}", headers=auth("bob"))
+    assert (resp.status == 200) == (re.search(schema["pattern"], limit) is not None)
+
+
+def test_every_route_with_a_body_documents_400():
+    """A body that is not JSON, or not the object asked for, is a 400 everywhere."""
+    for r in ROUTES:
+        if r.body is not None:
+            assert 400 in r.statuses, r.path
 
 
 async def test_console_page_is_plain_html(env):
