@@ -4,7 +4,7 @@ and an audit trail), running a pytest suite and reading each test's outcome, and
 list of tests whose outcome differs between the direct run and the run through the
 gateway.
 
-Not part of the pytest run; used by ``run_asyncpg_suite.py`` and ``run_psycopg_suite.py``.
+Not part of the pytest run; used by the ``run_*_suite.py`` runners beside it.
 """
 from __future__ import annotations
 
@@ -86,17 +86,32 @@ class PgTarget:
             self._server.stop()
 
 
-def gateway_config(pg: PgTarget, listen: int, run_dir: Path, policy: bool) -> str:
+#: the policy of a run with ``policy``: one rule lets role dba do everything, so the
+#: suite's user is not under PII policy (every statement analysed, decided and
+#: audited, none refused)
+UNRESTRICTED_POLICY = ('[defaults]\npii_read = "mask"\nunknown = "deny"\n[[rule]]\nname = "dba-unrestricted"\n'
+                       'roles = ["dba"]\nactions = ["*"]\ncategories = ["*"]\neffect = "allow"\n')
+#: the policy of a run with ``restricted``: no rule, so the suite's user is under PII
+#: policy, with defaults that allow every kind of statement an application sends (the
+#: database has no catalogued column) except what the gateway cannot be sure about
+#: (unknown) and dangerous functions: what is refused then is what a user under policy
+#: meets, by design or by mistake
+RESTRICTED_POLICY = ('[defaults]\npii_read = "mask"\nwrite_pii = "allow"\ndelete_pii = "allow"\n'
+                     'export = "allow"\nunknown = "deny"\nddl = "allow"\ncall = "allow"\nsession = "allow"\n'
+                     'dangerous_functions = "deny"\nnon_pii = "allow"\n')
+
+
+def gateway_config(pg: PgTarget, listen: int, run_dir: Path, policy: bool, database: str = "postgres",
+                   restricted: bool = False) -> str:
     """The gateway's config: ``pg.user`` as a gateway user of role dba; with ``policy``
-    a policy whose one rule lets role dba do everything (every statement is analysed,
-    decided and audited, none refused) and a file audit trail."""
+    UNRESTRICTED_POLICY (or with ``restricted`` too, RESTRICTED_POLICY) and a file
+    audit trail. ``database`` is the upstream database, whose schema the gateway
+    reads: the only one a user under policy may open sessions on."""
     lines = ["[server]", f'listen = "127.0.0.1:{listen}"', "", "[upstream]", f'host = "{pg.host}"',
-             f"port = {pg.port}", f'user = "{pg.user}"', 'database = "postgres"', ""]
+             f"port = {pg.port}", f'user = "{pg.user}"', f'database = "{database}"', ""]
     if policy:
         (run_dir / "audit").mkdir(exist_ok=True)     # the file sink does not create its folder
-        (run_dir / "policy.toml").write_text(
-            '[defaults]\npii_read = "mask"\nunknown = "deny"\n[[rule]]\nname = "dba-unrestricted"\n'
-            'roles = ["dba"]\nactions = ["*"]\ncategories = ["*"]\neffect = "allow"\n')
+        (run_dir / "policy.toml").write_text(RESTRICTED_POLICY if restricted else UNRESTRICTED_POLICY)
         lines += ["[policy]", f'file = "{run_dir / "policy.toml"}"', "", "[audit]", 'sinks = ["file"]',
                   f'file = "{run_dir / "audit" / "audit.jsonl"}"', 'fsync = "group"', ""]
     lines += [f"[users.{pg.user}]", f'password_verifier = "{make_verifier(PASSWORD)}"', 'roles = ["dba"]', ""]
@@ -161,9 +176,11 @@ def compare(direct: dict[str, str], through: dict[str, str], run_dir: Path) -> i
 
 
 def direct_and_through(client: str, pg: PgTarget, policy: bool,
-                       run: Callable[[str, int, str | None], dict[str, str]]) -> int:
+                       run: Callable[[str, int, str | None], dict[str, str]], database: str = "postgres",
+                       restricted: bool = False) -> int:
     """``run(host, port, password)`` directly against ``pg``, then through a gateway
-    started here (and stopped afterwards); print what differs."""
+    started here (and stopped afterwards) whose upstream database is ``database``;
+    print what differs."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{client}-suite-"))
     service = None
     try:
@@ -171,10 +188,11 @@ def direct_and_through(client: str, pg: PgTarget, policy: bool,
         direct = run(pg.host, pg.port, None)
         listen = free_port()
         config = run_dir / "gateway.toml"
-        config.write_text(gateway_config(pg, listen, run_dir, policy))
+        config.write_text(gateway_config(pg, listen, run_dir, policy or restricted, database, restricted))
         service = start_service("gateway", [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
                                 port=listen, log_path=run_dir / "gateway.log", cwd=REPO)
-        print(f"{client}'s suite, through the gateway ({'policy + audit' if policy else 'no policy'}) ...")
+        mode = "under PII policy + audit" if restricted else "policy + audit" if policy else "no policy"
+        print(f"{client}'s suite, through the gateway ({mode}) ...")
         t0 = time.monotonic()
         through = run("127.0.0.1", listen, PASSWORD)
         print(f"  ({time.monotonic() - t0:.0f} s)")

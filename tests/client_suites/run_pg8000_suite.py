@@ -1,7 +1,8 @@
 """Run pg8000's own test suite directly against PostgreSQL and through the gateway, and
 print the tests whose outcome differs (what the gateway breaks for pg8000).
 
-    .venv/bin/python tests/client_suites/run_pg8000_suite.py [--policy] [-k EXPR] [--version V]
+    .venv/bin/python tests/client_suites/run_pg8000_suite.py [--policy | --restricted] [-k EXPR]
+        [--version V]
 
 Not part of the pytest run (it downloads pg8000's sdist from PyPI and takes a few
 minutes). pg8000 is a pure-Python driver with wire-protocol code of its own (the simple
@@ -11,7 +12,10 @@ Bind/Flush, Execute/Flush/Sync; named prepared statements; COPY in and out from
 streams), so it meets the relay in ways libpq and asyncpg do not. PostgreSQL is the server named by PIIGATE_TEST_PG_DSN (as
 for the tests), else an embedded one. ``--policy`` runs the gateway with a policy and
 an audit trail (the suite's user is under an allow-all rule for role dba: every
-statement is analysed, decided and audited, none is refused).
+statement is analysed, decided and audited, none is refused). ``--restricted`` puts the
+suite's user under PII policy instead (_suite.RESTRICTED_POLICY: every kind of
+statement allowed, but what the gateway cannot be sure about refused, as for any user
+under policy), to see what such a user meets.
 
 pg8000 is not a dependency of piigate, so the version is the runner's (``--version``;
 the default is the one last run). The tests come from its sdist's ``test/``, unchanged;
@@ -44,6 +48,24 @@ tests, 781 passed directly, 779 through the gateway; none is a gateway bug):
   pg_terminate_backend the test expects pg8000's "network error", and gets a raw
   ConnectionResetError when the peer's close reaches it as a reset (PostgreSQL's or
   the gateway's alike).
+
+With ``--restricted`` (last run: 780 passed directly, 654 through the gateway, 112
+failed and 20 errors, no hang, no protocol error), every difference is a refusal by
+design, each with a message naming the reason:
+
+- the tests' tables are temporary (``CREATE TEMPORARY TABLE t1``) or created in the
+  test's open transaction: the gateway resolves names against the schema it read,
+  which holds neither, so a statement naming them is unknown and refused (42501,
+  rule ``default:unknown``); most differences, and the failures that follow them
+  (25P02, enum types never created);
+- COPY ... FROM STDIN with a stream goes through pg8000's extended protocol, which a
+  session under policy may not use for it (0A000: the server ignores the Sync that
+  comes with it);
+- ``pg_terminate_backend`` (a dangerous function) and ``pg_stat_activity`` (other
+  sessions' SQL) are refused; so is a function body the analyzer cannot attribute;
+- connections to databases other than the gateway's (``pg8000_md5``, the unicode
+  database names, expected to fail with 3D000) are refused with 42501 first;
+- a NOTIFY's payload reaches a session under policy empty (it may carry PII).
 
 Failing in both runs alike: the hstore round trips (the ``postgres`` database has no
 hstore extension, and the runner does not install one in a shared database).
@@ -94,6 +116,8 @@ def suite_env(work: Path, version: str) -> tuple[Path, Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", action="store_true", help="policy + audit trail in the gateway")
+    ap.add_argument("--restricted", action="store_true",
+                    help="the suite's user under PII policy (see _suite.RESTRICTED_POLICY)")
     ap.add_argument("-k", help="pytest -k expression for the suite")
     ap.add_argument("--version", default=VERSION, help=f"pg8000's version (default {VERSION})")
     ap.add_argument("--work", default=str(WORK), help="cache for the venv and the tests")
@@ -122,7 +146,7 @@ def main() -> int:
         print(f"pg8000's tests connect as user postgres; PIIGATE_TEST_PG_DSN names {pg.user}", file=sys.stderr)
         return 2
     try:
-        return direct_and_through("pg8000", pg, args.policy, run)
+        return direct_and_through("pg8000", pg, args.policy, run, restricted=args.restricted)
     finally:
         pg.stop()
 
