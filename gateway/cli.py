@@ -117,11 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the commands that run the gateway (see main: SIGPIPE stays ignored for them)
+_SERVERS = (_cmd_serve, _cmd_demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if hasattr(signal, "SIGPIPE"):
+    if hasattr(signal, "SIGPIPE") and args.func not in _SERVERS:
+        # a report piped into `head` ends quietly, as other command-line tools do.
+        # Never for the servers: the event loop writes to sockets with write(), and
+        # a peer gone at the wrong moment (PostgreSQL closing after a FATAL while a
+        # client still sends) would deliver SIGPIPE and end the whole gateway;
+        # ignored, it is an EPIPE on that one connection
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     return args.func(args) or 0
 
