@@ -44,6 +44,27 @@ max_prepared_transactions is 0) and ``test_array_str_collation`` (no "en_US"
 collation). Through the gateway SQLAlchemy's teardown warns now and then that a
 session is "idle in transaction": the gateway's schema reader, which reads the
 catalogs after DDL in one read-only REPEATABLE READ transaction (a few milliseconds).
+
+With ``--restricted`` (last run, psycopg only): the run through the gateway did not end
+within pytest's 30 minutes (92 % done: 1817 passed, 1276 failed, 357 teardown errors,
+against 4474 passed directly in 90 s). Every refusal in its audit trail is one by
+design, for a user under policy:
+
+- SQLAlchemy's fixtures create each test's tables inside the test's own transaction
+  (or in a transaction on another connection), and the gateway resolves names against
+  the schema it read, which holds only committed objects: a statement naming such a
+  table is unknown and refused (42501, ``default:unknown``; 1,378 of the 1,409
+  refusals, and the failures that follow them);
+- tables named on purpose that do not exist, SQL that does not parse, a column alias
+  used inside an ORDER BY expression (PostgreSQL refuses those as well, with another
+  SQLSTATE), ``SET search_path`` inside a transaction block, ``lo_create``, a
+  function body the analyzer cannot attribute;
+- and it is slow: while one connection holds DDL uncommitted, a statement under policy
+  on another connection waits for the schema to be read again after it, at most 5 s
+  (gateway.session's schema hold), and SQLAlchemy's tests keep DDL open on one
+  connection while they use another (21 such waits in the run).
+
+No hang beyond those bounded waits, no protocol error, no lost message.
 """
 from __future__ import annotations
 
