@@ -9,8 +9,8 @@ minutes). pg8000 is a pure-Python driver with wire-protocol code of its own (the
 protocol for statements without parameters; with parameters, one unnamed statement
 parsed, described and bound across three Syncs, Parse/Flush/Sync, Describe/Sync then
 Bind/Flush, Execute/Flush/Sync; named prepared statements; COPY in and out from
-streams), so it meets the relay in ways libpq and asyncpg do not. PostgreSQL is the server named by PIIGATE_TEST_PG_DSN (as
-for the tests), else an embedded one. ``--policy`` runs the gateway with a policy and
+streams), so it meets the relay in ways libpq and asyncpg do not. PostgreSQL is the
+server named by PIIGATE_TEST_PG_DSN (as for the tests), else an embedded one. ``--policy`` runs the gateway with a policy and
 an audit trail (the suite's user is under an allow-all rule for role dba: every
 statement is analysed, decided and audited, none is refused). ``--restricted`` puts the
 suite's user under PII policy instead (_suite.RESTRICTED_POLICY: every kind of

@@ -155,7 +155,7 @@ def main() -> int:
     ap.add_argument("-k", help="pytest -k expression for the suite")
     ap.add_argument("--driver", action="append", choices=sorted(DRIVERS),
                     help="run with this driver only (repeatable; default: psycopg and asyncpg)")
-    ap.add_argument("--full", action="store_true", help="test/sql, test/orm and test/engine whole")
+    ap.add_argument("--full", action="store_true", help="FULL instead of SELECTION (much longer)")
     ap.add_argument("--version", default=VERSION, help=f"SQLAlchemy's version (default {VERSION})")
     ap.add_argument("--work", default=str(WORK), help="cache for the venv and the sdist")
     args = ap.parse_args()
@@ -163,15 +163,15 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     venv, root = suite_env(work, args.version)
     drivers = args.driver or list(DRIVERS)
-    # --maxfail=0: SQLAlchemy's addopts stop at 250 failures, and a run that stops
-    # early cannot be compared; the last -p/--tb options win over addopts
     plugin = []
     if args.restricted:
         (root / "piigate_restricted_plugin.py").write_text(RESTRICTED_PLUGIN)
         plugin = ["-p", "piigate_restricted_plugin"]
     k = " and ".join(f"({e})" for e in ([] if args.full else [TRIM]) + ([args.k] if args.k else []))
-    extra = [*plugin, *(FULL if args.full else SELECTION), "--backend-only", "--dropfirst", "--maxfail=0", "--tb=short",
-             *(["-k", k] if k else [])]
+    # --maxfail=0: SQLAlchemy's addopts stop at 250 failures, and a run that stops
+    # early cannot be compared (options given here win over addopts)
+    extra = [*plugin, *(FULL if args.full else SELECTION), "--backend-only", "--dropfirst", "--maxfail=0",
+             "--tb=short", *(["-k", k] if k else [])]
     pg = PgTarget.from_env()
 
     def run(host: str, port: int, password: str | None) -> dict[str, str]:
