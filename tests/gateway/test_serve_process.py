@@ -2,57 +2,23 @@
 command line shows (signal dispositions, process lifetime)."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from gateway.protocol import codec
-from gateway.protocol.scram import make_verifier
 
 from .rawclient import RawClient
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .serve_process import free_port, serve_config, start_serve
 
 
 @pytest.fixture
 def serve_process(pg_server, sample_db, tmp_path):
-    port = _free_port()
-    password = f'password = "{pg_server.password}"\n' if pg_server.password else ""
-    (tmp_path / "gw.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[upstream]
-host = "{pg_server.host}"
-port = {pg_server.port}
-user = "{pg_server.user}"
-{password}database = "{sample_db.dbname}"
-[users.app]
-password_verifier = "{make_verifier('pw', iterations=64)}"
-roles = ["app"]
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp_path / "gw.toml")],
-                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    (tmp_path / "gw.toml").write_text(serve_config(pg_server, sample_db.dbname, port, {"app": "app"}))
+    proc = start_serve(tmp_path / "gw.toml", port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the gateway did not start"
-                time.sleep(0.1)
         yield proc, port, sample_db.dbname
     finally:
         proc.terminate()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,19 +13,13 @@ import pytest
 
 from gateway.audit.chain import verify
 from gateway.audit.query import iter_records, read_trail
-from gateway.protocol.scram import make_verifier
 
-REPO = Path(__file__).resolve().parents[3]
+from ..serve_process import free_port, serve_config, start_serve
+
 POLICY = """
 [defaults]
 pii_read = "mask"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -49,45 +40,21 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_kill_9_under_load_loses_no_record_of_a_forwarded_statement(pg_server, sample_db, tmp_path):
-    port = _free_port()
+    port = free_port()
     (tmp_path / "policy.toml").write_text(POLICY)
     (tmp_path / "audit").mkdir()
-    password = f'password = "{pg_server.password}"\n' if pg_server.password else ""
-    (tmp_path / "gw.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-instance_id = "gw-crash"
-[upstream]
-host = "{pg_server.host}"
-port = {pg_server.port}
-user = "{pg_server.user}"
-{password}database = "{sample_db.dbname}"
-[users.ann]
-password_verifier = "{make_verifier('pw', iterations=64)}"
-roles = ["analyst"]
+    (tmp_path / "gw.toml").write_text(serve_config(pg_server, sample_db.dbname, port, {"ann": "analyst"}, """
 [policy]
 file = "policy.toml"
 [audit]
 sinks = ["file"]
 file = "audit/audit.jsonl"
 fsync = "group"
-""")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(tmp_path / "gw.toml")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""))
+    proc = start_serve(tmp_path / "gw.toml", port)
     answered: dict[int, int] = {}
     stop = threading.Event()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the gateway did not start"
-                assert proc.poll() is None, "the gateway exited at start"
-                time.sleep(0.1)
-
         def client(n: int) -> None:
             count = 0
             try:
