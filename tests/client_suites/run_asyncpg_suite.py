@@ -34,6 +34,10 @@ def suite_env(work: Path) -> tuple[Path, Path]:
             members = [m for m in tar.getmembers() if f"asyncpg-{version}/tests/" in m.name]
             tar.extractall(work / "sdist", members=members, filter="data")
         shutil.copytree(work / "sdist" / f"asyncpg-{version}" / "tests", tests / "apgtests")
+    # pytest's configuration of its own (none): without it pytest would take the
+    # nearest one above, piigate's pyproject.toml, and its options for piigate's tests
+    if not (tests / "pytest.ini").exists():
+        (tests / "pytest.ini").write_text("[pytest]\n")
     return venv, tests
 
 
