@@ -1020,6 +1020,13 @@ class Gateway:
             raise _refuse(e.sqlstate, str(e), e.hint) from None
         info = ClientInfo(user, database, params.get("application_name", ""), client_addr, params, tls,
                           search_path=settings.search_path)
+        if writer.transport.is_closing():
+            # the client reset the connection while we connected upstream: uvloop's
+            # write would raise (an "unexpected error" logged, the upstream session
+            # left open until collected); end the upstream session now instead
+            upstream.writer.write(codec.frame(b"X"))
+            upstream.writer.close()
+            raise ConnectionResetError("the client disconnected during startup")
         key = self._new_key(upstream.backend_pid)
         out = [codec.encode_auth(0)]
         for name, value in upstream.parameters.items():

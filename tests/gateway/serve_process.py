@@ -31,12 +31,18 @@ def serve_config(pg_server, dbname: str, port: int, users: dict[str, str], extra
             + accounts + extra)
 
 
-def start_serve(config: Path, port: int, timeout: float = 30) -> subprocess.Popen:
+def start_serve(config: Path, port: int, timeout: float = 30, log: Path | None = None) -> subprocess.Popen:
     """``python -m gateway.cli serve --config CONFIG`` (run in the config's folder, so
-    relative paths in it are the folder's), once it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
-                            cwd=config.parent, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    relative paths in it are the folder's), once it accepts connections; its output
+    goes to ``log`` if given."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)],
+                                cwd=config.parent, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                stdout=out, stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL)
+    finally:
+        if log is not None:
+            out.close()
     deadline = time.monotonic() + timeout
     while True:
         try:
