@@ -150,6 +150,7 @@ class Runtime:
         self.gateway = Gateway(cfg, gate)
         if self.audit is not None:
             self.gateway.on_auth_failure = self._on_auth_failure
+            self.gateway.on_session_refused = self._on_session_refused
         await self.gateway.start()
         self._refresher = asyncio.ensure_future(self._refresh_loop())
         if self.jit is not None:
@@ -310,6 +311,13 @@ class Runtime:
     def _on_auth_failure(self, user: str, client_addr: str) -> None:
         if self.audit is not None:
             self.audit.emit({"type": "auth.failure", "user": user, "client_addr": client_addr})
+
+    def _on_session_refused(self, user: str, database: str, client_addr: str, sqlstate: str,
+                            message: str) -> None:
+        if self.audit is not None:
+            from .audit.records import session_refused
+            self.audit.emit(session_refused(user=user, database=database, client_addr=client_addr,
+                                            sqlstate=sqlstate, reason=message))
 
     async def close(self) -> None:
         if self._refresher:

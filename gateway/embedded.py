@@ -437,12 +437,14 @@ def _can_connect(host: str, port: int) -> bool:
         return False
 
 
-def start_postgres(base_dir: str | os.PathLike | None = None) -> EmbeddedPostgres:
+def start_postgres(base_dir: str | os.PathLike | None = None, port: int | None = None) -> EmbeddedPostgres:
     """Start a PostgreSQL server on a free port of 127.0.0.1 and wait until it accepts.
 
     ``base_dir``: where the data directory (``base_dir/data``), the socket directory
     and the log go. ``None``: a new temporary directory, removed by ``stop()``. A given
     ``base_dir`` is kept, and an already initialised data directory in it is reused.
+    ``port``: this port rather than a free one (to start a stopped server again where
+    its clients expect it); fails when it is taken.
     """
     run_as = _run_as()
     bin_dir = _server_bin_dir(run_as)
@@ -476,14 +478,13 @@ def start_postgres(base_dir: str | os.PathLike | None = None) -> EmbeddedPostgre
             run_as.chown(data_dir)
             _initdb(bin_dir, data_dir, run_as, log_path)
         server = None
-        for _attempt in range(3):
-            server = _launch_postgres(bin_dir, data_dir, sock_dir, log_path, run_as, remove_dir)
+        for _attempt in range(1 if port else 3):
+            server = _launch_postgres(bin_dir, data_dir, sock_dir, log_path, run_as, remove_dir, port)
             if server is not None:
                 break
         if server is None:
-            raise EmbeddedServerError(
-                f"PostgreSQL could not bind a free port after 3 attempts; log {log_path}:\n{_tail(log_path)}"
-            )
+            what = f"port {port} (is something else listening there?)" if port else "a free port after 3 attempts"
+            raise EmbeddedServerError(f"PostgreSQL could not bind {what}; log {log_path}:\n{_tail(log_path)}")
         return server
     except BaseException:
         if remove_dir is not None:
@@ -498,9 +499,10 @@ def _launch_postgres(
     log_path: Path,
     run_as: _RunAs,
     remove_dir: Path | None,
+    port: int | None = None,
 ) -> EmbeddedPostgres | None:
     """One start attempt; ``None`` when the port was taken meanwhile (retry)."""
-    port = _free_port()
+    port = port or _free_port()
     args = [
         str(bin_dir / "postgres"),
         "-D", str(data_dir),

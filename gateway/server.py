@@ -839,11 +839,14 @@ class Gateway:
         self.sessions: dict[tuple[int, bytes], Relay] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._connections: set[asyncio.Task] = set()   # one per client connection, to its end
         self._handshakes: set[asyncio.Task] = set()
         self._ssl_ctx = self._make_ssl()
         self._sweeper: asyncio.Task | None = None
         self.auth_failures = 0
         self.on_auth_failure: Callable[[str, str], None] | None = None
+        #: (user, database, client address, SQLSTATE, message): an authenticated user got no session
+        self.on_session_refused: Callable[[str, str, str, str, str], None] | None = None
         self.on_session: Callable[[str, ClientInfo], None] | None = None
         counts: dict[int, int] = {}
         for u in config.users.values():
@@ -886,6 +889,11 @@ class Gateway:
         for t in list(self._handshakes) + list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._handshakes, *self._tasks, return_exceptions=True)
+        # each ended session's own task records its end (session_ended: the audit
+        # trail's session.close record), and the trail is closed after this returns
+        connections = [t for t in self._connections if t is not asyncio.current_task()]
+        if connections:
+            await asyncio.wait(connections, timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -912,6 +920,14 @@ class Gateway:
     # -- one connection --------------------------------------------------------------------
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        self._connections.add(task)
+        try:
+            await self._connection(task, reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _connection(self, task: asyncio.Task, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
         self._handshakes.add(task)
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -999,6 +1015,22 @@ class Gateway:
         parser.started()       # from here on every client message is typed
         user = await self._authenticate(reader, writer, parser, user_name, client_addr)
         database = params.get("database") or user_name
+        try:
+            return await self._open_session(reader, writer, parser, params, user, database, client_addr, tls)
+        except _Refused as r:
+            # an authenticated user who got no session (no access to the database, a
+            # refused startup option, the database unreachable): the auditor sees it
+            if self.on_session_refused is not None:
+                try:
+                    self.on_session_refused(user.name, database, client_addr, r.sqlstate, r.message)
+                except Exception:
+                    log.exception("on_session_refused hook failed")
+            raise
+
+    async def _open_session(self, reader, writer, parser: FrontendParser, params: dict, user, database: str,
+                            client_addr: str, tls: bool) -> "Relay":
+        """After authentication: check the user may have this session, connect
+        upstream, hand the client the upstream's parameters and the gateway's key."""
         if user.databases and database not in user.databases:
             raise _refuse("42501", f"gateway user \"{user.name}\" may not connect to database \"{database}\"")
         refused = self.gate.database_refusal(user, database)
@@ -1016,7 +1048,8 @@ class Gateway:
             if e.upstream_error is not None and not e.sqlstate.startswith("08"):
                 # e.g. 3D000 database does not exist: the client needs the real reason
                 raise _Refused(codec.encode_error(e.sqlstate, e.upstream_error.message, severity="FATAL",
-                                                  hint=e.upstream_error.fields.get("H"))) from None
+                                                  hint=e.upstream_error.fields.get("H")),
+                               e.sqlstate, e.upstream_error.message) from None
             raise _refuse(e.sqlstate, str(e), e.hint) from None
         info = ClientInfo(user, database, params.get("application_name", ""), client_addr, params, tls,
                           search_path=settings.search_path)
@@ -1106,12 +1139,16 @@ class Gateway:
 
 
 class _Refused(Exception):
-    def __init__(self, payload: bytes):
+    """A connection refused during startup: ``payload`` is the ErrorResponse to send."""
+
+    def __init__(self, payload: bytes, sqlstate: str = "", message: str = ""):
         self.payload = payload
+        self.sqlstate = sqlstate
+        self.message = message
 
 
 def _refuse(sqlstate: str, message: str, hint: str | None = None) -> _Refused:
-    return _Refused(codec.encode_error(sqlstate, message, severity="FATAL", hint=hint))
+    return _Refused(codec.encode_error(sqlstate, message, severity="FATAL", hint=hint), sqlstate, message)
 
 
 def _negotiation(msg: StartupMessage) -> bytes:

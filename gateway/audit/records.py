@@ -32,6 +32,7 @@ ADMIN_CALL = "admin.call"
 SESSION_OPEN = "session.open"
 SESSION_CLOSE = "session.close"
 AUTH_FAILURE = "auth.failure"
+SESSION_REFUSED = "session.refused"
 # written by the trail itself (see chain.py / trail.py)
 SEGMENT_START = "segment.start"
 CHECKPOINT = "checkpoint"
@@ -523,6 +524,20 @@ def auth_failure(*, user: str, client_addr: str = "", database: str = "",
         "client_addr": client_addr,
         "database": database,
         "method": method,
+        "reason": scrub_message(reason),
+    }
+
+
+def session_refused(*, user: str, database: str, client_addr: str = "", sqlstate: str = "",
+                    reason: str = "") -> dict:
+    """An authenticated user who got no session: the database is not theirs, a startup
+    option was refused, or the database could not be reached. The reason is scrubbed."""
+    return {
+        "type": SESSION_REFUSED,
+        "user": user,
+        "database": database,
+        "client_addr": client_addr,
+        "sqlstate": sqlstate,
         "reason": scrub_message(reason),
     }
 
