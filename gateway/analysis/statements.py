@@ -504,11 +504,15 @@ def _set(b: dict, extra: dict) -> tuple[K, str]:
 
 def _copy(b: dict, walk: Walk) -> tuple[K, str]:
     is_from = b.get("is_from", False)
-    if b.get("filename"):
-        walk.add_dynamic(("COPY PROGRAM runs a server command" if b.get("is_program")
-                          else "COPY reads or writes a server file"))
-    elif b.get("is_program"):
-        walk.add_dynamic("COPY PROGRAM runs a server command")
+    if b.get("filename") or b.get("is_program"):
+        walk.add_dynamic("COPY PROGRAM runs a server command" if b.get("is_program")
+                         else "COPY reads or writes a server file")
+        # the server reads (or writes) a file or a command's output: the server log
+        # (other sessions' statements and key values), a data file, an export a
+        # DBA left behind. What comes in cannot be attributed to any column, and
+        # COPY t FROM it followed by SELECT * FROM t returns it unmasked
+        walk.fail("COPY PROGRAM runs a server command" if b.get("is_program")
+                  else "COPY reads or writes a server file")
     q = b.get("query")
     if q:
         (qk, qb), = q.items()

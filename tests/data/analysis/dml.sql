@@ -65,10 +65,20 @@ COPY customers TO STDOUT
 COPY customers (email, phone) TO STDOUT WITH (FORMAT csv)
 
 -- dynamic: server file
+-- unknown: server file
 COPY customers TO '/tmp/customers_leak.csv'
 
 -- dynamic: PROGRAM
+-- unknown: PROGRAM
 COPY customers TO PROGRAM 'cat'
+
+-- kind: copy_from
+-- unknown: server file
+COPY orders (amount) FROM '/var/log/postgresql/postgresql-15-main.log'
+
+-- kind: copy_from
+-- unknown: PROGRAM
+COPY orders (amount) FROM PROGRAM 'cat /var/log/postgresql/postgresql-15-main.log'
 
 -- kind: copy_to
 -- columns: customers.ssn=returned
