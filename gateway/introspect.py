@@ -143,6 +143,32 @@ JOIN pg_catalog.pg_attribute ra ON ra.attrelid = c.confrelid AND ra.attnum = k.d
 WHERE c.contype = 'f' AND {_NOT_TEMP}
 """
 
+#: the columns each CHECK/UNIQUE/PRIMARY KEY/EXCLUDE/FOREIGN KEY constraint and each
+#: unique or exclusion index compares (key columns, and the columns its expressions
+#: and predicate read, which PostgreSQL records as the index's dependencies); a
+#: NOT VALID CHECK constraint is marked: any UPDATE evaluates it on the row
+_CONSTRAINED_SQL = f"""
+SELECT DISTINCT k.rel, k.grp, a.attname, k.always
+FROM (
+  SELECT c.conrelid AS rel,
+         CASE WHEN c.contype IN ('u', 'p', 'x') THEN 'i' || c.conindid::text ELSE 'c' || c.oid::text END AS grp,
+         u.attnum, (c.contype = 'c' AND NOT c.convalidated) AS always
+  FROM pg_catalog.pg_constraint c CROSS JOIN LATERAL pg_catalog.unnest(c.conkey) AS u(attnum)
+  WHERE c.contype IN ('c', 'u', 'p', 'x', 'f') AND c.conrelid <> 0
+  UNION ALL
+  SELECT i.indrelid, 'i' || i.indexrelid::text, d.refobjsubid, false
+  FROM pg_catalog.pg_index i
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = i.indexrelid
+       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = i.indrelid
+       AND d.refobjsubid > 0
+  WHERE i.indisunique OR i.indisexclusion
+) k
+JOIN pg_catalog.pg_class t ON t.oid = k.rel
+JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = k.rel AND a.attnum = k.attnum AND NOT a.attisdropped
+WHERE k.attnum > 0 AND {_NOT_TEMP}
+"""
+
 _INHERITS_SQL = """
 SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits ORDER BY inhrelid, inhseqno
 """
@@ -274,11 +300,11 @@ async def _fetch_catalog_rows(conn) -> tuple:
             await conn.fetch(_FUNCTIONS_SQL), await conn.fetch(_GENERATED_SQL),
             await conn.fetch(_SET_BY_SQL), await conn.fetch(_WRITE_RULES_SQL),
             await conn.fetch(_PARTITION_KEYS_SQL), await conn.fetch(_ROW_FILTER_SQL),
-            await conn.fetch(_REFERENCES_SQL))
+            await conn.fetch(_REFERENCES_SQL), await conn.fetch(_CONSTRAINED_SQL))
 
 
 def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows=(), set_by_rows=(),
-                      rule_rows=(), key_rows=(), filter_rows=(), ref_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
+                      rule_rows=(), key_rows=(), filter_rows=(), ref_rows=(), constrained_rows=(), search_path: tuple[str, ...] = ("public",)) -> LiveSchema:
     """Assemble a LiveSchema from the catalog rows (tuples, as the queries above
     return them). Separate from the I/O so it can be read and tested on its own."""
     refs: dict[int, tuple[RelationRef, str]] = {
@@ -315,6 +341,19 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
     refs_of: dict[int, dict[str, set]] = {}
     for oid, col, nsp, rel, rcol in ref_rows:
         refs_of.setdefault(oid, {}).setdefault(col, set()).add(ColumnRef(nsp, rel, rcol))
+    groups: dict[tuple, set] = {}
+    always: dict[int, set] = {}
+    for oid, grp, name, every_update in constrained_rows:
+        groups.setdefault((oid, grp), set()).add(name)
+        if every_update:
+            always.setdefault(oid, set()).add(name)
+    constrained: dict[int, dict[str, set]] = {}
+    for (oid, _grp), names in groups.items():
+        for name in names:
+            if len(names) > 1:
+                constrained.setdefault(oid, {}).setdefault(name, set()).update(names - {name})
+    for oid, names in always.items():
+        constrained.setdefault(oid, {}).setdefault("", set()).update(names)
     keys: dict[int, set] = {}
     for oid, name in key_rows:
         keys.setdefault(oid, set()).add(name)
@@ -325,7 +364,8 @@ def build_live_schema(rel_rows, col_rows, inh_rows, view_rows, fn_rows, gen_rows
                  set_by={k: frozenset(v) for k, v in set_by.get(oid, {}).items()},
                  write_rules=oid in ruled, partition_key=frozenset(keys.get(oid, ())),
                  row_filter=frozenset(filters.get(oid, ())),
-                 references={k: frozenset(v) for k, v in refs_of.get(oid, {}).items()})
+                 references={k: frozenset(v) for k, v in refs_of.get(oid, {}).items()},
+                 constrained_with={k: frozenset(v) for k, v in constrained.get(oid, {}).items()})
         for oid, (ref, kind) in refs.items()
     ]
     functions = [

@@ -61,6 +61,13 @@ class Relation:
     #: for tables: column name -> the columns its foreign keys reference (it holds
     #: their values: orders.customer_email REFERENCES customers(email) is an e-mail)
     references: Mapping[str, frozenset] = field(default_factory=dict)
+    #: for tables: column name -> the other columns of this table that a CHECK,
+    #: UNIQUE, PRIMARY KEY, EXCLUDE or FOREIGN KEY constraint (or a unique index)
+    #: compares it with. Changing the column makes PostgreSQL compare the new value
+    #: with the row's clear values of those (CHECK (created_at > dob): whether
+    #: UPDATE ... SET created_at = d fails says whether dob < d). Key "": the
+    #: columns of NOT VALID CHECK constraints, which any UPDATE of a row evaluates
+    constrained_with: Mapping[str, frozenset] = field(default_factory=dict)
 
     def column(self, name: str) -> Column | None:
         for c in self.columns:
@@ -110,6 +117,8 @@ class LiveSchema:
             r = rels[ref]
             h.update(f"{ref}|{r.kind}|{','.join(c.name + ':' + c.type_name for c in r.columns)}"
                      f"|{r.parents}|{r.view_definition}\n".encode())
+            if r.constrained_with:
+                h.update(f"constrained {sorted((k, sorted(v)) for k, v in r.constrained_with.items())}\n".encode())
             if r.references:
                 h.update(f"references {sorted((k, sorted(map(str, v))) for k, v in r.references.items())}\n".encode())
             if r.row_filter:

@@ -2,7 +2,7 @@
 (mixin of ``queries.Walk``; pure)."""
 from __future__ import annotations
 
-from catalog.model import RelationRef
+from catalog.model import ColumnRef, RelationRef
 from gateway.analysis.facts import Usage
 from gateway.analysis.scope import (  # noqa: F401
     EMPTY, GROUP_ORDER, JOIN, OTHER, PREDICATE, RETURNED, WRITTEN, Out, RangeItem, Scope, _names,
@@ -65,17 +65,42 @@ class DmlMixin:
         return self.use(src, WRITTEN)
 
     def _set_list(self, targets, scope: Scope, target: RangeItem) -> None:
+        """UPDATE's SET, ON CONFLICT DO UPDATE SET, MERGE's UPDATE SET: an existing
+        row changes, so the constraints on a changed column compare its new value
+        with the row's other columns (and every UPDATE evaluates a NOT VALID CHECK):
+        whether the statement fails says something about those values, which
+        therefore count as a predicate (CHECK (created_at > dob) makes
+        UPDATE ... SET created_at = d an oracle on dob)."""
+        self._constrained(target.all_sources(), "")
         for t in targets:
             rt = t.get("ResTarget")
             if rt is None:
                 self.fail("unexpected node in SET list")
                 continue
-            self._written(target, rt.get("name", ""))
+            written = self._written(target, rt.get("name", ""))
+            if written:
+                for src in written:
+                    self._constrained((src,), src.column)
             for ind in rt.get("indirection", ()):
                 if "A_Indices" in ind:
                     self._children(ind["A_Indices"], scope, OTHER)
             if rt.get("val"):
                 self.expr(rt["val"], scope, OTHER)
+
+    def _constrained(self, sources, key: str) -> None:
+        """The columns that constraints compare with ``key`` (the column of each of
+        ``sources``; "" for NOT VALID CHECK constraints) in the tables ``sources``
+        belong to (the base tables of a view column, a parent's children) count as
+        a predicate."""
+        seen = set()
+        for src in sources:
+            if (src.schema, src.table) in seen:
+                continue
+            seen.add((src.schema, src.table))
+            rel = self.schema.relation(RelationRef(src.schema, src.table))
+            others = rel.constrained_with.get(key) if rel is not None and rel.constrained_with else None
+            if others:
+                self.use(frozenset(ColumnRef(src.schema, src.table, o) for o in others), PREDICATE)
 
     def _insert(self, b: dict, scope: Scope, target: RangeItem, ret_usages) -> list[Out]:
         cols = b.get("cols")

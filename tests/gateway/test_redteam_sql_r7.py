@@ -57,6 +57,64 @@ def test_copy_from_a_server_file_or_program_is_refused(gateway_factory, pg_serve
             conn.execute(f"COPY (SELECT 1) TO PROGRAM 'rm -f {path} {path}.out'")
 
 
+CONSTRAINT_OBJECTS = """
+ALTER TABLE customers ADD CONSTRAINT created_after_birth CHECK (created_at > dob);
+CREATE VIEW customer_stamps AS SELECT id, created_at FROM customers;
+CREATE TABLE accounts (id int PRIMARY KEY, region text, email text, note text, UNIQUE (region, email));
+COMMENT ON COLUMN accounts.email IS 'pii:email';
+INSERT INTO accounts SELECT id, 'eu', email, 'n' FROM customers WHERE id <= 10;
+INSERT INTO accounts SELECT id + 100, 'us', email, 'n' FROM customers WHERE id = 7;
+CREATE TABLE members (id int, nick text, ssn text);
+COMMENT ON COLUMN members.ssn IS 'pii:ssn';
+INSERT INTO members SELECT id, 'm' || id, ssn FROM customers;
+ALTER TABLE members ADD CONSTRAINT ssn_not_test CHECK (ssn NOT LIKE '000-00-000%') NOT VALID;
+GRANT SELECT, UPDATE ON customer_stamps, accounts, members TO gw_user;
+"""
+
+
+def test_a_constraint_comparing_a_changed_column_with_pii_is_a_predicate(gateway_factory, pg_server,
+                                                                         sample_db_fresh, tmp_path):
+    """With a DBA's CHECK (created_at > dob) on customers, UPDATE customers SET
+    created_at = d WHERE id = 7 wrote no catalogued column and was allowed; it failed
+    exactly when dob >= d, so two statements in a rolled-back transaction each gave
+    one bit of the date of birth, and a binary search gave all of it (found by
+    red-teaming: 1969-12-22 failed, 1969-12-23 passed). The same with a NOT VALID
+    CHECK over the SSN (any UPDATE of a row evaluates it, so UPDATE members SET
+    nick = nick failed exactly for the SSNs it names), through a view over the table, and
+    with UNIQUE (region, email): moving row 7 to region 'us' conflicts exactly when
+    a 'us' account has the same address. The live schema reads which columns each
+    constraint and unique index compares; changing one counts as a predicate on the
+    others (every UPDATE: on a NOT VALID CHECK's), so such writes are decided as
+    writes that read PII: the answer no longer depends on the values. Writes of
+    columns no constraint ties to PII are unchanged."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(CONSTRAINT_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    probes = [
+        ("UPDATE customers SET created_at = '1969-12-22' WHERE id = 7",
+         "UPDATE customers SET created_at = '1969-12-23' WHERE id = 7"),
+        ("UPDATE customer_stamps SET created_at = '1969-12-22' WHERE id = 7",
+         "UPDATE customer_stamps SET created_at = '1969-12-23' WHERE id = 7"),
+        ("UPDATE members SET nick = nick WHERE id = 7", "UPDATE members SET nick = nick WHERE id = 17"),
+        ("UPDATE accounts SET region = 'us' WHERE id = 7", "UPDATE accounts SET region = 'us' WHERE id = 8"),
+        ("INSERT INTO accounts (id, region) VALUES (7, 'us') ON CONFLICT (id) DO UPDATE SET region = 'us'",
+         "INSERT INTO accounts (id, region) VALUES (8, 'us') ON CONFLICT (id) DO UPDATE SET region = 'us'"),
+    ]
+    for first, second in probes:
+        outcomes = []
+        for sql in (first, second):
+            msgs, leaked = _leaked(gw, ["BEGIN", sql, "ROLLBACK"])
+            assert not leaked, leaked
+            outcomes.append([e.sqlstate for e in errors(msgs)])
+        # the same answer for both, and a refusal by the gateway (not the server's 23514/23505)
+        assert outcomes[0] == outcomes[1] == ["42501"], (first, outcomes)
+    msgs, _ = _leaked(gw, ["BEGIN", "UPDATE accounts SET note = 'x' WHERE id = 7",
+                           "UPDATE orders SET amount = amount + 1 WHERE id = 1",
+                           "UPDATE customers SET id = id WHERE id = 7", "ROLLBACK"])
+    assert not errors(msgs), errors(msgs)
+
+
 ACTIVITY_VIEW = """
 CREATE VIEW active_sql AS SELECT pid, state, query FROM pg_stat_activity;
 GRANT SELECT ON active_sql TO gw_user;
