@@ -51,7 +51,7 @@ DANGEROUS_FUNCTIONS = (
     "pg_notify", "set_config", "pg_file_write", "pg_catalog.pg_logical_*",
     "pg_export_snapshot", "pg_import_system_collations", "pg_reload_conf", "pg_terminate_backend",
     "pg_cancel_backend", "pg_stat_statements*", "piigate.*", "pg_catalog.pg_stats*",
-    "pg_get_functiondef", "pg_get_viewdef", "pg_get_triggerdef", "pg_get_ruledef",
+    "pg_get_functiondef", "pg_get_function_sqlbody", "pg_get_viewdef", "pg_get_triggerdef", "pg_get_ruledef",
 )
 
 _PII_DEFAULT = {

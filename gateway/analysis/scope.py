@@ -33,6 +33,16 @@ SENSITIVE_SYSTEM_RELATIONS = frozenset({
     "pg_largeobject",
 })
 
+#: system columns holding the source or stored parse tree of database code: function
+#: bodies, view and rule actions, trigger conditions and arguments. They are what
+#: pg_get_functiondef, pg_get_viewdef, pg_get_ruledef and pg_get_triggerdef show
+#: (refused as dangerous), and carry whatever literals a DBA wrote into that code
+SENSITIVE_SYSTEM_COLUMNS = frozenset(ColumnRef("pg_catalog", t, c) for t, c in (
+    ("pg_proc", "prosrc"), ("pg_proc", "prosqlbody"), ("pg_rewrite", "ev_action"),
+    ("pg_rewrite", "ev_qual"), ("pg_trigger", "tgqual"), ("pg_trigger", "tgargs"),
+))
+SENSITIVE_COLUMN_RELATIONS = frozenset(c.relation for c in SENSITIVE_SYSTEM_COLUMNS)
+
 
 @dataclass(slots=True)
 class Out:

@@ -30,6 +30,7 @@ from pglast import parser
 from catalog.model import RelationRef
 from gateway.analysis.facts import ColumnUse, StatementFacts, StatementKind as K
 from gateway.analysis.queries import RETURNED, OTHER, PREDICATE, WRITTEN, Scope, Walk, _names
+from gateway.analysis.scope import SENSITIVE_COLUMN_RELATIONS, SENSITIVE_SYSTEM_COLUMNS
 from gateway.schema import LiveSchema
 
 #: settings that change how SQL is read or resolved, or who runs it
@@ -183,6 +184,10 @@ def statement_facts(node: dict, text: str, schema: LiveSchema, search_path: tupl
             walk.functions.add(f"{f.schema}.{f.name}")
             walk.fail(f"the database has a cast to {f.name[len('cast '):]} whose function (schema {f.schema}) "
                       "the analyzer cannot see into, and PostgreSQL may apply it to any value, implicitly too")
+    if walk.read and not SENSITIVE_COLUMN_RELATIONS.isdisjoint(walk.read):
+        for c in sorted(SENSITIVE_SYSTEM_COLUMNS.intersection(walk.uses), key=str):
+            walk.fail(f"reads {c}, the source of database code (which can hold any value its author wrote "
+                      "into it)")
     if kind == K.UNKNOWN and not walk.reasons:
         walk.fail(f"statement type {kind_name} is not modelled")
     inner: StatementFacts | None = extra.pop("inner", None)

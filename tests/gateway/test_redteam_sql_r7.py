@@ -155,3 +155,54 @@ def test_other_sessions_sql_is_not_readable(rt_gateway, pg_server):  # noqa: F81
         t.join(10)
     assert not leaked, leaked
     assert [e.sqlstate for e in errors(msgs)] == ["42501"] * 7, msgs
+
+
+CODE_OBJECTS = f"""
+CREATE FUNCTION is_vip(p text) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN RETURN p = '{SSN7}'; END $f$;
+CREATE FUNCTION is_vip2(p text) RETURNS boolean LANGUAGE sql BEGIN ATOMIC SELECT p = '{SSN7}'; END;
+CREATE TABLE vip_log (id int, who text);
+CREATE TRIGGER vip_log_trg BEFORE UPDATE ON vip_log FOR EACH ROW WHEN (NEW.who = '{SSN7}')
+  EXECUTE FUNCTION suppress_redundant_updates_trigger();
+CREATE RULE vip_rule AS ON UPDATE TO vip_log WHERE NEW.who = '{SSN7}' DO INSTEAD NOTHING;
+"""
+
+
+def test_the_source_of_database_code_is_not_read_from_the_catalog(gateway_factory, pg_server, sample_db_fresh,
+                                                                   tmp_path):
+    """pg_get_functiondef, pg_get_viewdef, pg_get_ruledef and pg_get_triggerdef are
+    refused under policy (code carries whatever literals its author wrote into it: a
+    DBA's is_vip(p) RETURN p = '000-00-0007'), but the columns they read were not:
+    SELECT prosrc FROM pg_proc returned that SSN in clear, and prosqlbody,
+    pg_rewrite.ev_action/ev_qual and pg_trigger.tgqual/tgargs return the parse trees
+    with the literal's bytes (found by red-teaming). Reading (or filtering on) those
+    columns is now unknown, refused; pg_get_function_sqlbody is dangerous like
+    pg_get_functiondef. The rest of the catalogs reads as before."""
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute(CODE_OBJECTS)
+    gw = gateway_factory(config_text=_policy_config(pg_server, sample_db_fresh.dbname, tmp_path))
+    gw.dbname = sample_db_fresh.dbname
+    probes = ["SELECT prosrc FROM pg_proc WHERE proname = 'is_vip'",
+              "SELECT proname FROM pg_proc WHERE prosrc LIKE '%0007%'",
+              "SELECT p FROM pg_proc p WHERE proname = 'is_vip2'",
+              "SELECT prosqlbody::text FROM pg_proc WHERE proname = 'is_vip2'",
+              "SELECT pg_get_function_sqlbody('is_vip2'::regproc)",
+              "SELECT ev_qual, ev_action FROM pg_rewrite WHERE rulename = 'vip_rule'",
+              "SELECT tgqual FROM pg_trigger WHERE tgname = 'vip_log_trg'",
+              "SELECT * FROM pg_trigger WHERE tgname = 'vip_log_trg'"]
+    msgs, leaked = _leaked(gw, probes)
+    assert [e.sqlstate for e in errors(msgs)] == ["42501"] * len(probes), msgs
+    assert not leaked and _rows(msgs) == 0, leaked
+    # the parse trees print a text constant's bytes as numbers
+    client = _client(gw)
+    try:
+        for sql in probes:
+            client.query(sql)
+        assert " ".join(str(b) for b in SSN7.encode()).encode() not in client.received
+    finally:
+        client.close()
+    msgs, _ = _leaked(gw, ["SELECT proname, prokind, provolatile FROM pg_proc WHERE proname = 'is_vip'",
+                           "SELECT tgname, tgenabled FROM pg_trigger WHERE tgname = 'vip_log_trg'",
+                           "SELECT rulename FROM pg_rewrite WHERE rulename = 'vip_rule'",
+                           "SELECT pg_get_function_identity_arguments('is_vip'::regproc)"])
+    assert not errors(msgs), errors(msgs)
+    assert _rows(msgs) == 4
