@@ -2,7 +2,7 @@
 and print the tests whose outcome differs (what the gateway breaks for psycopg2).
 
     .venv/bin/python tests/client_suites/run_psycopg2_suite.py [--policy | --restricted] [-k EXPR]
-        [--fast] [--replication] [--version V]
+        [--fast] [--green] [--replication] [--version V]
 
 Not part of the pytest run (it downloads psycopg2's sdist from PyPI and takes a few
 minutes). psycopg2 is libpq-based, the most used Python driver: what it sends is what
@@ -36,7 +36,9 @@ through the transparent gateway and with ``--policy`` alike 723 passed, 1 failed
 skipped; no test differs. Against a server with max_prepared_transactions = 10 and
 wal_level = logical (the 30 two-phase-commit tests run), ``--replication``: 763 passed
 directly, 753 through the gateway with and without ``--policy``; the 10 that differ
-are the replication tests (EXPECTED). The suite found one gateway bug, fixed: its
+are the replication tests (EXPECTED). ``--green`` (every test on psycopg2's
+non-blocking path, which skips COPY): 690 passed both ways, with and without
+``--policy``, none differs. The suite found one gateway bug, fixed: its
 green test ``test_errors_on_connection`` drops connections at every step of the
 startup, and under uvloop a client reset while the gateway connected upstream left
 that upstream session open and logged an "unexpected error"
@@ -115,6 +117,8 @@ def main() -> int:
     ap.add_argument("-k", help="pytest -k expression for the suite")
     ap.add_argument("--replication", action="store_true",
                     help="run psycopg2's replication tests too (refused through the gateway)")
+    ap.add_argument("--green", action="store_true",
+                    help="every test on psycopg2's green path (PSYCOPG2_TEST_GREEN=1: non-blocking libpq, wait_select)")
     ap.add_argument("--fast", action="store_true", help="skip the tests psycopg2 marks slow")
     ap.add_argument("--version", default=VERSION, help=f"psycopg2's version (default {VERSION})")
     ap.add_argument("--work", default=str(WORK), help="cache for the venv and the tests")
@@ -133,6 +137,8 @@ def main() -> int:
             env["PSYCOPG2_TESTDB_PASSWORD"] = password
         if args.replication:
             env["PSYCOPG2_TEST_REPL_DSN"] = ""         # testconfig: the same DSN as the other tests
+        if args.green:
+            env["PSYCOPG2_TEST_GREEN"] = "1"
         if args.fast:
             env["PSYCOPG2_TEST_FAST"] = "1"
         return run_pytest(venv, tests, env, extra, "direct" if password is None else "gateway", timeout=1800)
