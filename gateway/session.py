@@ -809,8 +809,49 @@ class PolicyGate(Gate):
             return (facts, Decision(Effect.ALLOW, "session:login-role", action=Action.SESSION))
         if name == "standard_conforming_strings" and (facts.setting[1] or "").lower() in ("on", "true", "yes", "1"):
             return (facts, Decision(Effect.ALLOW, "session:standard-strings", action=Action.SESSION))
-        if name == "client_encoding" and (facts.setting[1] or "").replace("-", "").upper() in ("UTF8", "UNICODE"):
-            return (facts, Decision(Effect.ALLOW, "session:client-encoding", action=Action.SESSION))
+        if name in ("client_encoding", "standard_conforming_strings"):
+            return self._reading_setting(relay, facts, command, name, facts.setting[1], batched)
+        return None
+
+    def _reading_setting(self, relay, facts: StatementFacts, command: str, name: str, value: str | None,
+                         batched: bool):
+        """A change of how the gateway reads the client's bytes (client_encoding,
+        standard_conforming_strings). The gateway learns the new value only from the
+        server's ParameterStatus, with the statement's ReadyForQuery, while PostgreSQL
+        reads the very next message with it: a Query pipelined behind SET client_encoding
+        = 'SJIS' was analysed as UTF-8, where the bytes C3 81 hide the backslash after
+        them from PostgreSQL. So, as for search_path: a change only alone, outside a
+        transaction block (whose end would undo it), and statements pipelined behind it
+        are refused until its ReadyForQuery; a value the gateway cannot read in is
+        refused whatever the policy says. A statement that keeps the value changes
+        nothing."""
+        current = _encoding_key(relay.client_encoding) if name == "client_encoding" else \
+            ("on" if relay.standard_strings else "off")
+        wanted = value
+        if value is not None and value.upper() not in ("DEFAULT", "FROM CURRENT"):
+            wanted = _encoding_key(value) if name == "client_encoding" else \
+                ("on" if value.lower() in ("on", "true", "yes", "1") else "off")
+        if wanted == current or (value or "").upper() == "FROM CURRENT":
+            return (facts, Decision(Effect.ALLOW, "session:reading-unchanged", action=Action.SESSION))
+        readable = wanted is None or wanted.upper() == "DEFAULT" or (
+            wanted in _READABLE_ENCODINGS if name == "client_encoding" else wanted == "on")
+        if not readable:
+            why = ("a multibyte encoding can hide quotes and backslashes from analysis" if name == "client_encoding"
+                   else "it reads string literals as PostgreSQL does with it on")
+            return (facts, _deny("session:unreadable", f"piigate: {name} = {value} is not allowed for users "
+                                 f"under PII policy: the gateway cannot read statements that way ({why})",
+                                 hint="use client_encoding UTF8 (or a single-byte encoding such as LATIN1) and "
+                                      "standard_conforming_strings on"))
+        if command.startswith("SET LOCAL") or relay.tx_status != "I" or batched or relay.inflight > 1:
+            return (facts, _deny("session:reading", f"piigate: {name} may only be changed by a statement of its "
+                                 "own outside a transaction block",
+                                 hint=f"send SET {name} = ... as a separate simple query once the ones before "
+                                      "it have completed, not in BEGIN ... COMMIT, not with SET LOCAL"))
+        # statements pipelined behind it are refused until its ReadyForQuery (which
+        # comes after the server's ParameterStatus); an error changes nothing here
+        relay.state.setdefault("path_check", None)
+        if name == "client_encoding" and wanted == "utf8" or name == "standard_conforming_strings":
+            return (facts, Decision(Effect.ALLOW, "session:" + name.replace("_", "-"), action=Action.SESSION))
         return None
 
     @staticmethod
@@ -1439,7 +1480,7 @@ class PolicyGate(Gate):
         if created:
             self._forget_unmade(relay, created)
         relay.state["errors_at_ready"] = relay.errors_seen
-        if "path_check" in relay.state and relay.state.pop("path_check") != relay.errors_seen:
+        if "path_check" in relay.state and relay.state.pop("path_check") not in (None, relay.errors_seen):
             # after the server's own error and ReadyForQuery have reached the client,
             # before anything else the client sends is read
             asyncio.get_running_loop().call_soon(
@@ -1481,8 +1522,19 @@ class PolicyGate(Gate):
 #: change happens only if the statements before it succeed, so until its ReadyForQuery
 #: the gateway cannot know how names in this statement resolve
 _PATH_PENDING = Refusal("42501", "piigate: this statement was sent before the query that changes search_path "
-                        "had completed, so the gateway cannot tell how its names resolve",
+                        "(or client_encoding) had completed, so the gateway cannot tell how its names resolve",
                         "send it once that query's result has arrived")
+
+
+def _encoding_key(name: str) -> str:
+    """An encoding name as PostgreSQL matches it (clean_encoding_name: letters and
+    digits, lower case), with UTF8's alias."""
+    key = re.sub(r"[^0-9a-z]", "", name.lower())
+    return "utf8" if key == "unicode" else key
+
+
+#: client encodings the gateway reads statements in (codec.CLIENT_ENCODINGS), as keys
+_READABLE_ENCODINGS = frozenset(_encoding_key(n) for n in codec.CLIENT_ENCODINGS)
 
 
 def _track_forwarded(relay, tracked, started: float) -> None:

@@ -18,8 +18,10 @@ How a decision is reached:
      PII default of the action (read: ``pii_read``; write: ``write_pii``; delete:
      ``delete_pii``; export: ``export``; ...).
 4. APPROVE is lifted to ALLOW by a grant of this principal for this action that is
-   not expired and covers the statement (its fingerprint) or every catalogued
-   column touched (by column or category). DENY is never lifted. A fingerprint
+   not expired, covers the statement (its fingerprint) or every catalogued
+   column touched (by column or category), and was made on terms that approve's
+   requirement accepts (``policies.model.grant_meets``: approver groups, quorum,
+   TOTP, longest duration; a token's issuer counts as one approver). DENY is never lifted. A fingerprint
    alone does not identify a statement (it ignores constants, IN-list lengths and
    aliases): the JIT layer checks a statement grant against the exact text and
    search_path and only then hands decide() a view carrying this fingerprint
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from catalog.model import ColumnRef
 from policies.model import (ANY, Action, ApprovalRequirement, AutoApproveRule, Conditions,
                             Decision, DecisionRequest, Effect, MaskPlan, MaskStrategy, Policy,
-                            Rule, TouchedColumn)
+                            Rule, TouchedColumn, grant_meets)
 
 #: functions that read files or other servers, run dynamic SQL, expose sample
 #: values, notify, or change settings: never maskable. fnmatch patterns on the
@@ -51,7 +53,10 @@ DANGEROUS_FUNCTIONS = (
     "pg_notify", "set_config", "pg_file_write", "pg_catalog.pg_logical_*",
     "pg_export_snapshot", "pg_import_system_collations", "pg_reload_conf", "pg_terminate_backend",
     "pg_cancel_backend", "pg_stat_statements*", "piigate.*", "pg_catalog.pg_stats*",
-    "pg_get_functiondef", "pg_get_function_sqlbody", "pg_get_viewdef", "pg_get_triggerdef", "pg_get_ruledef",
+    # function bodies are free text (comments, dollar quotes): never redactable. The
+    # deparsed definitions (pg_get_viewdef, pg_get_triggerdef, ...) come back with
+    # their literals redacted instead (gateway.rewrite.definitions)
+    "pg_get_functiondef", "pg_get_function_sqlbody",
 )
 
 _PII_DEFAULT = {
@@ -173,12 +178,13 @@ def _finish(req: DecisionRequest, policy: Policy, parts: list[_Part], matched: l
     base = dict(rule=rule, reasons=reasons, action=req.action, columns=pii_cols, row_budget=budget)
 
     if effect is Effect.APPROVE:
-        grant = _covering_grant(req)
+        requirement = _merge_requirements([p.source.approval for p in driving
+                                           if p.source is not None and p.source.approval is not None])
+        grant = _covering_grant(req, _replace_auto(requirement, tuple(
+            a.name for a in policy.auto_approve if _auto_candidate(a, req))))
         if grant is not None:
             return Decision(Effect.ALLOW, rule, reasons + (f"grant {grant} covers this statement",),
                             action=req.action, columns=pii_cols, grant_id=grant, row_budget=budget)
-        requirement = _merge_requirements([p.source.approval for p in driving
-                                           if p.source is not None and p.source.approval is not None])
         auto = _auto_approve(req, policy, requirement)
         requirement = _replace_auto(requirement, tuple(a.name for a in policy.auto_approve
                                                        if _auto_candidate(a, req)))
@@ -213,11 +219,13 @@ def _next_step(rule: str, req: DecisionRequest) -> str:
             "or ask an administrator to change the policy.")
 
 
-def _covering_grant(req: DecisionRequest) -> str | None:
+def _covering_grant(req: DecisionRequest, requirement: ApprovalRequirement) -> str | None:
     pii = req.pii
     for g in req.grants:
         if g.principal != req.principal.name or g.action != req.action:
             continue
+        if not grant_meets(g.terms, requirement):
+            continue            # made by people (or for a time) this approve does not accept
         if g.expires_at <= req.context.now:
             continue
         if g.fingerprint is not None:

@@ -76,6 +76,47 @@ class GrantView:
     #: statement's fingerprint equals (Grant.view), so it lifts nothing by itself
     fingerprint: str | None = None
     expires_at: float = 0.0
+    #: who made the grant and on what terms: a grant lifts an APPROVE only when these
+    #: meet that approve's requirement (``grant_meets``). None: not known (views built
+    #: by hand), unchecked; the JIT store always gives them.
+    terms: "GrantTerms | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """How a grant was made, to check it against the requirement of each approve it
+    would lift (a token is issued for a user and columns, not for a rule; a grant
+    approved under one rule can cover statements another rule holds)."""
+    how: str                                         # manual | token | totp | hook | auto:<rule>
+    duration_s: float
+    #: per distinct human approver (manual) or issuer (token): the groups they were in
+    approver_groups: tuple[frozenset[str], ...] = ()
+    #: every approver confirmed with their own TOTP code
+    approver_totp: bool = False
+
+
+def grant_meets(terms: GrantTerms | None, requirement: "ApprovalRequirement") -> bool:
+    """May a grant made on ``terms`` lift an approve with ``requirement``? Its
+    duration must be within the requirement's longest; a self-service TOTP grant needs
+    a requirement that allows it, an auto-approved one a requirement listing its rule;
+    a grant by people (approvers, a token's issuer) needs as many of them in the
+    requirement's approver groups as it asks for, TOTP-confirmed when it asks for
+    that. A decision hook's grant counts as the hook deciding this requirement."""
+    if terms is None:
+        return True
+    if terms.duration_s > requirement.max_duration_s + 1:      # (+1: float expiry arithmetic)
+        return False
+    if terms.how == "totp":
+        return requirement.self_service_totp
+    if terms.how.startswith("auto:"):
+        return terms.how[5:] in requirement.auto_approve
+    if terms.how == "hook":
+        return True
+    if requirement.approver_totp and not terms.approver_totp:
+        return False
+    need = requirement.approver_groups
+    qualified = sum(1 for groups in terms.approver_groups if not need or groups & need)
+    return qualified >= max(1, requirement.approvals)
 
 
 @dataclass(frozen=True, slots=True)

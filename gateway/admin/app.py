@@ -279,7 +279,8 @@ async def issue_token(request: web.Request) -> web.Response:
             ttl_s=parse_duration(body["ttl"], "ttl"),
             duration_s=parse_duration(body["duration"], "duration"), columns=columns,
             categories=cats, fingerprint=_opt_str(body, "fingerprint", 200),
-            statement_key=_opt_str(body, "statement_key", 200), uses=uses)
+            statement_key=_opt_str(body, "statement_key", 200), uses=uses,
+            issuer_groups=who.groups)
     except ValueError as e:
         raise ApiError(422, "bad_terms", str(e)) from None
     await service.record_token_issued(claims)

@@ -27,7 +27,7 @@ from enum import Enum
 from typing import Any, Iterable, Mapping
 
 from catalog.model import ColumnRef
-from policies.model import Action, ApprovalRequirement, GrantView
+from policies.model import Action, ApprovalRequirement, GrantTerms, GrantView
 
 
 class RequestState(str, Enum):
@@ -156,15 +156,20 @@ class Approval:
     duration_s: int = 0
     scope: str = "statement"
     uses: int | None = None
+    #: the approver's groups when they approved (None: recorded before groups were)
+    groups: frozenset[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["groups"] = None if self.groups is None else sorted(self.groups)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Approval":
+        groups = d.get("groups")
         return cls(approver=d["approver"], at=float(d["at"]), comment=d.get("comment", ""),
                    duration_s=int(d.get("duration_s", 0)), scope=d.get("scope", "statement"),
-                   uses=d.get("uses"))
+                   uses=d.get("uses"), groups=None if groups is None else frozenset(groups))
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +266,11 @@ class Grant:
     how: str = "manual"                              # manual | auto:<rule> | totp | token | hook
     statement_key: str | None = None                 # scope statement: statement_key() of it
     redacted_sql: str = ""                           # scope statement: what the approver saw
+    #: per approver in ``approved_by`` (a token: its issuer), the groups they were in;
+    #: None for grants recorded before this was kept (they count as in no group)
+    approver_groups: tuple[frozenset[str], ...] | None = None
+    #: the approvers confirmed with their own TOTP codes
+    approver_totp: bool = False
 
     def __post_init__(self) -> None:
         if self.scope not in SCOPES:
@@ -275,6 +285,15 @@ class Grant:
     @property
     def duration_s(self) -> float:
         return self.expires_at - self.created_at
+
+    def terms(self) -> GrantTerms:
+        """How it was made, for ``policies.model.grant_meets``: a grant lifts an
+        approve only when its approvers and duration meet that approve's requirement."""
+        groups = self.approver_groups
+        if groups is None:
+            groups = tuple(frozenset() for _ in self.approved_by)
+        return GrantTerms(how=self.how, duration_s=self.duration_s, approver_groups=groups,
+                          approver_totp=self.approver_totp)
 
     def live(self, now: float) -> bool:
         return now < self.expires_at and (self.uses_left is None or self.uses_left > 0)
@@ -324,7 +343,7 @@ class Grant:
                          categories=self.categories if self.scope == "columns" else frozenset(),
                          fingerprint=(self.statement_key or f"{STATEMENT_KEY_VERSION}:none")
                          if self.scope == "statement" else None,
-                         expires_at=self.expires_at)
+                         expires_at=self.expires_at, terms=self.terms())
 
     def view_for(self, fingerprint: str) -> GrantView:
         """The view for one statement ``covers`` has accepted, with that statement's
@@ -342,6 +361,9 @@ class Grant:
             "categories": sorted(self.categories), "created_at": self.created_at,
             "expires_at": self.expires_at, "uses_left": self.uses_left,
             "approved_by": list(self.approved_by), "how": self.how,
+            "approver_groups": None if self.approver_groups is None
+            else [sorted(g) for g in self.approver_groups],
+            "approver_totp": self.approver_totp,
         }
 
     @classmethod
@@ -354,6 +376,9 @@ class Grant:
             expires_at=float(d["expires_at"]), uses_left=d.get("uses_left"),
             approved_by=tuple(d.get("approved_by", ())), how=d.get("how", "manual"),
             statement_key=d.get("statement_key") or None, redacted_sql=d.get("redacted_sql") or "",
+            approver_groups=None if d.get("approver_groups") is None
+            else tuple(frozenset(g) for g in d["approver_groups"]),
+            approver_totp=bool(d.get("approver_totp", False)),
         )
 
 
@@ -462,11 +487,16 @@ def grant_for(request: AccessRequest, approvers: tuple[str, ...], grant_id: str,
     scope = "statement" if any(a.scope == "statement" for a in votes) else "columns"
     counted = [a.uses for a in votes if a.uses is not None]
     uses = min(counted) if counted else None
-    return make_grant(request, grant_id, now, duration, scope, uses, approvers, how)
+    first = {}
+    for a in votes:
+        first.setdefault(a.approver, a)
+    groups = tuple(first[name].groups or frozenset() for name in approvers)
+    return make_grant(request, grant_id, now, duration, scope, uses, approvers, how, groups)
 
 
 def make_grant(request: AccessRequest, grant_id: str, now: float, duration_s: float, scope: str,
-               uses: int | None, approved_by: tuple[str, ...], how: str) -> Grant:
+               uses: int | None, approved_by: tuple[str, ...], how: str,
+               approver_groups: tuple[frozenset[str], ...] | None = None) -> Grant:
     """The grant for ``request``. A statement grant takes the request's statement key
     and columns (it covers that statement while it touches no others); ValueError for
     a statement grant of a request without a statement key."""
@@ -483,4 +513,7 @@ def make_grant(request: AccessRequest, grant_id: str, now: float, duration_s: fl
         uses_left=uses, approved_by=approved_by, how=how,
         statement_key=request.statement_key if statement else None,
         redacted_sql=request.redacted_sql if statement else "",
+        approver_groups=approver_groups,
+        # approver_totp requirements check every approver's code before their vote counts
+        approver_totp=how == "manual" and request.approval_requirement.approver_totp,
     )

@@ -60,7 +60,7 @@ from gateway.jit.model import (
     requirement_to_dict, statement_key as _statement_key, STATEMENT_KEY_VERSION,
 )
 from gateway.jit.notify import Notifier
-from policies.model import Action, ApprovalRequirement, GrantView
+from policies.model import Action, ApprovalRequirement, GrantView, grant_meets
 
 log = logging.getLogger("piigate.jit")
 
@@ -359,15 +359,19 @@ class JitService:
                                   categories: Iterable[str] = frozenset(),
                                   statement_key: str | None = None, now: float | None = None,
                                   column_categories: Mapping[ColumnRef, str] | None = None,
+                                  requirement: ApprovalRequirement | None = None,
                                   ) -> Grant | None:
         """A live grant covering this statement, with one use consumed atomically when
         it is counted; None when there is none. Unlimited grants are preferred (they
         cost nothing), then the one expiring first. ``statement_key`` is the
-        statement's ``statement_key()`` (a fingerprint matches no statement grant)."""
+        statement's ``statement_key()`` (a fingerprint matches no statement grant).
+        With ``requirement`` (the approve's), only grants made on terms it accepts
+        count (``policies.model.grant_meets``): no use of another is consumed."""
         now = self.clock() if now is None else now
         cols, cats = frozenset(columns), frozenset(categories)
         candidates = [g for g in await self._live_grants(principal, now)
-                      if g.covers(action, cols, cats, statement_key, column_categories)]
+                      if g.covers(action, cols, cats, statement_key, column_categories)
+                      and (requirement is None or grant_meets(g.terms(), requirement))]
         candidates.sort(key=lambda g: (g.uses_left is not None, g.expires_at))
         for grant in candidates:
             result = int(await self._consume(keys=[self._k_grant(grant.id), self._k_revoked(grant.id)],
@@ -597,7 +601,7 @@ class JitService:
             step = self._check_totp(approver, totp_code, now, "approving this request")
         else:
             step = None
-        vote = Approval(approver, now, comment, duration_s, scope, uses)
+        vote = Approval(approver, now, comment, duration_s, scope, uses, groups)
         grant_id = _new_id("grant")
 
         def change(req: AccessRequest) -> tuple[AccessRequest, Grant | None]:
@@ -901,7 +905,8 @@ class JitService:
                     ttl_s: float, duration_s: int, columns: Iterable[ColumnRef] = (),
                     categories: Iterable[str] = (), fingerprint: str | None = None,
                     uses: int | None = 1, now: float | None = None,
-                    statement_key: str | None = None) -> tuple[str, tokens_mod.TokenClaims]:
+                    statement_key: str | None = None,
+                    issuer_groups: Iterable[str] = ()) -> tuple[str, tokens_mod.TokenClaims]:
         """Sign a single-use token binding ``principal`` to a scope; (token, claims).
         Raises JitNotConfigured without [jit].token_key, ApprovalRefused / ValueError
         for bad terms (nobody issues a token to themselves).
@@ -909,7 +914,11 @@ class JitService:
         A statement-scoped token is bound to a statement key (an access request's
         ``statement_key``); a pg_query fingerprint is refused (it matches statements
         with other constants and aliases). ``fingerprint`` may carry the key (the
-        admin API and CLI pass it there)."""
+        admin API and CLI pass it there).
+
+        ``issuer_groups`` are the issuer's approver groups: the grant lifts only an
+        approve those groups may approve, with one approval, no approver TOTP and
+        within its longest duration (``policies.model.grant_meets``)."""
         if not self.config.token_key:
             raise JitNotConfigured("one-time tokens need [jit].token_key (or token_key_env)")
         now = self.clock() if now is None else now
@@ -929,7 +938,8 @@ class JitService:
             jti=secrets.token_hex(12), sub=principal, action=Action(action), scope=scope,
             exp=now + ttl_s, duration_s=duration_s, issued_by=issued_by, issued_at=now,
             fingerprint=fingerprint, columns=frozenset(columns),
-            categories=frozenset(categories), uses=uses, statement_key=statement_key)
+            categories=frozenset(categories), uses=uses, statement_key=statement_key,
+            issuer_groups=frozenset(issuer_groups))
         # Building the grant it would give validates the scope now, not at redemption.
         self._grant_from_claims(claims, now)
         token = tokens_mod.sign(claims, self.config.token_key)
@@ -947,7 +957,8 @@ class JitService:
                      fingerprint=claims.fingerprint if claims.scope == "statement" else None,
                      columns=claims.columns, categories=claims.categories, uses_left=claims.uses,
                      approved_by=(claims.issued_by,), how="token",
-                     statement_key=claims.statement_key if claims.scope == "statement" else None)
+                     statement_key=claims.statement_key if claims.scope == "statement" else None,
+                     approver_groups=(claims.issuer_groups,))
 
     @_guard
     async def redeem_token(self, token: str, principal: str, now: float | None = None) -> Grant:

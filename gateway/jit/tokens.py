@@ -40,6 +40,8 @@ class TokenClaims:
     categories: frozenset[str] = frozenset()
     uses: int | None = 1                             # uses of the resulting grant
     statement_key: str | None = None                 # scope statement: what the grant covers
+    #: the issuer's approver groups: the grant meets only requirements they could approve
+    issuer_groups: frozenset[str] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return {"jti": self.jti, "sub": self.sub, "action": self.action.value,
@@ -48,7 +50,7 @@ class TokenClaims:
                 "fingerprint": self.fingerprint,
                 "columns": [column_to_json(c) for c in sorted(self.columns)],
                 "categories": sorted(self.categories), "uses": self.uses,
-                "statement_key": self.statement_key}
+                "statement_key": self.statement_key, "issuer_groups": sorted(self.issuer_groups)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TokenClaims":
@@ -58,7 +60,8 @@ class TokenClaims:
                      fingerprint=d.get("fingerprint"),
                      columns=frozenset(column_from_json(c) for c in d.get("columns", ())),
                      categories=frozenset(d.get("categories", ())), uses=d.get("uses", 1),
-                     statement_key=d.get("statement_key"))
+                     statement_key=d.get("statement_key"),
+                     issuer_groups=frozenset(d.get("issuer_groups") or ()))
         if claims.scope not in SCOPES:
             raise ValueError(f"scope {claims.scope!r}")
         return claims

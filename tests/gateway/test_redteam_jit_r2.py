@@ -1,0 +1,147 @@
+"""Red-team round 2 of the JIT approval flow, the admin API / console and the audit
+trail: a hostile requester, a hostile approver with limited rights, an
+unauthenticated peer on loopback."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+import aiohttp
+import psycopg
+import pytest
+
+from catalog.model import ColumnRef
+from gateway.jit import JitConfig, JitService
+from gateway.jit.store import connect_redis
+from policies.model import Action, ApprovalRequirement
+
+from .test_jit_flow import APPROVER_TOKEN, _config, _pending, _post, _run_in_thread  # noqa: F401
+
+EMAIL = ColumnRef("public", "customers", "email")
+TOKEN_KEY = "a-test-token-key-of-enough-length"
+SALES_TOKEN = "sales-approver-token-for-tests"
+
+
+@pytest.fixture
+def jit_gateway_r2(gateway_factory, pg_server, sample_db, tmp_path, redis_url, redis_prefix):
+    """The test_jit_flow gateway (lee approves for group "leads") plus sally, an
+    approver of group "sales" only, and a token key."""
+    def make(**kw):
+        kw.setdefault("jit_extra", f'token_key = "{TOKEN_KEY}"')
+        text = _config(pg_server, sample_db.dbname, tmp_path, redis_url, redis_prefix, **kw)
+        text += f"""
+[[admin.approvers]]
+name = "sally"
+token_sha256 = "{hashlib.sha256(SALES_TOKEN.encode()).hexdigest()}"
+groups = ["sales"]
+"""
+        gw = gateway_factory(config_text=text)
+        gw.dbname = sample_db.dbname
+        gw.admin = f"http://127.0.0.1:{gw.runtime.admin_port}"
+        return gw
+    return make
+
+
+async def _post_as(admin: str, token: str, path: str, body) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post(f"{admin}{path}", json=body) as r:
+            return r.status, await r.json()
+
+
+# ---------------------------------------------------------------- grants beyond the rule
+
+
+@pytest.mark.parametrize("issuer, duration", [("sally", "5m"),     # not in the rule's approver groups
+                                              ("lee", "30d")])     # longer than the rule's 30m
+async def test_a_token_does_not_lift_an_approval_its_issuer_could_not_give(jit_gateway_r2, issuer, duration):
+    """A one-time token is issued for a user and columns, not for a rule: any approver
+    (token_issuer_groups unset) could mint one, and its grant lifted every approve it
+    covered. sally, approver for "sales" only, gave sam reads of customers.email,
+    which only "leads" may approve; lee gave 30 days where the rule allows 30 minutes
+    (found by red-teaming). A grant now lifts an approve only when its approvers, their
+    number, TOTP and its duration meet that approve's requirement."""
+    gw = jit_gateway_r2(hold=1)
+    token = {"sally": SALES_TOKEN, "lee": APPROVER_TOKEN}[issuer]
+    status, body = await _post_as(gw.admin, token, "/api/v1/tokens",
+                                  {"user": "sam", "action": "read", "scope": "columns",
+                                   "categories": ["email"], "ttl": "5m",
+                                   "duration": duration, "uses": None})
+    assert status == 201, body
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        conn.execute(f"SET piigate.grant_token = '{body['token']}'")
+        conn.execute("SET piigate.reason = 'TICKET-201'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+            conn.execute("SELECT email FROM customers WHERE id = 9").fetchone()
+        assert "not approved within" in str(e.value)          # held for a real approval instead
+    # the same token from an approver the rule accepts, within its duration, works
+    status, body = await _post_as(gw.admin, APPROVER_TOKEN, "/api/v1/tokens",
+                                  {"user": "sam", "action": "read", "scope": "columns",
+                                   "categories": ["email"], "ttl": "5m", "duration": "30m"})
+    assert status == 201, body
+    with psycopg.connect(gw.dsn(gw.dbname, user="sam"), autocommit=True) as conn:
+        conn.execute(f"SET piigate.grant_token = '{body['token']}'")
+        conn.execute("SET piigate.reason = 'TICKET-202'")
+        assert conn.execute("SELECT email FROM customers WHERE id = 9").fetchone() == ("user09@example.invalid",)
+
+
+@pytest.fixture
+async def jit_r2(redis_url, redis_prefix):
+    service = JitService(connect_redis(redis_url),
+                         JitConfig(redis_prefix=redis_prefix, token_key=b"k" * 32), owns_redis=True)
+    yield service
+    await service.close()
+
+
+async def test_a_grant_approved_under_one_rule_does_not_lift_a_stricter_one(jit_r2):
+    """The same class without tokens: a columns grant approved by a "leads" approver
+    for a rule that "leads" may approve covered every later statement on those
+    columns, also one a stricter rule holds (other approver groups, a quorum of two,
+    approver TOTP, a shorter longest duration, no self-service)."""
+    from policies.model import grant_meets
+    loose = ApprovalRequirement(approver_groups=frozenset({"leads"}), max_duration_s=3600)
+    req = await jit_r2.create_request("sam", Action.READ, requirement=loose, columns={EMAIL},
+                                      categories={"email"}, statement_key="sk1:x")
+    out = await jit_r2.approve(req.id, "lee", {"leads", "oncall"}, 1800, scope="columns")
+    grant = out.grant
+    assert grant.approver_groups == (frozenset({"leads", "oncall"}),)
+    assert grant_meets(grant.terms(), loose)
+    for stricter in (ApprovalRequirement(approver_groups=frozenset({"privacy"})),
+                     ApprovalRequirement(approver_groups=frozenset({"leads"}), approvals=2),
+                     ApprovalRequirement(approver_groups=frozenset({"leads"}), approver_totp=True),
+                     ApprovalRequirement(approver_groups=frozenset({"leads"}), max_duration_s=600)):
+        assert not grant_meets(grant.terms(), stricter), stricter
+        assert await jit_r2.find_covering_grant("sam", Action.READ, {EMAIL}, {"email"},
+                                                requirement=stricter) is None
+    assert grant_meets(grant.terms(), ApprovalRequirement(approver_groups=frozenset({"oncall"})))
+    found = await jit_r2.find_covering_grant("sam", Action.READ, {EMAIL}, {"email"}, requirement=loose)
+    assert found is not None and found.id == grant.id
+    # a self-service TOTP grant lifts only approves that allow self-service
+    import dataclasses
+    totp_terms = dataclasses.replace(grant, how="totp", approved_by=("totp:sam",)).terms()
+    assert not grant_meets(totp_terms, loose)
+    assert grant_meets(totp_terms, dataclasses.replace(loose, self_service_totp=True))
+    # a grant stored before approver groups were kept counts as approved by no group
+    old = dataclasses.replace(grant, approver_groups=None)
+    assert not grant_meets(old.terms(), loose)
+    assert grant_meets(old.terms(), ApprovalRequirement())
+
+
+def test_a_token_carries_its_issuers_groups_signed():
+    from gateway.jit import tokens
+    service = JitService.__new__(JitService)
+    service.config = JitConfig(token_key=b"k" * 32)
+    service.clock = time.time
+    token, claims = service.issue_token("sam", Action.READ, "columns", issued_by="sally", ttl_s=60,
+                                        duration_s=60, categories={"email"}, issuer_groups={"sales"})
+    assert tokens.open_token(token, b"k" * 32).issuer_groups == {"sales"}
+    grant = JitService._grant_from_claims(claims, time.time())
+    assert grant.terms().approver_groups == (frozenset({"sales"}),) and grant.how == "token"
+    # the groups are signed: a token edited to claim another group is refused
+    head, payload, sig = token.split(".")
+    body = json.loads(tokens._unb64(payload))
+    body["issuer_groups"] = ["leads"]
+    forged = ".".join([head, tokens._b64(json.dumps(body).encode()), sig])
+    with pytest.raises(tokens.TokenRejected):
+        tokens.open_token(forged, b"k" * 32)
