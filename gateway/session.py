@@ -1100,7 +1100,8 @@ class PolicyGate(Gate):
             key = await eng.jit.statement_key(facts.sql, s.search_path) if facts.sql else ""
             grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
                                                       key, now=time.time(),
-                                                      column_categories=colcats)
+                                                      column_categories=colcats,
+                                                      requirement=decision.approval)
             if grant is not None:
                 return self._redecide_with(s, facts, reason, grant, decision)
             auto = decision.auto_approved_by
@@ -1163,7 +1164,8 @@ class PolicyGate(Gate):
         if outcome == "approved":
             grant = await eng.jit.find_covering_grant(s.principal.name, action, pii_cols, cats,
                                                       key, now=time.time(),
-                                                      column_categories=colcats)
+                                                      column_categories=colcats,
+                                                      requirement=decision.approval)
             if grant is not None:
                 return self._redecide_with(s, facts, reason, grant, decision)
             return _deny("grant-not-usable", f"piigate: request {req.id} was approved but the grant no longer "
