@@ -32,6 +32,7 @@ from policies.model import (
 
 from .analysis.cache import simple_key
 from .analysis.facts import StatementFacts, StatementKind
+from .rewrite.definitions import QUALIFIED as DEFINITION_QUALIFIED
 from .audit.records import TrustedEvent
 from .protocol import codec
 from .protocol.startup import catalog_not_first, split_identifier_list
@@ -1224,11 +1225,12 @@ class PolicyGate(Gate):
                                   f"piigate: statement refused by rule {decision.rule}",
                                   _hint_for(decision))
                 break
+            text = facts.sql
             if decision.effect is Effect.MASK and decision.mask is not None and decision.mask.columns:
                 try:
                     from .rewrite import mask_statement
-                    texts.append(mask_statement(facts.sql, decision.mask, eng.schema, s.search_path,
-                                                pseudonym_installed=eng.pseudonym_installed))
+                    text = mask_statement(facts.sql, decision.mask, eng.schema, s.search_path,
+                                          pseudonym_installed=eng.pseudonym_installed)
                     changed = True
                 except Exception as e:
                     refusal = Refusal("42501", f"piigate: this statement reads catalogued PII and cannot be "
@@ -1236,8 +1238,16 @@ class PolicyGate(Gate):
                                       "from the table directly, or request access")
                     plans = [(p[0], _deny("mask-failed", refusal.message)) if p is item else p for p in plans]
                     break
-            else:
-                texts.append(facts.sql)
+            if s.under_policy and not facts.functions.isdisjoint(DEFINITION_QUALIFIED):
+                redacted, refusal = _redact_definitions(text, facts)
+                if refusal is not None:
+                    plans = [(p[0], _deny("definition-redaction", refusal.message)) if p is item else p
+                             for p in plans]
+                    break
+                if redacted != text:
+                    text = redacted
+                    changed = True
+            texts.append(text)
             self._remember(relay, s, facts, decision, extended)
         if not audited:
             audit_refusal = self._audit_decisions(relay, s, plans, reason, fail_closed=True)
@@ -1563,6 +1573,34 @@ def _created(relay, kind: str, name: str, extended: bool) -> None:
 def _used_up(grant_id: str) -> Refusal:
     return Refusal("42501", f"piigate: grant {grant_id} allows a limited number of uses, and this prepared "
                    "statement has had its use", "prepare the statement again (that uses the grant once more)")
+
+
+#: definition functions PostgreSQL may call inside a view the statement reads (where
+#: no wrapper can reach): passed only where the statement itself calls them
+_DEFINITIONS_IN_TEXT_ONLY = frozenset({"pg_catalog.pg_get_viewdef", "pg_catalog.pg_get_triggerdef",
+                                       "pg_catalog.pg_get_ruledef"})
+
+
+def _redact_definitions(text: str, facts: StatementFacts) -> tuple[str, Refusal | None]:
+    """The statement with the literals of the object definitions it reads redacted
+    (gateway.rewrite.definitions), or a refusal when that cannot be done with
+    certainty, or when a definition is read where no wrapper reaches (inside a view,
+    e.g. information_schema.views.view_definition)."""
+    from .rewrite.definitions import DefinitionError, redact_definitions
+    try:
+        out = redact_definitions(text)
+    except DefinitionError as e:
+        return text, Refusal("42501", f"piigate: this statement reads database object definitions and the gateway "
+                             f"cannot redact the literals in them ({e}); it was refused",
+                             "call pg_get_viewdef() and the like in a plain SELECT, one call per expression")
+    unreached = (facts.functions & _DEFINITIONS_IN_TEXT_ONLY) - out.functions
+    if unreached:
+        return text, Refusal("42501", "piigate: this statement reads database object definitions through a view ("
+                             + ", ".join(sorted(unreached)) + "), where the gateway cannot redact the literals a "
+                             "DBA wrote into them; it was refused",
+                             "call the function in your own SELECT (e.g. SELECT pg_get_viewdef('v'::regclass)), "
+                             "where its literals come back redacted")
+    return out.sql, None
 
 
 def _error(refusal: Refusal) -> bytes:
