@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gateway.jit import totp as totp_mod
 from gateway.jit.config import ConfigError
+from gateway.jit.model import identity
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEYS = {"listen", "public_url", "approvers", "token_issuer_groups"}
@@ -87,16 +89,21 @@ class AdminConfig:
         raw = t.get("approvers", [])
         if not isinstance(raw, list):
             raise ConfigError(f"{where}: [admin].approvers: expected [[admin.approvers]] tables")
-        approvers, names, hashes = [], set(), set()
+        approvers, names, hashes = [], {}, set()
         for i, entry in enumerate(raw, 1):
             at = f"{where}: [[admin.approvers]] #{i}"
             approvers.append(_approver(entry, at))
-            if approvers[-1].name in names:
-                raise ConfigError(f"{at}.name: approver {approvers[-1].name!r} appears twice")
+            who = identity(approvers[-1].name)
+            if who in names:
+                same = names[who]
+                raise ConfigError(f"{at}.name: approver {approvers[-1].name!r} appears twice"
+                                  + ("" if same == approvers[-1].name else
+                                     f" (as {same!r}: names are compared ignoring case, width and "
+                                     "invisible characters, so one person cannot count twice)"))
             if approvers[-1].token_sha256 in hashes:
                 raise ConfigError(f"{at}.token_sha256: the same token hash is used twice; "
                                   "give each approver their own token")
-            names.add(approvers[-1].name)
+            names[who] = approvers[-1].name
             hashes.add(approvers[-1].token_sha256)
         return cls(host=host, port=int(port_text), public_url=public_url,
                    approvers=tuple(approvers), token_issuer_groups=frozenset(issuers))
@@ -111,6 +118,9 @@ def _approver(entry: Any, at: str) -> Approver:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{at}.name: expected the approver's user name")
+    if name != name.strip() or any(unicodedata.category(ch) in ("Cc", "Cf") for ch in name):
+        raise ConfigError(f"{at}.name: {name!r} has surrounding spaces or invisible/control "
+                          "characters; use the approver's plain user name")
     digest = entry.get("token_sha256")
     if not isinstance(digest, str) or not _HEX64.match(digest.lower()):
         raise ConfigError(f"{at}.token_sha256: expected 64 hex characters (sha256 of the token; "

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Mapping
@@ -92,6 +93,15 @@ class ApprovalRefused(Exception):
     def __init__(self, code: str, message: str):
         self.code = code
         super().__init__(message)
+
+
+def identity(name: str) -> str:
+    """Who a user or approver name denotes, for "is this the same person": NFKC
+    (full-width and other compatibility forms), case folded, without invisible
+    format characters (zero-width spaces, bidi marks) and surrounding whitespace.
+    "Sam", "sam ", "ｓａｍ" and "s\u200bam" are one person for self-approval and quorum."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
 
 
 def check_transition(request_id: str, current: RequestState, wanted: RequestState) -> None:
@@ -408,7 +418,7 @@ def check_approval(request: AccessRequest, approver: str, approver_groups: Itera
     if request.state is not RequestState.PENDING:
         raise ApprovalRefused("not_pending",
                               f"access request {request.id} is already {request.state.value}")
-    if approver == request.principal:
+    if identity(approver) == identity(request.principal):
         raise ApprovalRefused("self_approval",
                               f"{approver} requested {request.id} and cannot approve it; "
                               "ask another approver")
@@ -417,7 +427,7 @@ def check_approval(request: AccessRequest, approver: str, approver_groups: Itera
         raise ApprovalRefused("not_approver",
                               f"{approver} is not in any of the approver groups "
                               f"{sorted(req.approver_groups)} this request needs")
-    if any(a.approver == approver for a in request.approvals):
+    if any(identity(a.approver) == identity(approver) for a in request.approvals):
         raise ApprovalRefused("duplicate",
                               f"{approver} already approved {request.id}; the quorum of "
                               f"{req.approvals} needs distinct approvers")
@@ -454,10 +464,10 @@ class ApprovalOutcome:
 
 
 def distinct_approvers(request: AccessRequest) -> tuple[str, ...]:
-    seen: dict[str, None] = {}
+    seen: dict[str, str] = {}
     for a in request.approvals:
-        seen.setdefault(a.approver, None)
-    return tuple(seen)
+        seen.setdefault(identity(a.approver), a.approver)
+    return tuple(seen.values())
 
 
 def apply_approval(request: AccessRequest, approval: Approval, approver_groups: Iterable[str],

@@ -56,7 +56,7 @@ from gateway.jit.config import JitConfig
 from gateway.jit.hook import DecisionHook
 from gateway.jit.model import (
     AccessRequest, Approval, ApprovalOutcome, ApprovalRefused, Grant, IllegalTransition,
-    RequestState, SCOPES, apply_approval, check_approval, check_reason, make_grant, requirement_from_dict,
+    RequestState, SCOPES, apply_approval, identity, check_approval, check_reason, make_grant, requirement_from_dict,
     requirement_to_dict, statement_key as _statement_key, STATEMENT_KEY_VERSION,
 )
 from gateway.jit.notify import Notifier
@@ -922,7 +922,7 @@ class JitService:
         if not self.config.token_key:
             raise JitNotConfigured("one-time tokens need [jit].token_key (or token_key_env)")
         now = self.clock() if now is None else now
-        if issued_by == principal:
+        if identity(issued_by) == identity(principal):
             raise ApprovalRefused("self_approval", f"{issued_by} cannot issue a grant token to themselves")
         if not (0 < ttl_s <= self.config.token_max_ttl_s):
             raise ValueError(f"ttl_s must be in (0, {self.config.token_max_ttl_s:g}]")

@@ -145,3 +145,41 @@ def test_a_token_carries_its_issuers_groups_signed():
     forged = ".".join([head, tokens._b64(json.dumps(body).encode()), sig])
     with pytest.raises(tokens.TokenRejected):
         tokens.open_token(forged, b"k" * 32)
+
+
+# ---------------------------------------------------------------- one person, many spellings
+
+
+@pytest.mark.parametrize("spelling, bob", [("Sam", "Bob"), ("sam ", "bob "), ("SAM", "BOB"),
+                                           ("ｓａｍ", "ｂｏｂ"), ("s\u200bam", "b\u200bob"),
+                                           ("\u202asam", "\u202abob")])
+async def test_a_requester_cannot_approve_under_another_spelling_of_their_name(jit_r2, spelling, bob):
+    """Self-approval and quorum compared names byte for byte: an approver entry
+    "Sam" (or "ｓａｍ", or with a zero-width space) approved sam's own request, and
+    "bob" plus "BOB" made a quorum of two (found by red-teaming)."""
+    req = await jit_r2.create_request("sam", Action.READ, columns={EMAIL}, categories={"email"},
+                                      statement_key="sk1:x",
+                                      requirement=ApprovalRequirement(approvals=2))
+    from gateway.jit.model import ApprovalRefused
+    with pytest.raises(ApprovalRefused) as e:
+        await jit_r2.approve(req.id, spelling, {"leads"}, 60)
+    assert e.value.code == "self_approval"
+    await jit_r2.approve(req.id, "bob", {"leads"}, 60)
+    with pytest.raises(ApprovalRefused) as e:
+        await jit_r2.approve(req.id, bob, {"leads"}, 60)
+    assert e.value.code == "duplicate"
+    assert (await jit_r2.get_request(req.id)).state.value == "pending"
+    with pytest.raises(ApprovalRefused):
+        jit_r2.issue_token("sam", Action.READ, "columns", issued_by=spelling, ttl_s=60,
+                           duration_s=60, categories={"email"})
+
+
+@pytest.mark.parametrize("names", [("bob", "Bob"), ("bob", "ｂｏｂ"), ("bob", "bo\u200bb"),
+                                   ("bob", "bob "), ("bob", "\tbob")])
+def test_one_approver_cannot_be_configured_twice_under_two_spellings(names):
+    from gateway.admin import AdminConfig
+    from gateway.jit import ConfigError
+    table = {"approvers": [{"name": n, "token_sha256": c * 64} for n, c in zip(names, "ab")]}
+    with pytest.raises(ConfigError) as e:
+        AdminConfig.from_table(table, "gw.toml")
+    assert "#2.name" in str(e.value)
