@@ -241,8 +241,10 @@ async def list_grants(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    await read_body(request, {"reason"})
-    grant = await request.app[SERVICE].revoke(request.match_info["id"], approver_of(request).name)
+    body = await read_body(request, {"reason"})
+    # (the reason was read and dropped: the audit record now has it, redacted)
+    grant = await request.app[SERVICE].revoke(request.match_info["id"], approver_of(request).name,
+                                              reason=_opt_str(body, "reason"))
     return web.json_response({"revoked": grant.to_dict()})
 
 

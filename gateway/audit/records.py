@@ -12,6 +12,7 @@ parameters are counted and never copied, and database error text goes through
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
@@ -351,22 +352,37 @@ def statement_decision(*, session_id: str, user: str, roles: Iterable[str] = (),
     }
 
 
-_TICKET = re.compile(r"^[A-Za-z][A-Za-z0-9_]*-\d+$")
+#: a ticket id: an ASCII project key and an issue number of at most 7 digits (a
+#: 9-digit SSN, a phone or card number is no ticket, whatever letters precede it)
+_TICKET = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}-[0-9]{1,7}", re.A)
+#: digits a ticket-shaped token may carry in all: "SSN123456-78" is not a ticket
+_TICKET_DIGITS = 7
+#: anything a value can hide in: a digit of any script, '@', or their compatibility forms
+_VALUE_CHAR = re.compile(r"[\d@]")
 
 
 def _redact_reason(reason: str | None) -> str | None:
     """A stated reason is free text typed by a user: keep words, drop values.
 
-    Ticket ids (``INC-1234``, ``JIRA_X-77``) are what an auditor needs and are kept;
-    any other token with a digit or '@' is replaced, quoted parts are dropped.
+    The first ticket id (``INC-1234``, ``JIRA_X-77``) is what an auditor needs and is
+    kept; any other token with a digit (of any script, full-width too) or '@' is
+    replaced, quoted parts are dropped. Only one ticket id stays: a value split into
+    ticket-shaped pieces (``INC-123 INC-45 INC-6789``) is not put back together.
+    Invisible format characters go first, so they cannot split a value into words.
     """
     if reason is None:
         return None
-    words = []
-    for w in _QUOTED.sub('"…"', reason).split():
+    text = "".join(ch for ch in unicodedata.normalize("NFKC", reason)
+                   if unicodedata.category(ch) not in ("Cf", "Cc") or ch.isspace())
+    words, ticket = [], False
+    for w in _QUOTED.sub('"…"', text).split():
         core = w.strip(".,;:()[]")
-        if _TICKET.match(core) or not re.search(r"[0-9@]", w):
+        if not _VALUE_CHAR.search(w):
             words.append(w)
+        elif (not ticket and _TICKET.fullmatch(core)
+              and sum(ch.isdigit() for ch in core) <= _TICKET_DIGITS):
+            words.append(w)
+            ticket = True
         else:
             words.append("?")
     return " ".join(words)
@@ -546,7 +562,9 @@ def session_refused(*, user: str, database: str, client_addr: str = "", sqlstate
 # the trail's last line of defence
 
 
-_FREE_TEXT = ("reason", "comment")
+#: free text typed by people: a requester's reason, an approver's comment, the reason
+#: given for a denial (an approver's or a decision hook's) or a revocation
+_FREE_TEXT = ("reason", "comment", "denial_reason")
 _ERROR_TEXT = ("message", "error", "detail", "hint")
 _PARAM_KEYS = ("params", "parameters", "bind_params")
 

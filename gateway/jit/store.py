@@ -406,9 +406,11 @@ class JitService:
         return sorted(grants, key=lambda g: (g.expires_at, g.id))
 
     @_guard
-    async def revoke(self, grant_id: str, by: str, now: float | None = None) -> Grant:
+    async def revoke(self, grant_id: str, by: str, now: float | None = None,
+                     reason: str | None = None) -> Grant:
         """Delete the grant and leave a revocation marker; every instance sees it at once
-        (the next ``find_covering_grant`` reads Redis). Raises NotFound."""
+        (the next ``find_covering_grant`` reads Redis). ``reason`` goes to the audit
+        record (redacted there like every free text). Raises NotFound."""
         now = self.clock() if now is None else now
         grant = self._grant_from_hash(await self.redis.hgetall(self._k_grant(grant_id)))
         if grant is None:
@@ -423,7 +425,8 @@ class JitService:
         if not deleted:
             raise NotFound(f"grant {grant_id} expired or was revoked meanwhile")
         await self._publish("revoked", grant.request_id, grant_id)
-        await self._record(self._grant_event("revoked", grant, now, by=by))
+        extra = {"reason": reason} if reason and reason.strip() else {}
+        await self._record(self._grant_event("revoked", grant, now, by=by, **extra))
         return grant
 
     # ------------------------------------------------------------------ requests

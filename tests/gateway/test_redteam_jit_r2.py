@@ -183,3 +183,56 @@ def test_one_approver_cannot_be_configured_twice_under_two_spellings(names):
     with pytest.raises(ConfigError) as e:
         AdminConfig.from_table(table, "gw.toml")
     assert "#2.name" in str(e.value)
+
+
+# ---------------------------------------------------------------- free text in the trail
+
+
+@pytest.mark.parametrize("reason, kept", [
+    ("INC-123456789", "?"),                                  # an SSN as a "ticket number"
+    ("SSN123456789-1 refund", "? refund"),                   # ... or as its project key
+    ("INC-123 INC-45 INC-6789", "INC-123 ? ?"),              # ... or in ticket-shaped pieces
+    ("ＳＳＮ １２３-４５-６７８９", "SSN ?"),                  # full-width digits
+    ("١٢٣-٤٥-٦٧٨٩", "?"),                                    # Arabic-Indic digits
+    ("mail user＠example.invalid", "mail ?"),                 # a full-width at sign
+    ("1\u200b2\u200b3-45-6789", "?"),                        # zero-width spaces between digits
+    ("JIRA-4711 refund for customer", "JIRA-4711 refund for customer"),
+])
+def test_a_reason_cannot_carry_a_value_into_the_trail(reason, kept):
+    """A reason is free text the requester types; the trail kept ticket-shaped
+    tokens whole (INC-123456789 is an SSN) and only looked for ASCII digits and '@'
+    (found by red-teaming)."""
+    from gateway.audit.records import sanitize
+    assert sanitize({"type": "jit.request.created", "reason": reason})["reason"] == kept
+
+
+async def test_denial_and_revocation_reasons_reach_the_trail_redacted(jit_r2, audit_trail_events):
+    """An approver's denial reason went into the trail as typed ("customer ssn
+    123-45-6789 not needed"), and the reason given for a revocation through the API
+    was read and dropped."""
+    from gateway.audit.records import sanitize
+    jit_r2.audit = audit_trail_events
+    req = await jit_r2.create_request("sam", Action.READ, columns={EMAIL}, categories={"email"},
+                                      statement_key="sk1:x")
+    await jit_r2.deny(req.id, "lee", "customer ssn 123-45-6789 is not needed for INC-77")
+    req = await jit_r2.create_request("sam", Action.READ, columns={EMAIL}, categories={"email"},
+                                      statement_key="sk1:y")
+    grant = (await jit_r2.approve(req.id, "lee", {"leads"}, 60, scope="columns")).grant
+    await jit_r2.revoke(grant.id, "lee", reason="INC-78 leaked to 555-123-4567")
+    trail = [sanitize(e) for e in audit_trail_events.events]
+    denied = next(e for e in trail if e["type"] == "request.denied")
+    assert denied["denial_reason"] == "customer ssn ? is not needed for INC-77"
+    revoked = next(e for e in trail if e["type"] == "grant.revoked")
+    assert revoked["reason"] == "INC-78 leaked to ?" and revoked["by"] == "lee"
+    assert "123-45-6789" not in json.dumps(trail) and "4567" not in json.dumps(trail)
+
+
+@pytest.fixture
+def audit_trail_events():
+    events: list[dict] = []
+
+    async def audit(event: dict) -> None:
+        events.append(event)
+
+    audit.events = events
+    return audit
