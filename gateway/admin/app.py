@@ -22,7 +22,7 @@ from aiohttp import web
 from catalog.model import ColumnRef
 from gateway.admin.config import AdminConfig, Approver
 from gateway.admin.metrics import Metrics
-from gateway.jit.model import ApprovalRefused, RequestState
+from gateway.jit.model import MAX_USES, ApprovalRefused, RequestState
 from gateway.jit.store import (
     Conflict, JitNotConfigured, JitService, JitUnavailable, NotFound,
 )
@@ -112,8 +112,8 @@ def _uses(body: Mapping[str, Any]) -> int | None:
     v = body.get("uses")
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ApiError(400, "bad_input", "uses: expected a positive integer or null (unlimited)")
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_USES:
+        raise ApiError(400, "bad_input", f"uses: expected an integer from 1 to {MAX_USES} or null (unlimited)")
     return v
 
 
@@ -135,7 +135,10 @@ async def console(request: web.Request) -> web.Response:
     html = resources.files("gateway.admin").joinpath("console.html").read_text()
     return web.Response(text=html, content_type="text/html",
                         headers={"Content-Security-Policy": "default-src 'self'; "
-                                 "script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'"})
+                                 "script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; "
+                                 # no other page may frame the console and steer an
+                                 # approver's clicks onto Approve (clickjacking)
+                                 "frame-ancestors 'none'"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -329,7 +332,7 @@ ROUTES: tuple[Route, ...] = (
           "Approve (201 with the grant when the quorum is met, 202 while more approvals are needed).",
           body={"type": "object", "required": ["duration"], "additionalProperties": False,
                 "properties": {"duration": _DUR, "scope": {"enum": ["statement", "columns"]},
-                               "uses": {"type": ["integer", "null"], "minimum": 1},
+                               "uses": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_USES},
                                "comment": {"type": "string", "maxLength": 2000},
                                "totp": {"type": "string", "maxLength": 16}}},
           statuses=(201, 202, 400, 403, 404, 409, 422)),
@@ -354,7 +357,7 @@ ROUTES: tuple[Route, ...] = (
                                "statement_key": {"type": "string", "maxLength": 200},
                                "fingerprint": {"type": "string", "maxLength": 200}, "ttl": _DUR,
                                "duration": _DUR,
-                               "uses": {"type": ["integer", "null"], "minimum": 1}}},
+                               "uses": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_USES}}},
           statuses=(201, 400, 403, 422, 501)),
 )
 
@@ -464,7 +467,16 @@ def create_app(service: JitService, config: AdminConfig, metrics: Metrics | None
             service.enroll_totp(a.name, a.totp_secret)
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
+    app.on_response_prepare.append(_safety_headers)
     return app
+
+
+async def _safety_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every answer, errors too: no content sniffing (a JSON body holding an
+    attacker's reason is never read as HTML) and no framing (older browsers that
+    ignore CSP frame-ancestors)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
 
 
 async def start_admin(app: web.Application, host: str, port: int) -> web.AppRunner:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.jit.model import AccessRequest
+from gateway.jit.model import MAX_USES, AccessRequest
 
 SIGNATURE_HEADER = "X-Piigate-Signature"
 
@@ -76,7 +76,7 @@ def parse_answer(body: bytes) -> HookAnswer:
     duration, uses, scope = d.get("duration_s"), d.get("uses"), d.get("scope")
     if duration is not None and (not isinstance(duration, int) or isinstance(duration, bool) or duration <= 0):
         return HookAnswer("none", "decision hook answer has an invalid duration_s")
-    if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool) or uses < 1):
+    if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool) or not 1 <= uses <= MAX_USES):
         return HookAnswer("none", "decision hook answer has an invalid uses")
     if scope is not None and scope not in ("statement", "columns"):
         return HookAnswer("none", "decision hook answer has an invalid scope")

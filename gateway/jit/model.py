@@ -51,6 +51,11 @@ TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
 
 SCOPES = frozenset({"statement", "columns"})
 
+#: the most uses a counted grant can have: Redis counts them in a signed 64-bit
+#: integer, and the audit trail's JSON holds 64-bit integers; a larger count made
+#: the grant unusable and its approval and grant records fail to be written
+MAX_USES = 2**31 - 1
+
 #: the version prefix of statement keys (``statement_key``)
 STATEMENT_KEY_VERSION = "sk1"
 
@@ -448,8 +453,9 @@ def check_approval(request: AccessRequest, approver: str, approver_groups: Itera
         raise ApprovalRefused("scope", "this request has no statement key (it was recorded before "
                                        "statement grants were bound to the exact statement); grant "
                                        "scope 'columns', or let the user run the statement again")
-    if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or uses < 1):
-        raise ApprovalRefused("uses", f"uses must be a positive integer or null (unlimited), got {uses!r}")
+    if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES):
+        raise ApprovalRefused("uses", f"uses must be an integer from 1 to {MAX_USES} or null (unlimited), "
+                                      f"got {uses!r}")
 
 
 @dataclass(frozen=True, slots=True)

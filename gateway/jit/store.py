@@ -56,7 +56,7 @@ from gateway.jit.config import JitConfig
 from gateway.jit.hook import DecisionHook
 from gateway.jit.model import (
     AccessRequest, Approval, ApprovalOutcome, ApprovalRefused, Grant, IllegalTransition,
-    RequestState, SCOPES, apply_approval, identity, check_approval, check_reason, make_grant, requirement_from_dict,
+    MAX_USES, RequestState, SCOPES, apply_approval, identity, check_approval, check_reason, make_grant, requirement_from_dict,
     requirement_to_dict, statement_key as _statement_key, STATEMENT_KEY_VERSION,
 )
 from gateway.jit.notify import Notifier
@@ -931,6 +931,9 @@ class JitService:
             raise ValueError(f"ttl_s must be in (0, {self.config.token_max_ttl_s:g}]")
         if isinstance(duration_s, bool) or not isinstance(duration_s, int) or duration_s <= 0:
             raise ValueError("duration_s must be a positive integer")
+        if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int)
+                                 or not 1 <= uses <= MAX_USES):
+            raise ValueError(f"uses must be an integer from 1 to {MAX_USES} or null (unlimited)")
         if statement_key is None and fingerprint and fingerprint.startswith(f"{STATEMENT_KEY_VERSION}:"):
             statement_key, fingerprint = fingerprint, None
         if scope == "statement" and not (statement_key or "").startswith(f"{STATEMENT_KEY_VERSION}:"):

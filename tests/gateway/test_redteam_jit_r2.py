@@ -236,3 +236,109 @@ def audit_trail_events():
 
     audit.events = events
     return audit
+
+
+# ---------------------------------------------------------------- admin API and console
+
+from .admin.test_admin_api import auth, env, error_of, pending  # noqa: E402,F401
+
+
+async def test_the_console_cannot_be_framed_or_sniffed(env):
+    """The console had a CSP without frame-ancestors: any page (another origin on
+    loopback) could frame it and lead an approver's clicks onto Approve. API
+    answers said nothing against content sniffing."""
+    client, *_ = env
+    resp = await client.get("/")
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    for path in ("/", "/api/v1/health", "/api/v1/requests"):
+        resp = await client.get(path)
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff", path
+        assert "Access-Control-Allow-Origin" not in resp.headers, path     # no CORS at all
+
+
+async def test_state_changes_need_the_bearer_header_whatever_else_is_sent(env):
+    """Cross-site requests (a form post from another origin, a cookie, a token in
+    the query string or the body, a method-override header) change nothing: only
+    Authorization: Bearer authenticates, and the approver is the token's, never the body's."""
+    client, service, *_ = env
+    req = await pending(service)
+    form = await client.post(f"/api/v1/requests/{req.id}/approve", data={"duration": "60"},
+                             headers={"Origin": "http://127.0.0.1:9999", "Cookie": "token=tok-bob"})
+    await error_of(form, 401)
+    await error_of(await client.post(f"/api/v1/requests/{req.id}/approve?token=tok-bob",
+                                     json={"duration": 60}), 401)
+    await error_of(await client.post(f"/api/v1/requests/{req.id}/approve",
+                                     json={"duration": 60, "approver": "bob"}), 401)
+    e = await error_of(await client.post(f"/api/v1/requests/{req.id}/approve",
+                                         json={"duration": 60, "approver": "carol"},
+                                         headers=auth("bob")), 400)
+    assert "approver" in e["message"]
+    await error_of(await client.get(f"/api/v1/requests/{req.id}/approve",
+                                    headers={**auth("bob"), "X-HTTP-Method-Override": "POST"}), 405)
+    # duplicate keys, huge numbers, lists for strings: 4xx, nothing recorded
+    for raw in (b'{"duration": 60, "duration": 999999999}', b'{"duration": 1e400}',
+                b'{"duration": ["60"]}', b'{"duration": 60, "uses": 99999999999999999999999999}',
+                b'{"duration": 60, "comment": {"x": 1}}', b'{"duration": "9' + b"9" * 5000 + b'"}'):
+        resp = await client.post(f"/api/v1/requests/{req.id}/approve", data=raw,
+                                 headers={**auth("bob"), "Content-Type": "application/json"})
+        assert 400 <= resp.status < 500, (raw[:40], resp.status)
+    assert (await service.get_request(req.id)).state.value == "pending"
+    resp = await client.post(f"/api/v1/requests/{req.id}/approve", json={"duration": 60},
+                             headers=auth("bob"))
+    assert resp.status == 201 and (await resp.json())["grant"]["approved_by"] == ["bob"]
+
+
+@pytest.mark.parametrize("rid", ["..%2F..%2Fgrant%3Ax", "req-1%00", "%2A", "req:*", "x" * 3000])
+async def test_odd_ids_are_just_unknown_ids(env, rid):
+    client, *_ = env
+    resp = await client.post(f"/api/v1/requests/{rid}/approve", json={"duration": 60}, headers=auth("bob"))
+    assert resp.status in (400, 404, 414), resp.status
+    resp = await client.post(f"/api/v1/grants/{rid}/revoke", headers=auth("bob"))
+    assert resp.status in (400, 404, 414), resp.status
+
+
+@pytest.mark.parametrize("first", ["deny", "abandon", "expire", "approve"])
+async def test_no_approval_after_a_request_is_decided(env, first, redis_prefix):
+    client, service, *_ = env
+    req = await pending(service)
+    if first == "deny":
+        await service.deny(req.id, "carol", "no")
+    elif first == "abandon":
+        await service.abandon(req.id)
+    elif first == "expire":
+        await service.sweep(now=time.time() + service.config.request_ttl_s + 1)
+    else:
+        await service.approve(req.id, "carol", {"dba"}, 60)
+    e = await error_of(await client.post(f"/api/v1/requests/{req.id}/approve", json={"duration": 60},
+                                         headers=auth("bob")), 409)
+    assert "already" in e["message"]
+    assert len(await service.list_grants(principal="alice")) == (first == "approve")
+
+
+async def test_a_count_of_uses_beyond_64_bits_is_refused_everywhere(jit_r2, audit_trail_events):
+    """uses = 10**26 was accepted: Redis cannot count it (the grant failed at first
+    use) and the trail cannot hold it, so the approval and grant records were not
+    written while the request stood approved (found by red-teaming). It is refused
+    by the API (400), the approval rules, token issue and the decision hook alike."""
+    from gateway.audit.records import plain
+    from gateway.jit.hook import parse_answer
+    from gateway.jit.model import MAX_USES, ApprovalRefused
+    huge = 10**26
+    req = await jit_r2.create_request("sam", Action.READ, columns={EMAIL}, categories={"email"},
+                                      statement_key="sk1:x")
+    with pytest.raises(ApprovalRefused) as e:
+        await jit_r2.approve(req.id, "lee", {"leads"}, 60, uses=huge)
+    assert e.value.code == "uses"
+    with pytest.raises(ValueError):
+        jit_r2.issue_token("ci", Action.READ, "columns", issued_by="lee", ttl_s=60, duration_s=60,
+                           categories={"email"}, uses=huge)
+    assert parse_answer(json.dumps({"decision": "approve", "uses": huge}).encode()).decision == "none"
+    jit_r2.audit = audit_trail_events
+    grant = (await jit_r2.approve(req.id, "lee", {"leads"}, 60, scope="columns", uses=MAX_USES)).grant
+    assert {e["type"] for e in audit_trail_events.events} >= {"jit.request.approval_recorded",
+                                                             "jit.grant.created"}
+    for event in audit_trail_events.events:
+        plain(event)                                   # every record can be written
+    assert (await jit_r2.find_covering_grant("sam", Action.READ, {EMAIL}, {"email"})).uses_left == MAX_USES - 1
+    assert grant.uses_left == MAX_USES
