@@ -342,3 +342,36 @@ async def test_a_count_of_uses_beyond_64_bits_is_refused_everywhere(jit_r2, audi
         plain(event)                                   # every record can be written
     assert (await jit_r2.find_covering_grant("sam", Action.READ, {EMAIL}, {"email"})).uses_left == MAX_USES - 1
     assert grant.uses_left == MAX_USES
+
+
+# ---------------------------------------------------------------- held statements
+
+
+async def test_statements_pipelined_behind_a_held_one_wait_for_it(jit_gateway_r2):
+    """A client that pipelines more messages while its statement is held: none of
+    them runs ahead (an UPDATE queued behind a held SELECT must not commit first),
+    and after the hold ends they run in order."""
+    from gateway.protocol import codec
+    from .conftest import PASSWORD
+    from .rawclient import RawClient, errors
+    gw = jit_gateway_r2(hold=2)
+    raw = RawClient("127.0.0.1", gw.port, "sam", PASSWORD, gw.dbname, timeout=15)
+    try:
+        assert not errors(raw.query("SET piigate.reason = 'TICKET-301'"))
+        raw.received.clear()
+        raw.sock.sendall(codec.frame(b"Q", b"SELECT email FROM customers WHERE id = 3\x00")
+                         + codec.frame(b"Q", b"SELECT 'second'\x00"))
+        req = await _pending(gw.admin)
+        await asyncio.sleep(0.5)
+        assert b"second" not in raw.received               # still behind the held one
+        first = raw._until_ready()
+        assert [e for e in errors(first) if "not approved within" in e.message], first
+        second = raw._until_ready()
+        assert not errors(second) and b"second" in raw.received
+        # approval after the hold timed out: the retry goes straight through, once
+        status, body = await _post(gw.admin, f"/api/v1/requests/{req['id']}/approve",
+                                   {"duration": "5m", "scope": "statement", "uses": 1})
+        assert status == 201, body
+        assert not errors(raw.query("SELECT email FROM customers WHERE id = 3"))
+    finally:
+        raw.close()
