@@ -851,7 +851,7 @@ class PolicyGate(Gate):
         # statements pipelined behind it are refused until its ReadyForQuery (which
         # comes after the server's ParameterStatus); an error changes nothing here
         relay.state.setdefault("path_check", None)
-        if name == "client_encoding" and wanted == "utf8" or name == "standard_conforming_strings":
+        if wanted == ("utf8" if name == "client_encoding" else "on"):
             return (facts, Decision(Effect.ALLOW, "session:" + name.replace("_", "-"), action=Action.SESSION))
         return None
 
