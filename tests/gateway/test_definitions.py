@@ -132,3 +132,30 @@ def test_psql_describe_commands_work_under_policy(def_gateway, command):
         assert "vip_log_trg" in out and "vip_log_who" in out and "'***'" in out
     if command == "\\d+ vip_contacts":
         assert "View definition" in out and "'***'" in out
+
+
+def test_definitions_are_redacted_wherever_the_statement_reads_them(def_gateway):
+    """Prepared (SQL PREPARE, the extended protocol), in a cursor, in FROM, in a CTE,
+    under an alias list: every way of reading a definition gets the redacted text."""
+    client = _client(def_gateway)
+    msgs = []
+    try:
+        for sql in ["PREPARE d AS SELECT pg_get_viewdef('vip_contacts'::regclass)", "EXECUTE d",
+                    "BEGIN", "DECLARE k CURSOR FOR SELECT pg_get_indexdef('vip_log_who'::regclass)",
+                    "FETCH ALL FROM k", "COMMIT",
+                    "SELECT x.d FROM pg_get_viewdef('vip_contacts'::regclass) AS x(d)",
+                    "WITH v AS (SELECT pg_get_ruledef(oid) AS r FROM pg_rewrite WHERE rulename = 'vip_rule') "
+                    "SELECT r FROM v",
+                    "SELECT c.relname, d FROM pg_class c, LATERAL pg_get_viewdef(c.oid) AS d "
+                    "WHERE c.relname = 'vip_contacts'"]:
+            msgs.extend(client.query(sql))
+        msgs.extend(client.extended("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                                    "WHERE conrelid = 'vip_log'::regclass AND contype = $1", ["c"]))
+        client.drain(0.1)
+        received = bytes(client.received)
+    finally:
+        client.close()
+    assert not errors(msgs), errors(msgs)
+    assert SSN7.encode() not in received and DOB.encode() not in received
+    rows = _values(msgs)
+    assert len(rows) == 6 and all(b"'***'" in row[-1] for row in rows), rows
