@@ -55,10 +55,11 @@ def _kinds(table: dict[bytes, int], default: int) -> bytes:
 
 #: what the relay does with each frontend message type: 0 not a frontend message
 #: (protocol violation), 1 forward (CopyData, ...), 2 Sync, 3 Query, 4 Parse,
-#: 5 Terminate, 6 FunctionCall, 7 Bind, 8 Describe/Execute/Close/Flush (more of an
-#: extended-protocol batch), 9 CopyDone/CopyFail
+#: 5 Terminate, 6 FunctionCall, 7 Bind, 8 Describe/Execute/Flush (more of an
+#: extended-protocol batch), 9 CopyDone/CopyFail, 10 Close (as 8, and shown to the
+#: Gate in sessions under policy: it ends a prepared statement or portal)
 _CLIENT_KIND = _kinds({b"S": 2, b"Q": 3, b"P": 4, b"X": 5, b"F": 6, b"B": 7,
-                       b"D": 8, b"E": 8, b"C": 8, b"H": 8, b"c": 9, b"f": 9}, 1)
+                       b"D": 8, b"E": 8, b"C": 10, b"H": 8, b"c": 9, b"f": 9}, 1)
 
 
 def _statement_span(kind: int, buf: "bytes | bytearray", start: int, end: int) -> tuple[int, int] | None:
@@ -151,6 +152,10 @@ class Gate:
     def on_bind(self, relay: "Relay", frame: bytes) -> "Verdict | None":
         """A Bind (one execution of a prepared statement): None forwards it as is."""
         return None
+
+    def on_close(self, relay: "Relay", body: bytes) -> None:
+        """A Close (body: 'S' or 'P', then the name) in a session under policy: the
+        server forgets that prepared statement or portal, so the gate must too."""
 
     def on_upstream_error(self, relay: "Relay", body: bytes) -> bytes | None:
         """Return replacement ErrorResponse/Notice bytes, or None to pass it as is."""
@@ -453,12 +458,12 @@ class Relay:
                         raise ProtocolViolation(
                             "a Query or FunctionCall was sent before the Sync that ends the extended-protocol "
                             "messages before it")
-                if kind == 8:                                # Describe/Execute/Close/Flush
-                    self.unsynced = True
-                    pos = end
-                    continue
-                if kind == 9:                                # CopyDone/CopyFail: that copy ends
-                    if self.copies_pending:
+                if kind >= 8:
+                    if kind != 9:                            # Describe/Execute/Flush/Close
+                        self.unsynced = True
+                        if kind == 10 and strict:            # Close: the gate forgets the name
+                            self.gate.on_close(self, buf[pos + 5:end])
+                    elif self.copies_pending:                # CopyDone/CopyFail: that copy ends
                         self.copies_pending -= 1
                     pos = end
                     continue

@@ -1334,21 +1334,50 @@ class PolicyGate(Gate):
             if decision.grant_id is not None:
                 self._reader_opened(relay, s, ("cursor", facts.cursor_name), decision.grant_id,
                                     _WITH_HOLD.search(facts.sql) is not None)
-        elif (facts.kind is StatementKind.CURSOR and s.readers
-              and facts.command.upper().startswith("CLOSE")):
+        elif facts.kind is StatementKind.CURSOR and facts.command.upper().startswith("CLOSE"):
+            # (a name the gateway still knew after PostgreSQL closed it would vouch for
+            # whatever is opened under it next without the gateway seeing it)
             if facts.cursor_name is None:           # CLOSE ALL: every portal
                 s.readers.clear()
+                s.cursors.clear()
             else:
                 s.readers.pop(("cursor", facts.cursor_name), None)
                 s.readers.pop(("portal", facts.cursor_name), None)
+                s.cursors.pop(facts.cursor_name, None)
         elif facts.kind is StatementKind.PREPARE and facts.inner is not None and facts.prepared_name:
             s.prepared[facts.prepared_name] = decision.grant_id
             s.prepared_meaning[facts.prepared_name] = (facts.inner, decision, self._context(s))
+            # protocol-level and SQL-level prepared statements share their names: a
+            # protocol one of this name is gone, or this PREPARE fails
+            s.statements.pop(facts.prepared_name, None)
+            s.bind_templates.pop(facts.prepared_name, None)
             _created(relay, "prepared", facts.prepared_name, extended)
-        elif (facts.kind is StatementKind.PREPARE and facts.prepared_name
-              and facts.command.upper().startswith("DEALLOCATE")):
-            for table in (s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
-                table.pop(facts.prepared_name, None)
+        elif facts.kind is StatementKind.PREPARE and facts.command.upper().startswith("DEALLOCATE"):
+            if facts.prepared_name is None:         # DEALLOCATE ALL: protocol-level ones too
+                for table in (s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
+                    table.clear()
+            else:
+                for table in (s.prepared, s.prepared_meaning, s.statements, s.bind_templates):
+                    table.pop(facts.prepared_name, None)
+
+    def on_close(self, relay: Relay, body: bytes) -> None:
+        """A protocol Close: PostgreSQL forgets the prepared statement (protocol- or
+        SQL-level: they share names) or portal (a cursor to SQL), so the gateway does
+        too. Kept, a closed statement's entry decided a Bind of whatever PREPARE made
+        under its name next: Close S s1, PREPARE s1 AS SELECT v FROM t, a search_path
+        change that makes t the view over customers.ssn, and Bind s1 was re-checked as
+        the closed statement's text and returned the SSN in clear. (A Close PostgreSQL
+        skips after an error only makes the gateway refuse the name: fail closed.)"""
+        s: SessionState = relay.state.get("s")
+        end = body.find(b"\x00", 1)
+        if s is None or end < 0:
+            return                                  # malformed: PostgreSQL refuses it
+        name = body[1:end].decode(relay.encoding, "replace")
+        if body[:1] == b"S":
+            for table in (s.statements, s.bind_templates, s.prepared, s.prepared_meaning):
+                table.pop(name, None)
+        elif body[:1] == b"P":
+            s.cursors.pop(name, None)
 
     def _refuse_simple(self, relay, refusal: Refusal, prefix: list[str] | None = None) -> Verdict:
         return failing_verdict(b"Q", _error(refusal), relay.encoding, before=tuple(prefix or ()))

@@ -100,3 +100,84 @@ def test_how_text_is_read_changes_only_alone_and_outside_a_transaction(session_g
         assert not errors(ann.query("SELECT ssn FROM customers WHERE id = 7")) and not _leaks(ann)
     finally:
         ann.close()
+
+
+def _assert_no_clear_ssn(client, msgs) -> None:
+    assert SSN7 not in client.received, msgs
+
+
+@pytest.mark.parametrize("drop", ["close", "deallocate all"])
+def test_a_statement_name_postgres_forgot_does_not_vouch_for_the_next_one(shadow_gateway, drop):
+    """A protocol Close of a prepared statement, and DEALLOCATE ALL, left the gateway's
+    entry for the name; PREPARE s1 AS SELECT v FROM t (public.t then) made a new s1,
+    and after SET search_path = s2, public a Bind of s1 was re-checked as the closed
+    statement's text ("SELECT 'x'"), passed, and PostgreSQL re-planned its s1 over
+    s2.t: the SSN in clear (found by red-teaming)."""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = public, s2"))
+        ann.sock.sendall(codec.encode_parse("s1", "SELECT 'x'::text AS v") + SYNC)
+        assert not errors(ann._until_ready())
+        if drop == "close":
+            ann.sock.sendall(codec.frame(b"C", b"Ss1\x00") + SYNC)
+            assert not errors(ann._until_ready())
+        else:
+            assert not errors(ann.query("DEALLOCATE ALL"))
+        assert not errors(ann.query("PREPARE s1 AS SELECT v FROM t WHERE id = 7"))
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(_bind("", "s1") + _execute() + SYNC)
+        msgs = ann._until_ready()
+        assert errors(msgs), msgs
+        _assert_no_clear_ssn(ann, msgs)
+        # EXECUTE at SQL level was and is re-checked
+        msgs = ann.query("EXECUTE s1")
+        assert errors(msgs), msgs
+        _assert_no_clear_ssn(ann, msgs)
+    finally:
+        ann.close()
+
+
+def test_a_protocol_close_of_a_sql_prepared_statement_is_followed(shadow_gateway):
+    """Protocol Close also ends a SQL-level PREPAREd statement (they share names), and
+    the gateway kept its meaning: a protocol Parse of the same name that ran before an
+    error in its sync group (so the gateway forgot it) fell back to that stale meaning
+    at Bind. (The re-check after the search_path change refused it even so; now the
+    name is simply unknown after the Close.)"""
+    ann = _client(shadow_gateway)
+    try:
+        assert not errors(ann.query("SET search_path = public, s2"))
+        assert not errors(ann.query("PREPARE s1 AS SELECT 'x'::text AS v"))
+        ann.sock.sendall(codec.frame(b"C", b"Ss1\x00") + SYNC)
+        assert not errors(ann._until_ready())
+        ann.sock.sendall(codec.encode_parse("s1", "SELECT v FROM t WHERE id = 7") + _execute("no_such_portal")
+                         + SYNC)
+        assert errors(ann._until_ready())
+        assert not errors(ann.query("SET search_path = s2, public"))
+        ann.sock.sendall(_bind("", "s1") + _execute() + SYNC)
+        msgs = ann._until_ready()
+        assert errors(msgs), msgs
+        _assert_no_clear_ssn(ann, msgs)
+    finally:
+        ann.close()
+
+
+def test_statements_and_portals_that_were_closed_and_made_again_work(shadow_gateway):
+    ann = _client(shadow_gateway)
+    try:
+        for _ in range(2):
+            ann.sock.sendall(codec.encode_parse("s1", "SELECT v FROM t WHERE id = 7") + _bind("p1", "s1")
+                             + _execute("p1", 1) + SYNC)
+            msgs = ann._until_ready()
+            assert not errors(msgs) and b"plain-7" in ann.received, msgs
+            ann.sock.sendall(codec.frame(b"C", b"Pp1\x00") + codec.frame(b"C", b"Ss1\x00") + SYNC)
+            assert not errors(ann._until_ready())
+        assert [e.sqlstate for e in errors(ann.query("FETCH p1"))] == ["42501"]   # closed: not vouched for
+        assert not errors(ann.query("BEGIN; DECLARE c CURSOR FOR SELECT ssn FROM customers"))
+        assert not errors(ann.query("FETCH c")) and SSN7 not in ann.received
+        assert not errors(ann.query("CLOSE c"))
+        assert [e.sqlstate for e in errors(ann.query("FETCH c"))] == ["42501"]
+        ann.query("ROLLBACK")
+        ann.received.clear()
+        assert not errors(ann.query("SELECT ssn FROM customers WHERE id = 7")) and SSN7 not in ann.received
+    finally:
+        ann.close()
