@@ -93,6 +93,9 @@ class SessionState:
     reason: str | None = None
     grants: list = field(default_factory=list)          # Grant objects redeemed from tokens
     cursors: dict = field(default_factory=dict)         # SQL cursor name -> grant id or None
+    #: names in ``cursors`` that end with their transaction (protocol portals, cursors
+    #: without WITH HOLD): forgotten when the session is idle again
+    transient: set = field(default_factory=set)
     prepared: dict = field(default_factory=dict)        # SQL-level PREPARE name -> grant id or None
     #: SQL-level PREPARE name -> (inner facts, decision, context decided in)
     prepared_meaning: dict = field(default_factory=dict)
@@ -497,7 +500,9 @@ class PolicyGate(Gate):
         if p > 0:
             # a named portal is a cursor to SQL too (asyncpg's cursor.forward() sends
             # MOVE on it): FETCH/MOVE/CLOSE on it read what this statement was decided as
-            s.cursors[body[:p].decode(relay.encoding, "replace")] = grant_id
+            portal = body[:p].decode(relay.encoding, "replace")
+            s.cursors[portal] = grant_id
+            s.transient.add(portal)
         if grant_id is not None:
             lapsed = self._grant_lapsed(s, grant_id)
             if lapsed is not None:
@@ -1331,9 +1336,13 @@ class PolicyGate(Gate):
         if facts.kind is StatementKind.CURSOR and facts.inner is not None and facts.cursor_name:
             s.cursors[facts.cursor_name] = decision.grant_id
             _created(relay, "cursor", facts.cursor_name, extended)
+            hold = _WITH_HOLD.search(facts.sql) is not None
+            if hold:
+                s.transient.discard(facts.cursor_name)
+            else:
+                s.transient.add(facts.cursor_name)
             if decision.grant_id is not None:
-                self._reader_opened(relay, s, ("cursor", facts.cursor_name), decision.grant_id,
-                                    _WITH_HOLD.search(facts.sql) is not None)
+                self._reader_opened(relay, s, ("cursor", facts.cursor_name), decision.grant_id, hold)
         elif facts.kind is StatementKind.CURSOR and facts.command.upper().startswith("CLOSE"):
             # (a name the gateway still knew after PostgreSQL closed it would vouch for
             # whatever is opened under it next without the gateway seeing it)
@@ -1537,6 +1546,13 @@ class PolicyGate(Gate):
             # portals and cursors without WITH HOLD end with their transaction
             for key in [k for k, v in s.readers.items() if not v[1]]:
                 del s.readers[key]
+        if s is not None and status == "I" and s.transient:
+            # so do their names (kept, a client binding portals of new names in a
+            # loop grew the gateway's memory without end, and a stale name vouched
+            # for a cursor opened under it later without the gateway seeing it)
+            for name in s.transient:
+                s.cursors.pop(name, None)
+            s.transient.clear()
         inflight = relay.state.get("inflight")
         if not inflight:
             if relay.track:

@@ -181,3 +181,40 @@ def test_statements_and_portals_that_were_closed_and_made_again_work(shadow_gate
         assert not errors(ann.query("SELECT ssn FROM customers WHERE id = 7")) and SSN7 not in ann.received
     finally:
         ann.close()
+
+
+def _session_state(gw, user: str = "ann"):
+    def find():
+        return [r.state["s"] for r in gw.gateway.sessions.values() if r.info.user.name == user]
+    return gw.call(find)[0]
+
+
+def test_portal_names_end_with_their_transaction(policy_gateway):
+    """Every named portal a Bind opened stayed in the session's cursor table after
+    its transaction ended (PostgreSQL drops it at the Sync): a client binding portals
+    of new names in a loop grew the gateway's memory without end (100 bytes each,
+    shared by every session of the process), and a stale name vouched for FETCH of
+    whatever was opened under it later. Cursors WITH HOLD stay until closed."""
+    ann = _client(policy_gateway)
+    try:
+        ann.sock.sendall(codec.encode_parse("s1", "SELECT ssn FROM customers WHERE id = 7") + SYNC)
+        assert not errors(ann._until_ready())
+        ann.sock.sendall(b"".join(_bind(f"p{i}", "s1") + SYNC for i in range(300)))
+        for _ in range(300):
+            assert not errors(ann._until_ready())
+        assert not errors(ann.query("DECLARE h CURSOR WITH HOLD FOR SELECT ssn FROM customers"))
+        assert set(_session_state(policy_gateway).cursors) == {"h"}
+        assert [e.sqlstate for e in errors(ann.query("FETCH p1"))] == ["42501"]
+        ann.received.clear()
+        assert not errors(ann.query("FETCH h")) and not _leaks(ann)
+        # inside a transaction a portal is a cursor to SQL until the transaction ends
+        ann.sock.sendall(codec.encode_query("BEGIN"))
+        ann._until_ready()
+        ann.sock.sendall(_bind("p1", "s1") + SYNC)
+        assert not errors(ann._until_ready())
+        msgs = ann.query("FETCH p1")
+        assert not errors(msgs) and not _leaks(ann), msgs
+        assert not errors(ann.query("COMMIT"))
+        assert set(_session_state(policy_gateway).cursors) == {"h"}
+    finally:
+        ann.close()
