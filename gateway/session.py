@@ -1244,7 +1244,7 @@ class PolicyGate(Gate):
                     plans = [(p[0], _deny("mask-failed", refusal.message)) if p is item else p for p in plans]
                     break
             if s.under_policy and not facts.functions.isdisjoint(DEFINITION_QUALIFIED):
-                redacted, refusal = _redact_definitions(text, facts)
+                redacted, refusal = _redact_definitions(text, facts, eng, s.search_path)
                 if refusal is not None:
                     plans = [(p[0], _deny("definition-redaction", refusal.message)) if p is item else p
                              for p in plans]
@@ -1626,26 +1626,44 @@ _DEFINITIONS_IN_TEXT_ONLY = frozenset({"pg_catalog.pg_get_viewdef", "pg_catalog.
                                        "pg_catalog.pg_get_ruledef"})
 
 
-def _redact_definitions(text: str, facts: StatementFacts) -> tuple[str, Refusal | None]:
+def _redact_definitions(text: str, facts: StatementFacts, eng, search_path) -> tuple[str, Refusal | None]:
     """The statement with the literals of the object definitions it reads redacted
-    (gateway.rewrite.definitions), or a refusal when that cannot be done with
-    certainty, or when a definition is read where no wrapper reaches (inside a view,
-    e.g. information_schema.views.view_definition)."""
-    from .rewrite.definitions import DefinitionError, redact_definitions
+    (gateway.rewrite.definitions): each call in its text wrapped, each system view
+    that calls one inside (information_schema.columns, pg_views, ...) wrapped in a
+    subquery that redacts those columns. A refusal when that cannot be done with
+    certainty, or when a view, trigger or rule definition is read where no wrapper
+    reaches (inside a view of a DBA's)."""
+    from .rewrite import RewriteError, rewrite
+    from .rewrite.definitions import DEFINITION_VIEWS, DefinitionError, redact_definitions
+    from catalog.model import ColumnRef
+    from policies.model import MaskPlan, MaskStrategy
+    hint = ("call pg_get_viewdef() and the like in your own SELECT (e.g. SELECT pg_get_viewdef('v'::regclass)), "
+            "where their literals come back redacted")
     try:
         out = redact_definitions(text)
     except DefinitionError as e:
         return text, Refusal("42501", f"piigate: this statement reads database object definitions and the gateway "
-                             f"cannot redact the literals in them ({e}); it was refused",
-                             "call pg_get_viewdef() and the like in a plain SELECT, one call per expression")
-    unreached = (facts.functions & _DEFINITIONS_IN_TEXT_ONLY) - out.functions
+                             f"cannot redact the literals in them ({e}); it was refused", hint)
+    sql, explained = out.sql, set(out.functions)
+    views = [r for r in facts.relations_read if r in DEFINITION_VIEWS]
+    if views:
+        strategy = MaskStrategy("definition")
+        plan = MaskPlan({ColumnRef(v.schema, v.name, c): strategy for v in views for c in DEFINITION_VIEWS[v][0]})
+        try:
+            result = rewrite(sql, plan, eng.schema, search_path, pseudonym_installed=eng.pseudonym_installed)
+        except RewriteError as e:
+            return text, Refusal("42501", f"piigate: this statement reads database object definitions through "
+                                 f"a system view and the gateway cannot redact the literals in them ({e}); "
+                                 "it was refused", hint)
+        sql = result.sql
+        explained |= {f"pg_catalog.{f}" for v in result.wrapped if v in DEFINITION_VIEWS
+                      for f in DEFINITION_VIEWS[v][1]}
+    unreached = (facts.functions & _DEFINITIONS_IN_TEXT_ONLY) - explained
     if unreached:
         return text, Refusal("42501", "piigate: this statement reads database object definitions through a view ("
                              + ", ".join(sorted(unreached)) + "), where the gateway cannot redact the literals a "
-                             "DBA wrote into them; it was refused",
-                             "call the function in your own SELECT (e.g. SELECT pg_get_viewdef('v'::regclass)), "
-                             "where its literals come back redacted")
-    return out.sql, None
+                             "DBA wrote into them; it was refused", hint)
+    return sql, None
 
 
 def _error(refusal: Refusal) -> bytes:

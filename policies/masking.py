@@ -24,6 +24,9 @@ Strategies (``MaskStrategy.name`` and its ``params``):
 - ``round``: numeric rounded to ``digits`` (built-in ``round``: -2, to hundreds;
   on integer types a non-negative ``digits`` would change nothing, so -1 is used).
 - ``bucket``: numeric floored to a multiple of ``width`` (default 10).
+- ``definition`` (the gateway's own, not for policy files): a deparsed object
+  definition (a view's, a default's, a CHECK's) with every quoted literal replaced
+  by ``'***'`` (``definition_expression``; see gateway.rewrite.definitions).
 
 Note: ``hash`` of a low-entropy value (an SSN) can be reversed by anyone who may
 call ``piigate.pseudonym`` on guesses; the gateway treats ``piigate.*`` calls as
@@ -103,6 +106,29 @@ def is_text_type(type_name: str) -> bool:
     return bool(_TEXT_TYPES.match(type_name.strip()))
 
 
+#: what a literal becomes in a redacted definition (an SQL literal itself, so the
+#: definition still reads as SQL)
+DEFINITION_PLACEHOLDER = "'***'"
+# identifiers first: a quote inside "it's" does not start a literal
+_DEFINITION_TOKENS = """$piigate$"(?:[^"]|"")*"|'(?:[^']|'')*'|[^"']+|["']$piigate$"""
+
+
+def definition_expression(expr: str) -> str:
+    """``expr`` (a deparsed definition) with its quoted literals replaced by
+    ``'***'``, as a text expression: the text is split into double-quoted
+    identifiers, quoted literals and the rest, and put together again. NULL stays
+    NULL, '' stays ''. PostgreSQL's deparser writes every string as a simple quoted
+    literal (standard_conforming_strings is pinned on), so this finds them all."""
+    quote = quote_literal("'")
+    return ("(SELECT CASE WHEN piigate_def.v IS NULL THEN NULL ELSE COALESCE(("
+            "SELECT pg_catalog.string_agg(CASE WHEN pg_catalog.left(piigate_tok.m[1], 1) "
+            f"OPERATOR(pg_catalog.=) {quote} THEN {quote_literal(DEFINITION_PLACEHOLDER)}::pg_catalog.text "
+            "ELSE piigate_tok.m[1] END, '' ORDER BY piigate_tok.n) "
+            f"FROM pg_catalog.regexp_matches(piigate_def.v, {_DEFINITION_TOKENS}, 'g') "
+            "WITH ORDINALITY AS piigate_tok(m, n)), '') END "
+            f"FROM (SELECT CAST(({expr}) AS pg_catalog.text) AS v) AS piigate_def)")
+
+
 def _cast(expr: str, type_name: str) -> str:
     # format_type() output is already a valid, quoted-as-needed type name
     return f"CAST({expr} AS {type_name})"
@@ -129,6 +155,8 @@ def mask_expression(column_sql: str, type_name: str, strategy: MaskStrategy,
 
     if kind == "redact":
         return redact()
+    if kind == "definition":
+        return MaskedExpression(_cast(definition_expression(column_sql), t), "definition")
     if kind == "null":
         return MaskedExpression(_cast("NULL", t), "null")
     if kind == "partial":

@@ -30,20 +30,40 @@ from dataclasses import dataclass
 
 from pglast import parser
 
+from catalog.model import RelationRef
+
+from policies.masking import DEFINITION_PLACEHOLDER as PLACEHOLDER, definition_expression  # noqa: F401
+
 #: functions whose text result is a deparsed definition, redacted where called
 DEFINITION_FUNCTIONS = frozenset({
     "pg_get_viewdef", "pg_get_triggerdef", "pg_get_ruledef", "pg_get_indexdef",
     "pg_get_constraintdef", "pg_get_expr", "pg_get_partkeydef", "pg_get_partition_constraintdef",
-    "pg_get_statisticsobjdef", "pg_get_function_arguments",
+    "pg_get_statisticsobjdef", "pg_get_function_arguments", "pg_get_function_arg_default",
 })
 QUALIFIED = frozenset(f"pg_catalog.{f}" for f in DEFINITION_FUNCTIONS)
 
-#: what a literal becomes in the definition (an SQL literal, so the text still reads as SQL)
-PLACEHOLDER = "'***'"
-_PLACEHOLDER_SQL = "'" + PLACEHOLDER.replace("'", "''") + "'"
-# identifiers first: a quote inside "it's" does not start a literal
-_TOKENS = """$piigate$"(?:[^"]|"")*"|'(?:[^']|'')*'|[^"']+|["']$piigate$"""
-
+#: system views that call definition functions inside their own definition, where no
+#: wrapper around a call can reach: (the output columns that carry a definition, the
+#: functions behind them). A reference to one of them in the statement is wrapped in
+#: a subquery that redacts those columns (the masking rewrite, strategy
+#: "definition"), so ``SELECT * FROM information_schema.columns`` keeps working.
+DEFINITION_VIEWS: dict[RelationRef, tuple[tuple[str, ...], frozenset[str]]] = {
+    RelationRef("information_schema", "columns"): (("column_default", "generation_expression"),
+                                                   frozenset({"pg_get_expr"})),
+    RelationRef("information_schema", "attributes"): (("attribute_default",), frozenset({"pg_get_expr"})),
+    RelationRef("information_schema", "check_constraints"): (("check_clause",),
+                                                             frozenset({"pg_get_constraintdef"})),
+    RelationRef("information_schema", "parameters"): (("parameter_default",),
+                                                      frozenset({"pg_get_function_arg_default"})),
+    RelationRef("information_schema", "triggers"): (("action_condition", "action_statement"),
+                                                    frozenset({"pg_get_triggerdef"})),
+    RelationRef("information_schema", "views"): (("view_definition",), frozenset({"pg_get_viewdef"})),
+    RelationRef("pg_catalog", "pg_indexes"): (("indexdef",), frozenset({"pg_get_indexdef"})),
+    RelationRef("pg_catalog", "pg_policies"): (("qual", "with_check"), frozenset({"pg_get_expr"})),
+    RelationRef("pg_catalog", "pg_views"): (("definition",), frozenset({"pg_get_viewdef"})),
+    RelationRef("pg_catalog", "pg_matviews"): (("definition",), frozenset({"pg_get_viewdef"})),
+    RelationRef("pg_catalog", "pg_rules"): (("definition",), frozenset({"pg_get_ruledef"})),
+}
 
 class DefinitionError(Exception):
     """The definitions in a statement cannot be redacted with certainty."""
@@ -57,12 +77,7 @@ class Redacted:
 
 def wrap(call: str) -> str:
     """``call``'s text with its quoted literals replaced: NULL stays NULL, '' stays ''."""
-    return ("(SELECT CASE WHEN piigate_def.v IS NULL THEN NULL ELSE COALESCE(("
-            "SELECT pg_catalog.string_agg(CASE WHEN pg_catalog.left(piigate_tok.m[1], 1) = '''' "
-            f"THEN {_PLACEHOLDER_SQL}::text ELSE piigate_tok.m[1] END, '' ORDER BY piigate_tok.n) "
-            f"FROM pg_catalog.regexp_matches(piigate_def.v, {_TOKENS}, 'g') "
-            "WITH ORDINALITY AS piigate_tok(m, n)), '') END "
-            f"FROM (SELECT ({call})::text AS v) AS piigate_def)")
+    return definition_expression(call)
 
 
 def _calls(node, parent_target: bool, out: list) -> None:

@@ -107,11 +107,38 @@ def test_an_unrestricted_user_sees_definitions_as_written(def_gateway):
     assert SSN7.encode() in _values(msgs)[0][0]
 
 
-def test_definitions_read_through_a_view_are_still_refused(def_gateway):
-    # information_schema.views calls pg_get_viewdef inside its own definition, out of
-    # reach of a wrapper
-    msgs, leaked = _leaked(def_gateway, ["SELECT view_definition FROM information_schema.views "
-                                         "WHERE table_name = 'vip_contacts'"])
+def test_system_views_that_show_definitions_are_redacted(def_gateway):
+    """information_schema.columns (column_default), pg_views, pg_indexes,
+    information_schema.views/triggers call the definition functions inside their own
+    definitions: the reference to the view is wrapped so those columns are redacted."""
+    probes = ["SELECT column_name, column_default FROM information_schema.columns WHERE table_name = 'vip_log'",
+              "SELECT * FROM information_schema.columns WHERE table_name = 'vip_log'",
+              "SELECT viewname, definition FROM pg_views WHERE viewname = 'vip_contacts'",
+              "SELECT c.definition FROM pg_catalog.pg_views AS c WHERE c.viewname = 'vip_quoted'",
+              "SELECT indexdef FROM pg_indexes WHERE indexname = 'vip_log_who'",
+              "SELECT definition FROM pg_rules WHERE rulename = 'vip_rule'",
+              "SELECT table_name, view_definition FROM information_schema.views WHERE table_name = 'vip_contacts'",
+              "SELECT trigger_name, action_condition FROM information_schema.triggers",
+              "SELECT count(*) FROM information_schema.columns WHERE column_default LIKE '%0007%'"]
+    msgs, leaked = _leaked(def_gateway, probes)
+    assert not leaked, leaked
+    assert not errors(msgs), errors(msgs)
+    text = " ".join(v.decode() for row in _values(msgs) for v in row if v is not None)
+    assert SSN7 not in text and text.count("'***'") >= 4, text
+    assert _values(msgs)[-1] == [b"0"]
+
+
+def test_definitions_read_through_a_dba_view_are_refused(def_gateway, sample_db_fresh):
+    # a view of the DBA's over pg_views calls pg_get_viewdef out of reach of a wrapper
+    with psycopg.connect(sample_db_fresh, autocommit=True) as conn:
+        conn.execute("CREATE VIEW view_sources AS SELECT viewname, definition FROM pg_views; "
+                     "GRANT SELECT ON view_sources TO gw_user")
+    client = _client(def_gateway, user="dba")
+    try:
+        client.query("CREATE TABLE refresh_me (i int)")          # DDL through the gateway: schema re-read
+    finally:
+        client.close()
+    msgs, leaked = _leaked(def_gateway, ["SELECT definition FROM view_sources WHERE viewname = 'vip_contacts'"])
     assert not leaked and _rows(msgs) == 0
     assert [e.sqlstate for e in errors(msgs)] == ["42501"]
     assert "pg_get_viewdef('v'::regclass)" in (errors(msgs)[0].fields.get("H") or "")
