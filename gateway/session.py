@@ -75,6 +75,9 @@ _REASON_COMMENT = re.compile(r"/\*\s*piigate:reason\s*=\s*(.*?)\s*\*/", re.S)
 #: quoted text in error messages, with the quotes of translated messages too
 #: (German „…“ and »…«, French « … », ‘…’, “…”, 「…」): the values a message echoes
 _SCRUB_QUOTED = re.compile(r'"[^"]*"|\'[^\']*\'|„[^“”]*[“”]|“[^”]*”|‘[^’]*’|«[^»]*»|»[^«]*«|「[^」]*」|『[^』]*』')
+#: client encodings (Python codecs) that can write the "…" of a scrubbed value
+_ELLIPSIS_ENCODINGS = frozenset(c for c in set(codec.CLIENT_ENCODINGS.values())
+                                if "…".encode(c, "replace") == "…".encode(c, "ignore"))
 _SCRUB_DETAIL_FIELDS = ("D", "W", "q", "P", "p", "F", "L", "R")
 _WITHHELD = "piigate: the text of a message raised inside database code is withheld for users under PII policy"
 #: DECLARE ... WITH HOLD: the cursor outlives its transaction (read loosely: a false
@@ -342,7 +345,11 @@ class PolicyGate(Gate):
         notice = body[:1] == b"N"
         if notice:
             body = body[1:]
-        err = codec.decode_error_fields(body, notice)
+        # in the session's encoding: read as UTF-8, a LATIN1 session's German
+        # »value« (BB ... AB) was two replacement characters and the value between
+        # them was not scrubbed
+        encoding = getattr(relay, "encoding", "utf-8")
+        err = codec.decode_error_fields(body, notice, encoding)
         fields = dict(err.fields)
         if "W" in fields:
             # raised inside a function, trigger or rule (RAISE NOTICE 'ssn %', NEW.ssn in
@@ -352,11 +359,12 @@ class PolicyGate(Gate):
             fields.pop("H", None)
         for k in _SCRUB_DETAIL_FIELDS:
             fields.pop(k, None)
+        mark = '"…"' if encoding in _ELLIPSIS_ENCODINGS else '"..."'
         if "M" in fields:
-            fields["M"] = _SCRUB_QUOTED.sub('"…"', fields["M"])
+            fields["M"] = _SCRUB_QUOTED.sub(mark, fields["M"])
         if "H" in fields:
-            fields["H"] = _SCRUB_QUOTED.sub('"…"', fields["H"])
-        return codec.encode_error_fields(fields, notice=notice)
+            fields["H"] = _SCRUB_QUOTED.sub(mark, fields["H"])
+        return codec.encode_error_fields(fields, notice=notice, encoding=encoding)
 
     # -- statements -------------------------------------------------------------------------
     def on_query(self, relay: Relay, frame: bytes, sql: str):

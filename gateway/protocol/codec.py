@@ -279,7 +279,9 @@ def _decode_backend(mtype: bytes, body: bytes):
     return Opaque(mtype, body)
 
 
-def decode_error_fields(body: bytes, notice: bool = False) -> ErrorResponse:
+def decode_error_fields(body: bytes, notice: bool = False, encoding: str = "utf-8") -> ErrorResponse:
+    """An ErrorResponse/NoticeResponse body; the server writes its text in the
+    session's client_encoding (``encoding``, a Python codec)."""
     fields = {}
     pos = 0
     while pos < len(body) and body[pos] != 0:
@@ -287,7 +289,7 @@ def decode_error_fields(body: bytes, notice: bool = False) -> ErrorResponse:
         end = body.find(b"\x00", pos + 1)
         if end < 0:
             break
-        fields[code] = body[pos + 1:end].decode("utf-8", "replace")
+        fields[code] = body[pos + 1:end].decode(encoding, "replace")
         pos = end + 1
     return ErrorResponse(fields, notice)
 
@@ -311,8 +313,8 @@ def encode_error(sqlstate: str, message: str, *, severity: str = "ERROR",
     return encode_error_fields(fields, notice=notice)
 
 
-def encode_error_fields(fields: dict, notice: bool = False) -> bytes:
-    body = b"".join(k.encode() + str(v).encode() + b"\x00" for k, v in fields.items()) + b"\x00"
+def encode_error_fields(fields: dict, notice: bool = False, encoding: str = "utf-8") -> bytes:
+    body = b"".join(k.encode() + str(v).encode(encoding, "replace") + b"\x00" for k, v in fields.items()) + b"\x00"
     return frame(b"N" if notice else b"E", body)
 
 

@@ -218,3 +218,29 @@ def test_portal_names_end_with_their_transaction(policy_gateway):
         assert set(_session_state(policy_gateway).cursors) == {"h"}
     finally:
         ann.close()
+
+
+@pytest.mark.parametrize("encoding, python", [("LATIN1", "latin-1"), ("WIN1252", "cp1252"), ("UTF8", "utf-8")])
+def test_error_text_is_scrubbed_in_the_sessions_own_encoding(encoding, python):
+    """The server writes error text in the client's encoding. The scrubber read it as
+    UTF-8: with lc_messages = de_DE and client_encoding LATIN1 (a startup setting
+    users under policy may send), "ungültige Eingabesyntax für Typ integer:
+    »000-00-0007«" came as BB ... AB, two replacement characters to the scrubber,
+    and the value between them passed in clear (the same with French « » and Spanish
+    «»). It is now read and written back in the session's encoding."""
+    from types import SimpleNamespace
+
+    from gateway.server import Relay
+    from gateway.session import PolicyGate
+    relay = SimpleNamespace()
+    Relay.set_client_encoding(relay, encoding)
+    gate = PolicyGate.__new__(PolicyGate)
+    for message in ("ungültige Eingabesyntax für Typ integer: »000-00-0007«",
+                    "syntaxe en entrée invalide pour le type integer : « 000-00-0007 »",
+                    "la sintaxis de entrada no es válida para tipo integer: «000-00-0007»"):
+        body = codec.encode_error_fields({"S": "FEHLER", "V": "ERROR", "C": "22P02", "M": message},
+                                         encoding=python)[5:]
+        out = gate.on_upstream_error(relay, body)
+        assert SSN7 not in out, out
+        text = codec.decode_error_fields(out[5:], encoding=python).message
+        assert text.startswith(message[:10]), text              # readable in the client's encoding
