@@ -244,3 +244,35 @@ def test_error_text_is_scrubbed_in_the_sessions_own_encoding(encoding, python):
         assert SSN7 not in out, out
         text = codec.decode_error_fields(out[5:], encoding=python).message
         assert text.startswith(message[:10]), text              # readable in the client's encoding
+
+
+def test_cheap_probes_of_handled_paths(policy_gateway):
+    """Probes that found nothing (kept as regressions): a FunctionCall (fastpath) is
+    refused and the session goes on; an extended-protocol COPY TO STDOUT of PII is
+    refused; a pipeline under policy sent one byte per write is decided and masked
+    as when sent whole; bytes after Terminate in the same write never run."""
+    import socket
+    ann = _client(policy_gateway)
+    try:
+        textout = codec.frame(b"F", struct.pack("!ihhh", 1299, 0, 0, 0))        # now()
+        ann.sock.sendall(textout)
+        assert [e.sqlstate for e in errors(ann._until_ready())] == ["42501"]
+        ann.sock.sendall(codec.encode_parse("", "COPY (SELECT id, ssn FROM customers) TO STDOUT") + _bind()
+                         + _execute() + SYNC)
+        assert errors(ann._until_ready()) and not _leaks(ann)
+        ann.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        data = (codec.encode_query("SELECT ssn FROM customers WHERE id = 7")
+                + codec.encode_parse("", "SELECT ssn, full_name FROM customers WHERE id = 7") + _bind()
+                + _execute() + SYNC)
+        for b in data:
+            ann.sock.send(bytes([b]))
+        ann._until_ready()
+        ann._until_ready()
+        assert b"[redacted]" in ann.received and not _leaks(ann)
+        ann.received.clear()
+        ann.sock.sendall(codec.frame(b"X") + codec.encode_query("SELECT ssn FROM customers"))
+        with pytest.raises(ConnectionError):
+            ann._next()
+        assert not ann.received
+    finally:
+        ann.close()
