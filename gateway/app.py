@@ -159,6 +159,51 @@ class Runtime:
         await self._start_admin()
         return self.gateway
 
+    async def reload(self) -> bool:
+        """SIGHUP: read the policy file again, and the catalog file with the schema.
+        A policy file that does not load changes nothing: the error (file, line,
+        problem) is logged and recorded, and the gateway goes on with the policy it
+        had. Sessions go on under the new policy, but those whose user it now treats
+        differently (under PII policy or not) are ended: what was checked when they
+        started (startup settings, the relay's mode) no longer holds. False: not
+        reloaded."""
+        self._refresh_now.set()             # the catalog file is read with the schema
+        if not self.cfg.policy_file or self.engine is None:
+            log.info("reload: no [policy] file in %s; the catalog is read again", self.cfg.path)
+            return True
+        from policies.loader import PolicyError, load_policy
+        old = self.engine.policy
+        try:
+            new = load_policy(self.cfg.resolve_path(self.cfg.policy_file))
+        except PolicyError as e:
+            log.error("reload: the policy was NOT changed (still %s): %s", old.version, e)
+            self._record({"type": "policy.reload", "status": "failed", "policy_version": old.version,
+                          "error": str(e)})
+            return False
+        if new.version == old.version:
+            log.info("reload: policy %s unchanged", old.version)
+            return True
+        self.engine.set_policy(new)
+        ended = 0
+        for relay in list(self.gateway.sessions.values() if self.gateway else ()):
+            s = relay.state.get("s")
+            if s is not None and self.engine.under_policy(s.principal) != s.under_policy:
+                relay.fatal("57P01", "piigate: the policy was reloaded and now treats this user differently, "
+                            "so this session was ended", "reconnect")
+                ended += 1
+        log.info("reload: policy %s -> %s (%d rules); %d session(s) ended because their user's treatment "
+                 "changed", old.version, new.version, len(new.rules), ended)
+        self._record({"type": "policy.reload", "status": "ok", "policy_version": new.version,
+                      "previous_version": old.version, "rules": len(new.rules), "sessions_ended": ended})
+        return True
+
+    def _record(self, event: dict) -> None:
+        if self.audit is not None:
+            try:
+                self.audit.emit(event)
+            except Exception as e:  # noqa: BLE001 - logged; the reload itself stands
+                log.error("audit: %s", e)
+
     def _admin_url(self) -> str:
         table = self.cfg.sections.get("admin", {})
         listen = table.get("listen") if isinstance(table, dict) else None
@@ -379,6 +424,16 @@ async def run_gateway(cfg: Config, ready_file: str | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except NotImplementedError:
             pass
+    reloads: set = set()
+
+    def _reload() -> None:
+        task = asyncio.ensure_future(runtime.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+    try:
+        loop.add_signal_handler(signal.SIGHUP, _reload)
+    except (NotImplementedError, AttributeError):
+        pass
     gw = await runtime.start()
     log.info("piigate %s listening on %s:%d", cfg.server.instance_id, cfg.server.host, gw.port)
     from .config import config_warnings

@@ -206,9 +206,15 @@ class Engine:
         self._context_ids: dict = {}
         self.event_parts: dict = {}
         #: rules with a time window or weekdays make decisions depend on the clock
-        self.policy_static = not any(
-            r.when is not None and (r.when.time_window is not None or r.when.weekdays)
-            for r in (*policy.rules, *policy.auto_approve))
+        self.policy_static = _policy_static(policy)
+
+    def set_policy(self, policy: Policy) -> None:
+        """A reloaded policy: every decision from now on is made under it (the
+        decision caches and the session memos key on the policy)."""
+        self.policy = policy
+        self.policy_static = _policy_static(policy)
+        self.decisions.clear()
+        self._unrestricted_cache.clear()
 
     def context_id(self, context: tuple) -> int:
         """A stable small integer for a (principal, client address, application_name)."""
@@ -265,6 +271,11 @@ class Engine:
                           for r in self.policy.rules)
             self._unrestricted_cache[key] = hit
         return hit
+
+
+def _policy_static(policy: Policy) -> bool:
+    return not any(r.when is not None and (r.when.time_window is not None or r.when.weekdays)
+                   for r in (*policy.rules, *policy.auto_approve))
 
 
 class PolicyGate(Gate):
