@@ -54,3 +54,15 @@ def start_serve(config: Path, port: int, timeout: float = 30, log: Path | None =
                 proc.wait()
                 raise AssertionError("the gateway did not start") from None
             time.sleep(0.1)
+
+
+def stop_serve(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout``; idempotent."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 
 import orjson
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 
 from .conftest import PASSWORD
-from .serve_process import free_port, start_serve
+from .serve_process import free_port, start_serve, stop_serve
 from .test_enforcement import POLICY, _policy_config
 
 ANALYST_UNRESTRICTED = POLICY + """
@@ -41,12 +40,7 @@ def served(pg_server, sample_db, tmp_path):
     try:
         yield proc, f"postgresql://ann:{PASSWORD}@127.0.0.1:{port}/{sample_db.dbname}", tmp_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 def _wait_for(path, text: str, timeout: float = 10) -> str:

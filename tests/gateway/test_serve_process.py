@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 import uuid
 
@@ -17,7 +16,7 @@ from gateway.protocol.codec import BackendParser
 from gateway.protocol.scram import ScramClient
 
 from .rawclient import RawClient
-from .serve_process import free_port, serve_config, start_serve
+from .serve_process import free_port, serve_config, start_serve, stop_serve
 
 
 @pytest.fixture
@@ -28,12 +27,7 @@ def serve_process(pg_server, sample_db, tmp_path):
     try:
         yield proc, port, sample_db.dbname
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 def test_a_client_writing_into_a_closed_upstream_does_not_end_the_gateway(serve_process):

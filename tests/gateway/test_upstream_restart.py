@@ -23,7 +23,7 @@ from gateway import embedded
 
 from ..conftest import SAMPLE_SQL_FILES, PgServer, create_database
 from .conftest import PASSWORD
-from .serve_process import REPO, free_port, start_serve
+from .serve_process import REPO, free_port, start_serve, stop_serve
 from .test_enforcement import _policy_config, catalogued_values
 
 
@@ -96,9 +96,7 @@ def test_postgres_stopped_and_started_again_under_a_policy_gateway(own_postgres,
             proc.terminate()
             assert proc.wait(15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
     records = _records(audit_dir)
     kinds = [r["type"] for r in records]
