@@ -273,6 +273,25 @@ class Engine:
         return hit
 
 
+def _restores_reading(facts_list, sql: str) -> bool:
+    """The one statement a session the gateway cannot read (an unsupported
+    client_encoding, standard_conforming_strings off) may send: a SET that puts back
+    a way of reading text the gateway follows, as the refusal's hint says. Only in
+    plain ASCII without a backslash, which every client encoding and both string
+    syntaxes read alike; the gateway's own rules for such a SET still apply after."""
+    if len(facts_list) != 1 or not sql.isascii() or "\\" in sql:
+        return False
+    f = facts_list[0]
+    if f.kind not in (StatementKind.SET, StatementKind.SESSION) or not f.setting or f.setting[1] is None:
+        return False
+    name, value = f.setting[0].lower(), f.setting[1]
+    if name == "client_encoding":
+        return codec.CLIENT_ENCODINGS.get(value.upper().replace("-", "_")) is not None
+    if name == "standard_conforming_strings":
+        return value.lower() in ("on", "true", "yes", "1")
+    return False
+
+
 def _policy_static(policy: Policy) -> bool:
     return not any(r.when is not None and (r.when.time_window is not None or r.when.weekdays)
                    for r in (*policy.rules, *policy.auto_approve))
@@ -669,12 +688,13 @@ class PolicyGate(Gate):
                               "was unreachable when it started), so it cannot check statements under PII "
                               "policy", "try again in a few seconds; the gateway retries every second")
             return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
-        if not relay.standard_strings:
+        restores = (not relay.standard_strings or not relay.encoding_supported) and _restores_reading(facts_list, sql)
+        if not relay.standard_strings and not restores:
             refusal = Refusal("22023", "piigate: standard_conforming_strings is off in this session; the gateway "
                               "reads string literals as PostgreSQL does with it on, so it cannot check statements "
                               "under PII policy", "SET standard_conforming_strings = on")
             return self._refuse_parse(relay, name, refusal) if extended else self._refuse_simple(relay, refusal)
-        if not relay.encoding_supported:
+        if not relay.encoding_supported and not restores:
             refusal = Refusal("22021", f"piigate: client_encoding {relay.client_encoding} is not supported for "
                               "users under PII policy (a multibyte encoding can hide quotes from analysis)",
                               "SET client_encoding = 'UTF8' (or a single-byte encoding such as LATIN1)")
