@@ -32,7 +32,7 @@ from pglast import parser
 
 from catalog.model import RelationRef
 
-from policies.masking import DEFINITION_PLACEHOLDER as PLACEHOLDER, definition_expression  # noqa: F401
+from policies.masking import definition_expression
 
 #: functions whose text result is a deparsed definition, redacted where called
 DEFINITION_FUNCTIONS = frozenset({
@@ -172,10 +172,9 @@ def redact_definitions(sql: str) -> Redacted:
     pieces.append(sql[pos:])
     out = "".join(pieces)
     try:
-        if len(json.loads(parser.parse_sql_json(out)).get("stmts", ())) != 1:
-            raise DefinitionError("the redacted statement is not one statement")
-    except DefinitionError:
-        raise
+        statements = len(json.loads(parser.parse_sql_json(out)).get("stmts", ()))
     except Exception as e:  # noqa: BLE001
         raise DefinitionError(f"the redacted statement does not parse: {e}") from None
+    if statements != 1:
+        raise DefinitionError("the redacted statement is not one statement")
     return Redacted(out, frozenset(f"pg_catalog.{s[2]}" for s in spans))

@@ -118,6 +118,14 @@ def gateway_config(pg: PgTarget, listen: int, run_dir: Path, policy: bool, datab
     return "\n".join(lines)
 
 
+def own_pytest_ini(tests: Path) -> None:
+    """Give the client's suite a pytest configuration of its own (none): without it
+    pytest would take the nearest one above, piigate's pyproject.toml, and its options
+    for piigate's tests."""
+    if not (tests / "pytest.ini").exists():
+        (tests / "pytest.ini").write_text("[pytest]\n")
+
+
 def run_pytest(venv: Path, cwd: Path, env: dict[str, str], args: list[str], name: str,
                timeout: float = 3600) -> dict[str, str]:
     """Run pytest in ``venv`` and return {test id: PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS},

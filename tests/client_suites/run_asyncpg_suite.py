@@ -18,7 +18,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from _suite import WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist, run_pytest
+from _suite import (WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist,
+                    own_pytest_ini, run_pytest)
 
 
 def suite_env(work: Path) -> tuple[Path, Path]:
@@ -34,10 +35,7 @@ def suite_env(work: Path) -> tuple[Path, Path]:
             members = [m for m in tar.getmembers() if f"asyncpg-{version}/tests/" in m.name]
             tar.extractall(work / "sdist", members=members, filter="data")
         shutil.copytree(work / "sdist" / f"asyncpg-{version}" / "tests", tests / "apgtests")
-    # pytest's configuration of its own (none): without it pytest would take the
-    # nearest one above, piigate's pyproject.toml, and its options for piigate's tests
-    if not (tests / "pytest.ini").exists():
-        (tests / "pytest.ini").write_text("[pytest]\n")
+    own_pytest_ini(tests)
     return venv, tests
 
 

@@ -79,7 +79,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from _suite import WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist, run_pytest
+from _suite import (WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist,
+                    own_pytest_ini, run_pytest)
 
 VERSION = "1.31.6"
 SELECTION = ["test/native", "test/dbapi", "test/legacy", "test/test_converters.py", "test/test_types.py",
@@ -108,9 +109,7 @@ def suite_env(work: Path, version: str) -> tuple[Path, Path]:
         # the package ``test`` (its modules import ``test.utils``) in a folder of its
         # own: pytest run there puts it first on sys.path, ahead of the stdlib's ``test``
         shutil.copytree(work / "sdist" / f"pg8000-{version}" / "test", tests / "test")
-        # pytest's configuration of its own (none): without it pytest would take the
-        # nearest one above, piigate's pyproject.toml, and its options for piigate's tests
-        (tests / "pytest.ini").write_text("[pytest]\n")
+        own_pytest_ini(tests)
     return venv, tests
 
 

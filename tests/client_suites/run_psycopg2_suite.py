@@ -78,7 +78,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from _suite import WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist, run_pytest
+from _suite import (WORK, PgTarget, clean_env, client_venv, direct_and_through, download_sdist,
+                    own_pytest_ini, run_pytest)
 
 VERSION = "2.9.13"
 DATABASE = "piigate_psycopg2_suite"
@@ -102,10 +103,7 @@ def suite_env(work: Path, version: str) -> tuple[Path, Path]:
             tar.extractall(staging, members=members, filter="data")
         (staging / f"psycopg2-{version}").rename(tests)
         staging.rmdir()
-    # pytest's configuration of its own (none): without it pytest would take the
-    # nearest one above, piigate's pyproject.toml, and its options for piigate's tests
-    if not (tests / "pytest.ini").exists():
-        (tests / "pytest.ini").write_text("[pytest]\n")
+    own_pytest_ini(tests)
     return venv, tests
 
 
